@@ -1,0 +1,175 @@
+//! Scaled dot-product attention with causal, key-padding and packed-sequence (segment) masks,
+//! softmax in the compute dtype (f32 or f64), and its backward pass.
+//!
+//! Shapes: `q [B, H, S, Dk]`, `k [B, H, T, Dk]`, `v [B, H, T, Dv]` → `o [B, H, S, Dv]`.
+//! With `S < T` (decoding) query `i` sits at key position `i + T − S`.
+
+use rayon::prelude::*;
+
+use super::matmul::gemm_one;
+use super::{host, out, same_device, same_dtype, sl, with_float};
+use crate::error::shape_err;
+use crate::{Float, Result, Tensor};
+
+/// Which keys each query may attend to.
+#[derive(Clone, Debug, Default)]
+pub struct AttnMask {
+    /// Query at position `p` sees keys `≤ p`.
+    pub causal: bool,
+    /// `[B, T]`: `false` marks a padding key that no query sees.
+    pub key_padding: Option<Vec<bool>>,
+    /// `[B, T]`: packed sequences; a query sees only keys of its own segment.
+    pub segment_ids: Option<Vec<u32>>,
+}
+
+impl AttnMask {
+    /// A plain causal mask.
+    pub fn causal() -> AttnMask {
+        AttnMask {
+            causal: true,
+            ..Default::default()
+        }
+    }
+
+    fn allowed(&self, b: usize, t_len: usize, q_pos: usize, j: usize) -> bool {
+        (!self.causal || j <= q_pos)
+            && self.key_padding.as_ref().is_none_or(|m| m[b * t_len + j])
+            && self
+                .segment_ids
+                .as_ref()
+                .is_none_or(|s| s[b * t_len + j] == s[b * t_len + q_pos.min(t_len - 1)])
+    }
+}
+
+struct Dims {
+    b: usize,
+    h: usize,
+    s: usize,
+    t: usize,
+    dk: usize,
+    dv: usize,
+}
+
+fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Result<Dims> {
+    same_device(op, &[q, k, v])?;
+    same_dtype(op, &[q, k, v])?;
+    let bad = |d: &str| shape_err(op, d, &[q.shape(), k.shape(), v.shape()]);
+    if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
+        return Err(bad("q, k, v must be [B, H, len, dim]"));
+    }
+    let (b, h, s, dk) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
+    let (t, dv) = (k.dim(2), v.dim(3));
+    if k.shape()[..2] != [b, h] || v.shape()[..3] != [b, h, t] || k.dim(3) != dk {
+        return Err(bad("k must be [B, H, T, Dk] and v [B, H, T, Dv]"));
+    }
+    if s > t {
+        return Err(bad("more queries than keys"));
+    }
+    for m in [mask.key_padding.as_ref().map(Vec::len), mask.segment_ids.as_ref().map(Vec::len)]
+        .into_iter()
+        .flatten()
+    {
+        if m != b * t {
+            return Err(bad(&format!("mask has {m} entries, expected B·T = {}", b * t)));
+        }
+    }
+    Ok(Dims { b, h, s, t, dk, dv })
+}
+
+/// `o = softmax(scale · q·kᵀ + mask) · v`. Returns `(o, p)` with the probabilities
+/// `p [B, H, S, T]` kept for the backward. A query row with no visible key yields zeros.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
+    let Dims { b, h, s, t, dk, dv } = dims("attention", q, k, v, mask)?;
+    let (hq, hk, hv) = (host(q)?, host(k)?, host(v)?);
+    with_float!(q.dtype(), T, {
+        let (qs, ks, vs) = (sl::<T>(&hq), sl::<T>(&hk), sl::<T>(&hv));
+        let mut p = vec![T::zero(); b * h * s * t];
+        let mut o = vec![T::zero(); b * h * s * dv];
+        p.par_chunks_mut(s * t).zip(o.par_chunks_mut(s * dv)).enumerate().for_each(|(bh, (pb, ob))| {
+            let bi = bh / h;
+            let qb = &qs[bh * s * dk..(bh + 1) * s * dk];
+            let kb = &ks[bh * t * dk..(bh + 1) * t * dk];
+            let vb = &vs[bh * t * dv..(bh + 1) * t * dv];
+            gemm_one(s, t, dk, qb, false, kb, true, pb, gemm::Parallelism::None);
+            for i in 0..s {
+                let row = &mut pb[i * t..(i + 1) * t];
+                let qp = i + t - s;
+                let mut m = T::neg_infinity();
+                for (j, x) in row.iter_mut().enumerate() {
+                    if mask.allowed(bi, t, qp, j) {
+                        *x *= T::c(scale);
+                        m = m.max(*x);
+                    } else {
+                        *x = T::neg_infinity();
+                    }
+                }
+                if m == T::neg_infinity() {
+                    row.iter_mut().for_each(|x| *x = T::zero());
+                    continue;
+                }
+                let mut z = T::zero();
+                for x in row.iter_mut() {
+                    *x = (*x - m).exp();
+                    z += *x;
+                }
+                row.iter_mut().for_each(|x| *x = *x / z);
+            }
+            gemm_one(s, dv, t, pb, false, vb, false, ob, gemm::Parallelism::None);
+        });
+        let cd = super::compute_dtype(q.dtype());
+        Ok((out(o, &[b, h, s, dv], q.dtype(), q.device())?, out(p, &[b, h, s, t], cd, q.device())?))
+    })
+}
+
+/// Backward of [`attention`]: `(dq, dk, dv)` from the saved probabilities `p`:
+/// `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = scale·dS·K`, `dK = scale·dSᵀ·Q`.
+pub fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    p: &Tensor,
+    scale: f64,
+    d_o: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let Dims { b, h, s, t, dk, dv } = dims("attention_backward", q, k, v, &AttnMask::default())?;
+    if p.shape() != &[b, h, s, t] || d_o.shape() != &[b, h, s, dv] {
+        return Err(shape_err("attention_backward", "p must be [B,H,S,T] and dO [B,H,S,Dv]", &[p.shape(), d_o.shape()]));
+    }
+    let (hq, hk, hv, hp, hd) = (host(q)?, host(k)?, host(v)?, host(&p.to_dtype(super::compute_dtype(q.dtype()))?)?, host(d_o)?);
+    with_float!(q.dtype(), T, {
+        let (qs, ks, vs, ps, ds) = (sl::<T>(&hq), sl::<T>(&hk), sl::<T>(&hv), sl::<T>(&hp), sl::<T>(&hd));
+        let mut dq = vec![T::zero(); b * h * s * dk];
+        let mut dkk = vec![T::zero(); b * h * t * dk];
+        let mut dvv = vec![T::zero(); b * h * t * dv];
+        dq.par_chunks_mut(s * dk)
+            .zip(dkk.par_chunks_mut(t * dk))
+            .zip(dvv.par_chunks_mut(t * dv))
+            .enumerate()
+            .for_each(|(bh, ((dqb, dkb), dvb))| {
+                let qb = &qs[bh * s * dk..(bh + 1) * s * dk];
+                let kb = &ks[bh * t * dk..(bh + 1) * t * dk];
+                let vb = &vs[bh * t * dv..(bh + 1) * t * dv];
+                let pb = &ps[bh * s * t..(bh + 1) * s * t];
+                let db = &ds[bh * s * dv..(bh + 1) * s * dv];
+                let none = gemm::Parallelism::None;
+                gemm_one(t, dv, s, pb, true, db, false, dvb, none);
+                let mut dp = vec![T::zero(); s * t];
+                gemm_one(s, t, dv, db, false, vb, true, &mut dp, none);
+                for i in 0..s {
+                    let (pr, dr) = (&pb[i * t..(i + 1) * t], &mut dp[i * t..(i + 1) * t]);
+                    let dot: T = pr.iter().zip(dr.iter()).map(|(&a, &c)| a * c).sum();
+                    for (d, &pv) in dr.iter_mut().zip(pr) {
+                        *d = T::c(scale) * pv * (*d - dot);
+                    }
+                }
+                gemm_one(s, dk, t, &dp, false, kb, false, dqb, none);
+                gemm_one(t, dk, s, &dp, true, qb, false, dkb, none);
+            });
+        let dev = q.device();
+        Ok((
+            out(dq, q.shape(), q.dtype(), dev)?,
+            out(dkk, k.shape(), k.dtype(), dev)?,
+            out(dvv, v.shape(), v.dtype(), dev)?,
+        ))
+    })
+}

@@ -1,0 +1,172 @@
+//! Indexing: embedding gather and its scatter-add, row index-select / index-add (expert dispatch
+//! and combine), per-row gather / scatter (routing weights), and top-k.
+//! Index arguments are host slices of `u32`.
+
+use rayon::prelude::*;
+
+use super::{host, out, sl, with_float};
+use crate::error::shape_err;
+use crate::{Result, Tensor, TensorError};
+
+fn check_idx(op: &'static str, idx: &[u32], size: usize) -> Result<()> {
+    match idx.iter().find(|&&i| i as usize >= size) {
+        Some(&i) => Err(TensorError::Index {
+            op,
+            index: i as usize,
+            size,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Rows `idx` of `x` (`[N, ...]` → `[idx.len(), ...]`).
+pub fn index_select(x: &Tensor, idx: &[u32]) -> Result<Tensor> {
+    if x.rank() == 0 {
+        return Err(shape_err("index_select", "needs rank >= 1", &[x.shape()]));
+    }
+    check_idx("index_select", idx, x.dim(0))?;
+    let row: usize = x.shape()[1..].iter().product();
+    let mut shape = x.shape().clone();
+    shape[0] = idx.len();
+    let hx = host(x)?;
+    with_float!(x.dtype(), T, {
+        let xs = sl::<T>(&hx);
+        let mut v = vec![T::zero(); idx.len() * row];
+        if row > 0 {
+            v.par_chunks_mut(row).zip(idx.par_iter()).for_each(|(o, &i)| {
+                o.copy_from_slice(&xs[i as usize * row..(i as usize + 1) * row])
+            });
+        }
+        out(v, &shape, x.dtype(), x.device())
+    })
+}
+
+/// `out = zeros([n_rows, ...]); out[idx[i]] += src[i]` — the backward of [`index_select`], and
+/// the combine step of expert dispatch.
+pub fn index_add(n_rows: usize, idx: &[u32], src: &Tensor) -> Result<Tensor> {
+    if src.rank() == 0 || src.dim(0) != idx.len() {
+        return Err(shape_err("index_add", format!("src rows must equal {} indices", idx.len()), &[src.shape()]));
+    }
+    check_idx("index_add", idx, n_rows)?;
+    let row: usize = src.shape()[1..].iter().product();
+    let mut shape = src.shape().clone();
+    shape[0] = n_rows;
+    let hs = host(src)?;
+    with_float!(src.dtype(), T, {
+        let ss = sl::<T>(&hs);
+        let mut v = vec![T::zero(); n_rows * row];
+        // Parallel over destination column blocks keeps the scatter race-free.
+        let cols = row.div_ceil(rayon::current_num_threads().max(1)).max(64).min(row.max(1));
+        let blocks: Vec<(usize, Vec<T>)> = (0..row)
+            .into_par_iter()
+            .step_by(cols)
+            .map(|c0| {
+                let c1 = (c0 + cols).min(row);
+                let mut acc = vec![T::zero(); n_rows * (c1 - c0)];
+                for (i, &r) in idx.iter().enumerate() {
+                    let dst = &mut acc[r as usize * (c1 - c0)..(r as usize + 1) * (c1 - c0)];
+                    for (d, &s) in dst.iter_mut().zip(&ss[i * row + c0..i * row + c1]) {
+                        *d += s;
+                    }
+                }
+                (c0, acc)
+            })
+            .collect();
+        for (c0, acc) in blocks {
+            let w = acc.len() / n_rows.max(1);
+            for r in 0..n_rows {
+                v[r * row + c0..r * row + c0 + w].copy_from_slice(&acc[r * w..(r + 1) * w]);
+            }
+        }
+        out(v, &shape, src.dtype(), src.device())
+    })
+}
+
+/// Token embedding: rows `ids` of `table [vocab, d]` → `[ids.len(), d]`.
+pub fn embedding(ids: &[u32], table: &Tensor) -> Result<Tensor> {
+    if table.rank() != 2 {
+        return Err(shape_err("embedding", "table must be [vocab, d]", &[table.shape()]));
+    }
+    index_select(table, ids)
+}
+
+/// Backward of [`embedding`]: scatter-add of `dy [ids.len(), d]` into `[vocab, d]`.
+pub fn embedding_backward(ids: &[u32], vocab: usize, dy: &Tensor) -> Result<Tensor> {
+    index_add(vocab, ids, dy)
+}
+
+/// Per-row gather along the last dimension: `out[r, j] = x[r, idx[r, j]]` with `x [R, E]`,
+/// `idx` of `R·k` entries → `[R, k]`.
+pub fn gather_last(x: &Tensor, idx: &[u32], k: usize) -> Result<Tensor> {
+    let e = x.dim(-1);
+    let rows = x.numel() / e.max(1);
+    if idx.len() != rows * k {
+        return Err(shape_err("gather_last", format!("{} indices for {rows} rows × {k}", idx.len()), &[x.shape()]));
+    }
+    check_idx("gather_last", idx, e)?;
+    let hx = host(x)?;
+    let mut shape = x.shape().clone();
+    *shape.last_mut().expect("rank >= 1") = k;
+    with_float!(x.dtype(), T, {
+        let xs = sl::<T>(&hx);
+        let v: Vec<T> = idx.iter().enumerate().map(|(i, &j)| xs[(i / k) * e + j as usize]).collect();
+        out(v, &shape, x.dtype(), x.device())
+    })
+}
+
+/// Backward of [`gather_last`] (a per-row scatter): `out [R, e]` zeros with
+/// `out[r, idx[r, j]] += dy[r, j]`.
+pub fn scatter_last(dy: &Tensor, idx: &[u32], e: usize) -> Result<Tensor> {
+    let k = dy.dim(-1);
+    if idx.len() != dy.numel() {
+        return Err(shape_err("scatter_last", format!("{} indices for dy", idx.len()), &[dy.shape()]));
+    }
+    check_idx("scatter_last", idx, e)?;
+    let hd = host(dy)?;
+    let mut shape = dy.shape().clone();
+    *shape.last_mut().expect("rank >= 1") = e;
+    with_float!(dy.dtype(), T, {
+        let ds = sl::<T>(&hd);
+        let rows = ds.len() / k.max(1);
+        let mut v = vec![T::zero(); rows * e];
+        for (i, &j) in idx.iter().enumerate() {
+            v[(i / k) * e + j as usize] += ds[i];
+        }
+        out(v, &shape, dy.dtype(), dy.device())
+    })
+}
+
+/// The `k` largest entries of each row (last dimension), in descending order; ties go to the
+/// lower index. Returns `(values [.., k], indices)`. NaN sorts below every number.
+pub fn topk(x: &Tensor, k: usize) -> Result<(Tensor, Vec<u32>)> {
+    let e = x.dim(-1);
+    if k > e {
+        return Err(shape_err("topk", format!("k = {k} exceeds the last dim"), &[x.shape()]));
+    }
+    let hx = host(x)?;
+    let rows = x.numel() / e.max(1);
+    let xs_idx: Vec<u32> = with_float!(x.dtype(), T, {
+        let xs = sl::<T>(&hx);
+        let mut idx = vec![0u32; rows * k];
+        if k > 0 {
+            idx.par_chunks_mut(k).enumerate().for_each(|(r, o)| {
+                let row = &xs[r * e..(r + 1) * e];
+                let mut order: Vec<u32> = (0..e as u32).collect();
+                let key = |i: &u32| {
+                    let v = row[*i as usize];
+                    if v.is_nan() { T::neg_infinity() } else { v }
+                };
+                order.sort_by(|a, b| key(b).partial_cmp(&key(a)).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(b)));
+                o.copy_from_slice(&order[..k]);
+            });
+        }
+        idx
+    });
+    let vals = gather_last(x, &xs_idx, k)?;
+    Ok((vals, xs_idx))
+}
+
+/// Backward of [`topk`] for the values: scatter into the input's last dimension `e`.
+pub fn topk_backward(dvalues: &Tensor, idx: &[u32], e: usize) -> Result<Tensor> {
+    scatter_last(dvalues, idx, e)
+}

@@ -1,0 +1,186 @@
+//! Matrix products: `C = op(A) · op(B)` with optional transposes, batched over leading
+//! dimensions, `B` optionally shared by every batch (a weight). CPU: the `gemm` crate on rayon;
+//! CUDA: cuBLAS (f32, and bf16 with f32 accumulation).
+
+use rayon::prelude::*;
+
+use super::{host, out, same_device, same_dtype, sl, with_float};
+use crate::error::shape_err;
+use crate::{Float, Result, Shape, Tensor};
+
+/// Dimensions of one product: `batch` products of `[m,k]·[k,n]`; `b_shared` when B is 2-D.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MmDims {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub b_shared: bool,
+}
+
+pub(crate) fn mm_dims(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(MmDims, Shape)> {
+    let bad = |d: &str| shape_err("matmul", d, &[a.shape(), b.shape()]);
+    if a.rank() < 2 || b.rank() < 2 {
+        return Err(bad("operands need rank >= 2"));
+    }
+    let (ar, ac) = (a.dim(-2), a.dim(-1));
+    let (br, bc) = (b.dim(-2), b.dim(-1));
+    let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+    let (kb, n) = if tb { (bc, br) } else { (br, bc) };
+    if k != kb {
+        return Err(bad(&format!("inner dimensions differ ({k} vs {kb}; ta={ta}, tb={tb})")));
+    }
+    let batch_dims = &a.shape()[..a.rank() - 2];
+    let b_shared = b.rank() == 2;
+    if !b_shared && &b.shape()[..b.rank() - 2] != batch_dims {
+        return Err(bad("batch dimensions differ (B must be 2-D or share A's batch dims)"));
+    }
+    let mut shape = batch_dims.to_vec();
+    shape.extend([m, n]);
+    Ok((
+        MmDims {
+            batch: batch_dims.iter().product(),
+            m,
+            n,
+            k,
+            b_shared,
+        },
+        shape,
+    ))
+}
+
+/// One `[m,k]·[k,n]` product into `c` (overwritten), strides from the transpose flags.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_one<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    ta: bool,
+    b: &[T],
+    tb: bool,
+    c: &mut [T],
+    par: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.iter_mut().for_each(|v| *v = T::zero());
+        return;
+    }
+    let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
+    let (b_cs, b_rs) = if tb { (k as isize, 1) } else { (1, n as isize) };
+    debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    // SAFETY: the slices hold m·k, k·n and m·n elements (checked by the callers' shapes), and the
+    // strides address exactly those elements.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Batched product on host buffers.
+pub(crate) fn gemm_batched<T: Float>(d: MmDims, a: &[T], ta: bool, b: &[T], tb: bool) -> Vec<T> {
+    let MmDims { batch, m, n, k, b_shared } = d;
+    let mut c = vec![T::zero(); batch * m * n];
+    if b_shared && !ta {
+        // Fold the batch into the rows: one large GEMM.
+        gemm_one(batch * m, n, k, a, false, b, tb, &mut c, par_for(batch * m, n, k));
+        return c;
+    }
+    let b_stride = if b_shared { 0 } else { k * n };
+    if batch >= rayon::current_num_threads() && m * n * k < (1 << 21) {
+        c.par_chunks_mut(m * n.max(1)).enumerate().for_each(|(i, ci)| {
+            gemm_one(m, n, k, &a[i * m * k..], ta, &b[i * b_stride..], tb, ci, gemm::Parallelism::None)
+        });
+    } else {
+        for i in 0..batch {
+            let ci = &mut c[i * m * n..(i + 1) * m * n];
+            gemm_one(m, n, k, &a[i * m * k..], ta, &b[i * b_stride..], tb, ci, par_for(m, n, k));
+        }
+    }
+    c
+}
+
+fn par_for(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    if m * n * k >= 1 << 15 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// `C = op(A)·op(B)`, `op` a transpose when its flag is set. A is `[..., r, c]`; B is 2-D (shared
+/// by every batch) or has A's batch dimensions.
+pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    let dev = same_device("matmul", &[a, b])?;
+    let dt = same_dtype("matmul", &[a, b])?;
+    let (d, shape) = mm_dims(a, b, ta, tb)?;
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = &dev {
+        return be.matmul(a, b, ta, tb, d, &shape);
+    }
+    let (ha, hb) = (host(a)?, host(b)?);
+    with_float!(dt, T, {
+        let c = gemm_batched(d, sl::<T>(&ha), ta, sl::<T>(&hb), tb);
+        out(c, &shape, dt, &dev)
+    })
+}
+
+/// Backward of [`matmul`]: `(dA, dB)` for the same transpose flags. For a shared (2-D) B,
+/// dB sums over the batch.
+pub fn matmul_backward(a: &Tensor, b: &Tensor, ta: bool, tb: bool, dc: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (d, shape) = mm_dims(a, b, ta, tb)?;
+    if dc.shape() != &shape {
+        return Err(shape_err("matmul_backward", "dC must have the product's shape", &[a.shape(), b.shape(), dc.shape()]));
+    }
+    // dA = dC·op(B)ᵀ, transposed back when A was stored transposed.
+    let da = matmul(dc, b, false, !tb)?;
+    let da = if ta { super::shape::transpose_last2(&da)? } else { da };
+    let db = if d.b_shared {
+        // Fold the batch: A as [batch·rows, cols] (rows-major) when not transposed.
+        if !ta {
+            let a2 = a.reshape(&[d.batch * d.m, d.k])?;
+            let dc2 = dc.reshape(&[d.batch * d.m, d.n])?;
+            if tb { matmul(&dc2, &a2, true, false)? } else { matmul(&a2, &dc2, true, false)? }
+        } else {
+            let per = if tb { matmul(dc, a, true, true)? } else { matmul(a, dc, false, false)? };
+            super::reduce::sum_dim(&per.reshape(&[d.batch, b.dim(0), b.dim(1)])?, 0)?
+        }
+    } else if tb {
+        matmul(dc, a, true, ta)?
+    } else {
+        matmul(a, dc, !ta, false)?
+    };
+    Ok((da.reshape(a.shape())?, db.reshape(b.shape())?))
+}
+
+/// A linear layer without bias, `y = x·Wᵀ`, with `W` stored `[out, in]` as in HF checkpoints.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    matmul(x, w, false, true)
+}
+
+/// Backward of [`linear`]: `(dx, dW)`.
+pub fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    matmul_backward(x, w, false, true, dy)
+}
