@@ -1,1 +1,209 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's task runner.
+//!
+//! - `kernels`: compile every CUDA kernel (`crates/tensor/kernels/*.cu`) to PTX for sm_90 with
+//!   nvcc 13.0 from NVIDIA's pinned Python wheels (installed into `.venv-nvcc` on first use; no
+//!   GPU or CUDA toolkit needed). The tensor crate embeds the PTX.
+//! - `test`: everything CI checks — rustfmt, clippy (with and without `cuda`), the kernels,
+//!   the workspace tests (with `cuda` compiled in; GPU tests skip without a GPU), rustdoc.
+//! - `bench gemm`: our CPU GEMM next to OpenBLAS (numpy) on the same sizes, with the ratio.
+//! - `gpu-bundle`: build the CUDA test binaries and examples into `.gpu/` for the GPU machine.
+//! - `train`: the main job (the R1 pipeline in miniature).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "r1 task runner")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Compile the CUDA kernels to PTX (sm_90) with nvcc 13.0 from pinned wheels.
+    Kernels,
+    /// Run every check CI runs.
+    Test,
+    /// Side-by-side benchmarks.
+    Bench {
+        /// What to compare: `gemm`.
+        what: String,
+    },
+    /// Build CUDA test binaries and examples into .gpu/ for the GPU machine.
+    GpuBundle,
+    /// Run the training pipeline.
+    Train {
+        /// Extra arguments for the trainer.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !st.success() {
+        bail!("command failed ({st}): {cmd:?}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// The pinned nvcc wheels (see shared/docs/gpu.md: newer nvvm emits PTX the 580 driver rejects).
+const NVCC_WHEELS: &[&str] = &[
+    "nvidia-cuda-nvcc==13.0.*",
+    "nvidia-cuda-runtime==13.0.*",
+    "nvidia-cuda-crt==13.0.*",
+    "nvidia-cuda-cccl==13.0.*",
+    "nvidia-nvvm==13.0.*",
+];
+
+fn nvcc() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("R1_NVCC") {
+        return Ok(PathBuf::from(p));
+    }
+    let venv = root().join(".venv-nvcc");
+    let find = |venv: &Path| -> Option<PathBuf> {
+        let lib = venv.join("lib");
+        std::fs::read_dir(&lib).ok()?.flatten().find_map(|py| {
+            let p = py.path().join("site-packages/nvidia/cu13/bin/nvcc");
+            p.exists().then_some(p)
+        })
+    };
+    if let Some(p) = find(&venv) {
+        return Ok(p);
+    }
+    eprintln!("installing nvcc 13.0 from NVIDIA's wheels into {} (~330 MB, once)", venv.display());
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet"]).args(NVCC_WHEELS))?;
+    find(&venv).context("nvcc not found in the installed wheels")
+}
+
+fn kernels() -> Result<()> {
+    let nvcc = nvcc()?;
+    let dir = root().join("crates/tensor/kernels");
+    let out = dir.join("ptx");
+    std::fs::create_dir_all(&out)?;
+    let mut srcs: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    srcs.sort();
+    for src in &srcs {
+        let stem = src.file_stem().and_then(|s| s.to_str()).context("kernel file name")?;
+        let ptx = out.join(format!("{stem}.ptx"));
+        run(Command::new(&nvcc)
+            .args(["-ptx", "-arch=sm_90", "-O3", "-Werror", "all-warnings", "-I"])
+            .arg(&dir)
+            .arg(src)
+            .arg("-o")
+            .arg(&ptx))?;
+    }
+    eprintln!("compiled {} kernel sources to PTX (sm_90) in {}", srcs.len(), out.display());
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
+    kernels()?;
+    run(cargo().args(["test", "--workspace", "--all-features"]))?;
+    run(cargo().args(["doc", "--workspace", "--no-deps", "--all-features"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    eprintln!("xtask test: all checks passed");
+    Ok(())
+}
+
+fn bench(what: &str) -> Result<()> {
+    match what {
+        "gemm" => {
+            run(cargo().args(["build", "--release", "-p", "tensor", "--example", "gemm"]))?;
+            let venv = root().join(".venv-bench");
+            if !venv.join("bin/python").exists() {
+                run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+                run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "numpy"]))?;
+            }
+            let ours = Command::new(root().join("target/release/examples/gemm")).output()?;
+            let peer = Command::new(venv.join("bin/python")).arg(root().join("benches/gemm_numpy.py")).output()?;
+            if !ours.status.success() || !peer.status.success() {
+                bail!("bench failed: {}{}", String::from_utf8_lossy(&ours.stderr), String::from_utf8_lossy(&peer.stderr));
+            }
+            let parse = |o: &[u8]| -> Vec<(usize, f64)> {
+                String::from_utf8_lossy(o)
+                    .lines()
+                    .filter_map(|l| {
+                        let mut it = l.split_whitespace();
+                        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+                    })
+                    .collect()
+            };
+            let (a, b) = (parse(&ours.stdout), parse(&peer.stdout));
+            println!("f32 GEMM n×n×n on {} threads (GFLOP/s, best of repeats)", std::thread::available_parallelism().map_or(0, |n| n.get()));
+            println!("{:>6} {:>10} {:>14} {:>7}", "n", "r1", "numpy/OpenBLAS", "ratio");
+            for ((n, x), (_, y)) in a.iter().zip(&b) {
+                println!("{n:>6} {x:>10.1} {y:>14.1} {:>7.2}", x / y);
+            }
+            Ok(())
+        }
+        other => bail!("unknown bench {other:?} (known: gemm)"),
+    }
+}
+
+fn gpu_bundle() -> Result<()> {
+    kernels()?;
+    let out = root().join(".gpu");
+    std::fs::create_dir_all(&out)?;
+    let o = cargo()
+        .args(["test", "--workspace", "--features", "tensor/cuda", "--no-run", "--message-format=json"])
+        .output()?;
+    if !o.status.success() {
+        bail!("build failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut n = 0;
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        if let (Some(exe), true) = (json_str(line, "\"executable\":\""), line.contains("\"test\":true")) {
+            let name = Path::new(&exe).file_name().context("exe name")?.to_owned();
+            std::fs::copy(&exe, out.join(&name))?;
+            n += 1;
+        }
+    }
+    run(cargo().args(["build", "--release", "-p", "tensor", "--features", "cuda", "--example", "gemm"]))?;
+    std::fs::copy(root().join("target/release/examples/gemm"), out.join("gemm"))?;
+    eprintln!("bundled {n} test binaries and the gemm example into {}", out.display());
+    Ok(())
+}
+
+/// The string value following `key` in one line of cargo's JSON output.
+fn json_str(line: &str, key: &str) -> Option<String> {
+    let i = line.find(key)? + key.len();
+    let j = line[i..].find('"')?;
+    Some(line[i..i + j].to_string())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Kernels => kernels(),
+        Cmd::Test => test(),
+        Cmd::Bench { what } => bench(&what),
+        Cmd::GpuBundle => gpu_bundle(),
+        Cmd::Train { args } => train(&args),
+    }
+}
+
+fn train(_args: &[String]) -> Result<()> {
+    bail!("the training pipeline is not built yet")
+}

@@ -252,6 +252,7 @@ impl Tensor {
         &self.device
     }
 
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn storage(&self) -> &Storage {
         &self.storage
     }

@@ -1,0 +1,51 @@
+//! GEMM throughput: prints `n GFLOP/s` per line for square `n×n×n` products.
+//!
+//! `cargo run --release -p tensor --example gemm [-- cuda [bf16|f32] [sizes...]]`
+//! CPU: f32, best of several repeats. CUDA: median of 20 timed products after warm-up.
+
+use std::time::Instant;
+
+use tensor::ops::matmul::matmul;
+use tensor::{DType, Device, Tensor};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cuda = args.first().is_some_and(|a| a == "cuda");
+    let dt = if args.iter().any(|a| a == "bf16") { DType::BF16 } else { DType::F32 };
+    let mut sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let dev = if cuda {
+        Device::all_available().into_iter().find(|d| !d.is_cpu()).ok_or("no CUDA device")?
+    } else {
+        Device::Cpu
+    };
+    if sizes.is_empty() {
+        sizes = if cuda { vec![1024, 2048, 4096, 8192] } else { vec![256, 512, 1024, 2048] };
+    }
+    for n in sizes {
+        let a = Tensor::randn(&[n, n], 1.0, 1, dt, &dev)?;
+        let b = Tensor::randn(&[n, n], 1.0, 2, dt, &dev)?;
+        let flops = 2.0 * (n as f64).powi(3);
+        let reps = if cuda { 20 } else { (2e10 / flops).clamp(3.0, 50.0) as usize };
+        let sync = |t: &Tensor| -> Result<(), Box<dyn std::error::Error>> {
+            if cuda {
+                // A one-element download waits for the queued work on the stream.
+                t.reshape(&[n * n])?;
+                let _ = tensor::ops::shape::narrow(&t.reshape(&[n * n])?, 0, 0, 1)?.to_vec_f64()?;
+            }
+            Ok(())
+        };
+        let c = matmul(&a, &b, false, false)?;
+        sync(&c)?;
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = Instant::now();
+            let c = matmul(&a, &b, false, false)?;
+            sync(&c)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let t = if cuda { times[times.len() / 2] } else { times[0] };
+        println!("{n} {:.1}", flops / t / 1e9);
+    }
+    Ok(())
+}

@@ -1,0 +1,456 @@
+//! The CUDA backend (feature `cuda`): device buffers, cuBLAS GEMM (f32, and bf16 with f32
+//! accumulation), and the kernels of `kernels/*.cu` — loaded from the PTX that
+//! `cargo xtask kernels` builds, or compiled from the embedded source by NVRTC at start when no
+//! PTX was built (or when `R1_NVRTC=1`). cudarc loads the driver libraries dynamically, so this
+//! builds and runs on machines without CUDA; [`CudaBackend::try_default`] then returns `None`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig, sys::cublasOperation_t as Op};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use half::bf16;
+
+use crate::ops::matmul::MmDims;
+use crate::tensor::{CpuStorage, Storage};
+use crate::{DType, Device, Result, Tensor, TensorError};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// A device buffer.
+pub enum CudaStorage {
+    F32(CudaSlice<f32>),
+    BF16(CudaSlice<bf16>),
+}
+
+impl CudaStorage {
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            CudaStorage::F32(_) => DType::F32,
+            CudaStorage::BF16(_) => DType::BF16,
+        }
+    }
+
+    pub(crate) fn download(&self) -> Result<CpuStorage> {
+        Ok(match self {
+            CudaStorage::F32(s) => CpuStorage::F32(s.stream().clone_dtoh(s).map_err(cuda_err)?),
+            CudaStorage::BF16(s) => CpuStorage::BF16(s.stream().clone_dtoh(s).map_err(cuda_err)?),
+        })
+    }
+
+    fn ptr(&self, stream: &CudaStream) -> u64 {
+        match self {
+            CudaStorage::F32(s) => s.device_ptr(stream).0,
+            CudaStorage::BF16(s) => s.device_ptr(stream).0,
+        }
+    }
+}
+
+fn cuda_err(e: impl std::fmt::Debug) -> TensorError {
+    TensorError::Cuda(format!("{e:?}"))
+}
+
+fn suffix(dt: DType) -> &'static str {
+    match dt {
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+/// One CUDA device: context, stream, cuBLAS handle and the loaded kernel modules.
+pub struct CudaBackend {
+    ordinal: usize,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    funcs: Mutex<HashMap<String, CudaFunction>>,
+    /// Whether the kernels came from prebuilt PTX (else NVRTC).
+    pub prebuilt_ptx: bool,
+}
+
+impl CudaBackend {
+    /// Device 0, created once per process; `None` when no driver or GPU is present.
+    pub fn try_default() -> Option<Arc<CudaBackend>> {
+        static DEFAULT: OnceLock<Option<Arc<CudaBackend>>> = OnceLock::new();
+        DEFAULT
+            .get_or_init(|| {
+                // SAFETY: only probes whether the driver library can be loaded.
+                if !unsafe { cudarc::driver::sys::is_culib_present() } {
+                    return None;
+                }
+                CudaBackend::new(0).ok()
+            })
+            .clone()
+    }
+
+    /// Open device `ordinal` and load every kernel module.
+    pub fn new(ordinal: usize) -> Result<Arc<CudaBackend>> {
+        let ctx = CudaContext::new(ordinal).map_err(cuda_err)?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
+        let force_nvrtc = std::env::var("R1_NVRTC").is_ok_and(|v| v == "1");
+        let (maj, min) = ctx.compute_capability().map_err(cuda_err)?;
+        let arch: &'static str = Box::leak(format!("sm_{maj}{min}").into_boxed_str());
+        let mut modules = HashMap::new();
+        let mut prebuilt_ptx = true;
+        for &(name, src, ptx) in embedded::KERNELS {
+            let ptx = match ptx {
+                Some(p) if !force_nvrtc => Ptx::from_src(p),
+                _ => {
+                    prebuilt_ptx = false;
+                    let opts = CompileOptions {
+                        arch: Some(arch),
+                        ..Default::default()
+                    };
+                    compile_ptx_with_opts(src, opts).map_err(|e| TensorError::Cuda(format!("NVRTC {name}.cu: {e:?}")))?
+                }
+            };
+            modules.insert(name, ctx.load_module(ptx).map_err(cuda_err)?);
+        }
+        Ok(Arc::new(CudaBackend {
+            ordinal,
+            stream,
+            blas,
+            modules,
+            funcs: Mutex::new(HashMap::new()),
+            prebuilt_ptx,
+        }))
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// Wait for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(cuda_err)
+    }
+
+    pub(crate) fn upload(&self, s: &CpuStorage) -> Result<CudaStorage> {
+        Ok(match s {
+            CpuStorage::F32(v) => CudaStorage::F32(self.stream.clone_htod(v).map_err(cuda_err)?),
+            CpuStorage::BF16(v) => CudaStorage::BF16(self.stream.clone_htod(v).map_err(cuda_err)?),
+            CpuStorage::F64(_) => {
+                return Err(TensorError::DType {
+                    op: "to_device",
+                    got: DType::F64,
+                    detail: "the CUDA backend holds f32 and bf16".into(),
+                });
+            }
+        })
+    }
+
+    fn alloc(&self, dt: DType, n: usize) -> Result<CudaStorage> {
+        Ok(match dt {
+            DType::BF16 => CudaStorage::BF16(self.stream.alloc_zeros::<bf16>(n.max(1)).map_err(cuda_err)?),
+            _ => CudaStorage::F32(self.stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda_err)?),
+        })
+    }
+
+    fn func(&self, module: &str, name: &str) -> Result<CudaFunction> {
+        let mut f = self.funcs.lock().expect("kernel cache lock");
+        if let Some(k) = f.get(name) {
+            return Ok(k.clone());
+        }
+        let m = self.modules.get(module).ok_or_else(|| TensorError::Cuda(format!("no module {module}")))?;
+        let k = m.load_function(name).map_err(cuda_err)?;
+        f.insert(name.to_string(), k.clone());
+        Ok(k)
+    }
+
+    fn wrap(self: &Arc<Self>, st: CudaStorage, shape: &[usize]) -> Tensor {
+        Tensor::from_storage(Storage::Cuda(st), shape.to_vec(), Device::Cuda(self.clone()))
+    }
+
+    fn p(&self, t: &Tensor) -> u64 {
+        match t.storage() {
+            Storage::Cuda(s) => s.ptr(&self.stream),
+            Storage::Cpu(_) => unreachable!("operands were checked to be on this device"),
+        }
+    }
+
+    /// Launch `module::name` with `args` (device pointers as u64, then scalars).
+    fn launch(&self, module: &str, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        let f = self.func(module, name)?;
+        let mut b = self.stream.launch_builder(&f);
+        for a in args {
+            match a {
+                Arg::P(p) => b.arg(p),
+                Arg::I64(v) => b.arg(v),
+                Arg::I32(v) => b.arg(v),
+                Arg::F32(v) => b.arg(v),
+            };
+        }
+        // SAFETY: argument lists match the kernels' signatures in kernels/*.cu, and the buffers
+        // hold the element counts passed alongside them.
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(cuda_err)
+    }
+
+    fn this(t: &Tensor) -> Arc<CudaBackend> {
+        match t.device() {
+            Device::Cuda(b) => b.clone(),
+            Device::Cpu => unreachable!("dispatched on a CUDA tensor"),
+        }
+    }
+}
+
+/// cuBLAS strided-batched configuration for row-major `C = op(A)·op(B)` computed as
+/// column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ` (B is cuBLAS's first operand).
+fn batched_cfg<T>(one: T, zero: T, (batch, m, n, k): (usize, usize, usize, usize), ta: bool, tb: bool, b_shared: bool) -> StridedBatchedConfig<T> {
+    let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
+    StridedBatchedConfig {
+        gemm: GemmConfig {
+            transa: op(tb),
+            transb: op(ta),
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha: one,
+            lda: if tb { k } else { n } as i32,
+            ldb: if ta { m } else { k } as i32,
+            beta: zero,
+            ldc: n as i32,
+        },
+        batch_size: batch as i32,
+        stride_a: if b_shared { 0 } else { (k * n) as i64 },
+        stride_b: (m * k) as i64,
+        stride_c: (m * n) as i64,
+    }
+}
+
+enum Arg {
+    P(u64),
+    I64(i64),
+    I32(i32),
+    F32(f32),
+}
+
+fn grid(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 132 * 16) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn rows_cfg(rows: usize, d: usize) -> LaunchConfig {
+    let threads = (d.next_power_of_two()).clamp(32, 1024) as u32;
+    LaunchConfig {
+        grid_dim: (rows.max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// dtype cast on the device (f32 ↔ bf16).
+pub(crate) fn cast(t: &Tensor, dt: DType) -> Result<Tensor> {
+    let be = CudaBackend::this(t);
+    let n = t.numel();
+    let name = match (t.dtype(), dt) {
+        (DType::F32, DType::BF16) => "cast_f32_bf16",
+        (DType::BF16, DType::F32) => "cast_bf16_f32",
+        _ => return t.to_cpu()?.to_dtype(dt)?.to_device(t.device()),
+    };
+    let o = be.alloc(dt, n)?;
+    be.launch("elementwise", name, grid(n), &[Arg::P(o.ptr(&be.stream)), Arg::P(be.p(t)), Arg::I64(n as i64)])?;
+    Ok(be.wrap(o, t.shape()))
+}
+
+impl CudaBackend {
+    fn unary(self: &Arc<Self>, kernel: &str, ins: &[&Tensor], extra: &[Arg]) -> Result<Tensor> {
+        let (x, n) = (ins[0], ins[0].numel());
+        let o = self.alloc(x.dtype(), n)?;
+        let mut args = vec![Arg::P(o.ptr(&self.stream))];
+        args.extend(ins.iter().map(|t| Arg::P(self.p(t))));
+        args.push(Arg::I64(n as i64));
+        args.extend(extra.iter().map(|a| match a {
+            Arg::P(p) => Arg::P(*p),
+            Arg::I64(v) => Arg::I64(*v),
+            Arg::I32(v) => Arg::I32(*v),
+            Arg::F32(v) => Arg::F32(*v),
+        }));
+        self.launch("elementwise", &format!("{kernel}_{}", suffix(x.dtype())), grid(n), &args)?;
+        Ok(self.wrap(o, x.shape()))
+    }
+
+    pub(crate) fn binary(self: &Arc<Self>, kind: u32, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let n = a.numel();
+        let o = self.alloc(a.dtype(), n)?;
+        let args = [
+            Arg::P(o.ptr(&self.stream)),
+            Arg::P(self.p(a)),
+            Arg::P(self.p(b)),
+            Arg::I64(n as i64),
+            Arg::I64(b.numel().max(1) as i64),
+            Arg::I32(kind as i32),
+        ];
+        self.launch("elementwise", &format!("binary_{}", suffix(a.dtype())), grid(n), &args)?;
+        Ok(self.wrap(o, a.shape()))
+    }
+
+    pub(crate) fn affine(self: &Arc<Self>, x: &Tensor, s: f64, b: f64) -> Result<Tensor> {
+        self.unary("affine", &[x], &[Arg::F32(s as f32), Arg::F32(b as f32)])
+    }
+
+    pub(crate) fn silu(self: &Arc<Self>, x: &Tensor) -> Result<Tensor> {
+        self.unary("silu", &[x], &[])
+    }
+
+    pub(crate) fn silu_backward(self: &Arc<Self>, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        self.unary("silu_bwd", &[x, dy], &[])
+    }
+
+    pub(crate) fn swiglu(self: &Arc<Self>, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        self.unary("swiglu", &[g, u], &[])
+    }
+
+    pub(crate) fn rms_norm(self: &Arc<Self>, x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        let d = x.dim(-1);
+        let rows = x.numel() / d;
+        let y = self.alloc(x.dtype(), x.numel())?;
+        let rstd = self.alloc(DType::F32, rows)?;
+        let args = [
+            Arg::P(y.ptr(&self.stream)),
+            Arg::P(rstd.ptr(&self.stream)),
+            Arg::P(self.p(x)),
+            Arg::P(self.p(w)),
+            Arg::I32(d as i32),
+            Arg::F32(eps as f32),
+        ];
+        self.launch("norm", &format!("rms_norm_{}", suffix(x.dtype())), rows_cfg(rows, d), &args)?;
+        Ok((self.wrap(y, x.shape()), self.wrap(rstd, &x.shape()[..x.rank() - 1])))
+    }
+
+    pub(crate) fn rms_norm_backward(
+        self: &Arc<Self>,
+        x: &Tensor,
+        w: &Tensor,
+        rstd: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let d = x.dim(-1);
+        let rows = x.numel() / d;
+        let rstd = rstd.to_dtype(DType::F32)?;
+        let dx = self.alloc(x.dtype(), x.numel())?;
+        let dw = self.alloc(DType::F32, d)?;
+        let args = [
+            Arg::P(dx.ptr(&self.stream)),
+            Arg::P(dw.ptr(&self.stream)),
+            Arg::P(self.p(x)),
+            Arg::P(self.p(w)),
+            Arg::P(self.p(&rstd)),
+            Arg::P(self.p(dy)),
+            Arg::I32(d as i32),
+        ];
+        self.launch("norm", &format!("rms_norm_bwd_{}", suffix(x.dtype())), rows_cfg(rows, d), &args)?;
+        let dw = self.wrap(dw, w.shape()).to_dtype(w.dtype())?;
+        Ok((self.wrap(dx, x.shape()), dw))
+    }
+
+    pub(crate) fn softmax(self: &Arc<Self>, x: &Tensor, log: bool) -> Result<Tensor> {
+        let d = x.dim(-1);
+        let rows = x.numel() / d.max(1);
+        let y = self.alloc(x.dtype(), x.numel())?;
+        let args = [Arg::P(y.ptr(&self.stream)), Arg::P(self.p(x)), Arg::I32(d as i32), Arg::I32(log as i32)];
+        self.launch("softmax", &format!("softmax_{}", suffix(x.dtype())), rows_cfg(rows, d), &args)?;
+        Ok(self.wrap(y, x.shape()))
+    }
+
+    pub(crate) fn softmax_backward(self: &Arc<Self>, y: &Tensor, dy: &Tensor, log: bool) -> Result<Tensor> {
+        let d = y.dim(-1);
+        let rows = y.numel() / d.max(1);
+        let dx = self.alloc(y.dtype(), y.numel())?;
+        let args = [
+            Arg::P(dx.ptr(&self.stream)),
+            Arg::P(self.p(y)),
+            Arg::P(self.p(dy)),
+            Arg::I32(d as i32),
+            Arg::I32(log as i32),
+        ];
+        self.launch("softmax", &format!("softmax_bwd_{}", suffix(y.dtype())), rows_cfg(rows, d), &args)?;
+        Ok(self.wrap(dx, y.shape()))
+    }
+
+    /// Row-major `C = op(A)·op(B)` through column-major cuBLAS: computes `Cᵀ = op(B)ᵀ·op(A)ᵀ`.
+    pub(crate) fn matmul(
+        self: &Arc<Self>,
+        a: &Tensor,
+        b: &Tensor,
+        ta: bool,
+        tb: bool,
+        d: MmDims,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        let MmDims { batch, m, n, k, b_shared } = d;
+        let (batch, m) = if b_shared && !ta { (1, batch * m) } else { (batch, m) };
+        let c = self.alloc(a.dtype(), batch * m * n)?;
+        let dims = (batch, m, n, k);
+        match (a.storage(), b.storage(), c) {
+            (Storage::Cuda(CudaStorage::F32(sa)), Storage::Cuda(CudaStorage::F32(sb)), CudaStorage::F32(mut sc)) => {
+                // SAFETY: dimensions and leading dimensions describe the buffers' extents.
+                unsafe { self.blas.gemm_strided_batched(batched_cfg(1.0f32, 0.0f32, dims, ta, tb, b_shared), sb, sa, &mut sc) }.map_err(cuda_err)?;
+                Ok(self.wrap(CudaStorage::F32(sc), shape))
+            }
+            (Storage::Cuda(CudaStorage::BF16(sa)), Storage::Cuda(CudaStorage::BF16(sb)), CudaStorage::BF16(mut sc)) => {
+                // SAFETY: as above; cudarc's bf16 GEMM accumulates in f32 (CUBLAS_COMPUTE_32F).
+                unsafe { self.blas.gemm_strided_batched(batched_cfg(bf16::ONE, bf16::ZERO, dims, ta, tb, b_shared), sb, sa, &mut sc) }.map_err(cuda_err)?;
+                Ok(self.wrap(CudaStorage::BF16(sc), shape))
+            }
+            _ => Err(TensorError::DType {
+                op: "matmul",
+                got: a.dtype(),
+                detail: "CUDA matmul takes f32 or bf16 operands".into(),
+            }),
+        }
+    }
+
+    /// One fused AdamW step on f32 buffers: updates `p`, `m`, `v` in place.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_step(
+        &self,
+        p: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        g: &Tensor,
+        lr: f32,
+        betas: (f32, f32),
+        eps: f32,
+        wd: f32,
+        step: i32,
+        gscale: f32,
+    ) -> Result<()> {
+        for t in [p, m, v, g] {
+            if t.dtype() != DType::F32 || t.device().is_cpu() {
+                return Err(TensorError::DType {
+                    op: "adamw_step",
+                    got: t.dtype(),
+                    detail: "fused AdamW takes f32 CUDA buffers".into(),
+                });
+            }
+        }
+        let n = p.numel();
+        let bc1 = 1.0 - betas.0.powi(step);
+        let bc2 = 1.0 - betas.1.powi(step);
+        let args = [
+            Arg::P(self.p(p)),
+            Arg::P(self.p(m)),
+            Arg::P(self.p(v)),
+            Arg::P(self.p(g)),
+            Arg::I64(n as i64),
+            Arg::F32(lr),
+            Arg::F32(betas.0),
+            Arg::F32(betas.1),
+            Arg::F32(eps),
+            Arg::F32(wd),
+            Arg::F32(bc1),
+            Arg::F32(bc2),
+            Arg::F32(gscale),
+        ];
+        self.launch("adamw", "adamw_f32", grid(n), &args)
+    }
+}

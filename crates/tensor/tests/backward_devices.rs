@@ -1,0 +1,97 @@
+//! Backward passes on every device present against the CPU f64 backward (which `grad.rs`
+//! proves by finite differences), in f32 and bf16. On a GPU machine these are the CPU-vs-CUDA
+//! parity tests for the backward kernels (RMSNorm, softmax, log-softmax, SiLU, SwiGLU, GEMM).
+
+mod common;
+use common::*;
+use tensor::ops::{activation, elementwise, matmul, norm, softmax};
+use tensor::{DType, Device, Result, Tensor};
+
+/// Run `f` on `dev` in `dt` and on the CPU in f64; compare every output.
+fn parity(what: &str, dev: &Device, dt: DType, shapes: &[&[usize]], f: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>) {
+    let ins64: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| rand64(s, 100 + i as u64)).collect();
+    // Round the inputs to `dt` first so both sides see identical values.
+    let ins64: Vec<Tensor> = ins64.iter().map(|t| t.to_dtype(dt).unwrap().to_dtype(DType::F64).unwrap()).collect();
+    let ins_dev: Vec<Tensor> = ins64.iter().map(|t| t.to_dtype(dt).unwrap().to_device(dev).unwrap()).collect();
+    let want = f(&ins64).unwrap();
+    let got = f(&ins_dev).unwrap();
+    let tol = match dt {
+        DType::BF16 => 1.5e-2,
+        _ => 1e-5,
+    };
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.shape(), w.shape(), "{what} output {i} shape on {dev:?}");
+        let e = rel_err(&g.to_vec_f64().unwrap(), &w.to_vec_f64().unwrap());
+        assert!(e < tol, "{what} output {i} on {dev:?} {dt:?}: rel err {e:e} (tol {tol:e})");
+    }
+}
+
+#[test]
+fn backward_parity_on_every_device() {
+    for dev in devices() {
+        for dt in [DType::F32, DType::BF16] {
+            parity("rms_norm", &dev, dt, &[&[33, 257], &[257], &[33, 257]], |x| {
+                let (y, rstd) = norm::rms_norm(&x[0], &x[1], 1e-6)?;
+                let (dx, dw) = norm::rms_norm_backward(&x[0], &x[1], &rstd, &x[2])?;
+                Ok(vec![y, dx, dw])
+            });
+            parity("softmax", &dev, dt, &[&[17, 1000], &[17, 1000]], |x| {
+                let y = softmax::softmax(&x[0])?;
+                let dx = softmax::softmax_backward(&y, &x[1])?;
+                Ok(vec![y, dx])
+            });
+            parity("log_softmax", &dev, dt, &[&[17, 1000], &[17, 1000]], |x| {
+                let y = softmax::log_softmax(&x[0])?;
+                let dx = softmax::log_softmax_backward(&y, &x[1])?;
+                Ok(vec![y, dx])
+            });
+            parity("silu/swiglu", &dev, dt, &[&[5000], &[5000], &[5000]], |x| {
+                let (dg, du) = activation::swiglu_backward(&x[0], &x[1], &x[2])?;
+                Ok(vec![activation::silu(&x[0])?, activation::silu_backward(&x[0], &x[2])?, activation::swiglu(&x[0], &x[1])?, dg, du])
+            });
+            parity("binary", &dev, dt, &[&[40, 64], &[40, 64], &[64]], |x| {
+                Ok(vec![
+                    elementwise::add(&x[0], &x[1])?,
+                    elementwise::sub(&x[0], &x[2])?,
+                    elementwise::mul(&x[0], &x[2])?,
+                    elementwise::affine(&x[0], 0.5, -2.0)?,
+                ])
+            });
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (m, n, k, b) = (37, 29, 70, 3);
+                let ash: Vec<usize> = if ta { vec![b, k, m] } else { vec![b, m, k] };
+                let bsh: Vec<usize> = if tb { vec![n, k] } else { vec![k, n] };
+                parity("matmul shared-B fwd+bwd", &dev, dt, &[&ash, &bsh, &[b, m, n]], |x| {
+                    let c = matmul::matmul(&x[0], &x[1], ta, tb)?;
+                    let (da, db) = matmul::matmul_backward(&x[0], &x[1], ta, tb, &x[2])?;
+                    Ok(vec![c, da, db])
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn dtype_round_trip_on_every_device() {
+    for dev in devices() {
+        let x = Tensor::randn(&[1000], 3.0, 7, DType::F32, &dev).unwrap();
+        let host = x.to_vec::<f32>().unwrap();
+        let b = x.to_dtype(DType::BF16).unwrap();
+        assert_eq!(b.device().is_cpu(), dev.is_cpu());
+        let back = b.to_vec::<half::bf16>().unwrap();
+        for (h, r) in host.iter().zip(&back) {
+            assert_eq!(*r, half::bf16::from_f32(*h), "{dev:?}: bf16 rounding must be round-to-nearest-even");
+        }
+    }
+}
+
+/// Lists the devices the tests ran on. With `R1_EXPECT_CUDA=1` (the GPU run) a missing CUDA
+/// device is a failure, so a GPU run cannot pass by skipping.
+#[test]
+fn devices_present() {
+    let devs = devices();
+    eprintln!("devices: {devs:?}");
+    if std::env::var("R1_EXPECT_CUDA").is_ok_and(|v| v == "1") {
+        assert!(devs.iter().any(|d| !d.is_cpu()), "R1_EXPECT_CUDA=1 but no CUDA device was found");
+    }
+}
