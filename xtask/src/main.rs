@@ -168,7 +168,7 @@ fn gpu_bundle() -> Result<()> {
     let out = root().join(".gpu");
     std::fs::create_dir_all(&out)?;
     let o = cargo()
-        .args(["test", "--workspace", "--features", "tensor/cuda", "--no-run", "--message-format=json"])
+        .args(["test", "--workspace", "--all-features", "--no-run", "--message-format=json"])
         .output()?;
     if !o.status.success() {
         bail!("build failed: {}", String::from_utf8_lossy(&o.stderr));

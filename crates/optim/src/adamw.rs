@@ -1,0 +1,211 @@
+//! AdamW (Loshchilov & Hutter): decoupled weight decay and bias-corrected moments, exactly as
+//! `torch.optim.AdamW`. State (`exp_avg`, `exp_avg_sq`) is f32 beside each parameter.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use tensor::{DType, Device, Tensor};
+
+use crate::io::atomic_write;
+use crate::{Grads, OptimError, Params, Result};
+
+/// AdamW hyper-parameters (torch defaults, weight decay 0.01 as `torch.optim.AdamW`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Parameters whose name contains one of these get no weight decay (norm weights, biases,
+    /// as transformers' Trainer does).
+    pub no_decay: Vec<String>,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            no_decay: vec!["norm".into(), "bias".into()],
+        }
+    }
+}
+
+/// The optimizer and its state.
+#[derive(Debug)]
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// Steps taken so far.
+    pub step: u64,
+    exp_avg: HashMap<String, Tensor>,
+    exp_avg_sq: HashMap<String, Tensor>,
+}
+
+impl AdamW {
+    /// A fresh optimizer (no state until the first step).
+    pub fn new(config: AdamWConfig) -> AdamW {
+        AdamW {
+            config,
+            step: 0,
+            exp_avg: HashMap::new(),
+            exp_avg_sq: HashMap::new(),
+        }
+    }
+
+    fn decay_for(&self, name: &str) -> f64 {
+        if self.config.no_decay.iter().any(|s| name.contains(s.as_str())) {
+            0.0
+        } else {
+            self.config.weight_decay
+        }
+    }
+
+    /// One update of every parameter that has a gradient, at learning rate `lr`.
+    pub fn step(&mut self, params: &mut Params, grads: &Grads, lr: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let c = self.config.clone();
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        for name in params.names().to_vec() {
+            let Some(g) = grads.get(&name) else { continue };
+            let p = params.get(&name).expect("listed").clone();
+            if g.shape() != p.shape() {
+                return Err(OptimError::Param {
+                    name,
+                    detail: format!("gradient shape {:?} for parameter {:?}", g.shape(), p.shape()),
+                });
+            }
+            let wd = self.decay_for(&name);
+            let dev = p.device().clone();
+            let m = match self.exp_avg.remove(&name) {
+                Some(m) => m,
+                None => Tensor::zeros(p.shape(), DType::F32, &dev)?,
+            };
+            let v = match self.exp_avg_sq.remove(&name) {
+                Some(v) => v,
+                None => Tensor::zeros(p.shape(), DType::F32, &dev)?,
+            };
+            #[cfg(feature = "cuda")]
+            if let (Device::Cuda(be), DType::F32) = (&dev, p.dtype()) {
+                let g32 = g.to_dtype(DType::F32)?.to_device(&dev)?;
+                be.adamw_step(&p, &m, &v, &g32, lr as f32, (c.beta1 as f32, c.beta2 as f32), c.eps as f32, wd as f32, t, 1.0)?;
+                self.exp_avg.insert(name.clone(), m);
+                self.exp_avg_sq.insert(name, v);
+                continue;
+            }
+            let mut pv = p.to_vec::<f32>()?;
+            let mut mv = m.to_vec::<f32>()?;
+            let mut vv = v.to_vec::<f32>()?;
+            let gv = g.to_vec::<f32>()?;
+            let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+            let (lr32, wd32, bc1, bc2) = (lr as f32, wd as f32, bc1 as f32, bc2 as f32);
+            for i in 0..pv.len() {
+                mv[i] = b1 * mv[i] + (1.0 - b1) * gv[i];
+                vv[i] = b2 * vv[i] + (1.0 - b2) * gv[i] * gv[i];
+                pv[i] *= 1.0 - lr32 * wd32;
+                pv[i] -= lr32 * (mv[i] / bc1) / ((vv[i] / bc2).sqrt() + eps);
+            }
+            let shape = p.shape().clone();
+            let newp = Tensor::from_vec(pv, &shape)?.to_dtype(p.dtype())?.to_device(&dev)?;
+            params.set(&name, newp)?;
+            self.exp_avg.insert(name.clone(), Tensor::from_vec(mv, &shape)?.to_device(&dev)?);
+            self.exp_avg_sq.insert(name, Tensor::from_vec(vv, &shape)?.to_device(&dev)?);
+        }
+        Ok(())
+    }
+
+    /// Write the state (step and both moments of every parameter) to `path` as safetensors,
+    /// atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut names: Vec<&String> = self.exp_avg.keys().collect();
+        names.sort();
+        for n in names {
+            for (prefix, map) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
+                let t = &map[n];
+                let bytes: Vec<u8> = t.to_vec::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect();
+                bufs.push((format!("{prefix}.{n}"), t.shape().clone(), bytes));
+            }
+        }
+        let views: Vec<(String, TensorView<'_>)> = bufs
+            .iter()
+            .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| fmt_err(path, e))?)))
+            .collect::<Result<_>>()?;
+        let meta = HashMap::from([
+            ("format".to_string(), "r1-adamw".to_string()),
+            ("step".to_string(), self.step.to_string()),
+            ("config".to_string(), format!("{:?}", self.config)),
+        ]);
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| fmt_err(path, e))?;
+        atomic_write(path, &bytes)
+    }
+
+    /// Load state written by [`AdamW::save`]; moments go to `device`. Every moment must match a
+    /// parameter of `params` in shape.
+    pub fn load(&mut self, path: &Path, params: &Params, device: &Device) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|source| OptimError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| fmt_err(path, e))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| fmt_err(path, e))?;
+        let m = meta.metadata().as_ref();
+        let step = m
+            .and_then(|m| m.get("step"))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| OptimError::Format {
+                path: path.display().to_string(),
+                detail: "metadata field \"step\" missing or not an integer".into(),
+            })?;
+        let (mut ea, mut eas) = (HashMap::new(), HashMap::new());
+        for (full, view) in st.tensors() {
+            let (map, name) = if let Some(n) = full.strip_prefix("exp_avg_sq.") {
+                (&mut eas, n)
+            } else if let Some(n) = full.strip_prefix("exp_avg.") {
+                (&mut ea, n)
+            } else {
+                return Err(OptimError::Format {
+                    path: path.display().to_string(),
+                    detail: format!("unexpected tensor {full:?}"),
+                });
+            };
+            let p = params.get(name).ok_or_else(|| OptimError::Format {
+                path: path.display().to_string(),
+                detail: format!("state for unknown parameter {name:?}"),
+            })?;
+            if view.dtype() != Dtype::F32 || view.shape() != p.shape().as_slice() {
+                return Err(OptimError::Format {
+                    path: path.display().to_string(),
+                    detail: format!(
+                        "tensor {full:?}: {:?} {:?}, expected F32 {:?}",
+                        view.dtype(),
+                        view.shape(),
+                        p.shape()
+                    ),
+                });
+            }
+            let v: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            map.insert(name.to_string(), Tensor::from_vec(v, p.shape())?.to_device(device)?);
+        }
+        if let Some(n) = ea.keys().find(|n| !eas.contains_key(*n)) {
+            return Err(OptimError::Format {
+                path: path.display().to_string(),
+                detail: format!("exp_avg_sq missing for {n:?}"),
+            });
+        }
+        self.step = step;
+        self.exp_avg = ea;
+        self.exp_avg_sq = eas;
+        Ok(())
+    }
+}
+
+fn fmt_err(path: &Path, e: impl std::fmt::Display) -> OptimError {
+    OptimError::Format {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}

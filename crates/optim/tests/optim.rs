@@ -1,0 +1,162 @@
+//! AdamW against an independent scalar transcription of `torch.optim.AdamW`, on every device;
+//! clipping, schedules, accumulation, and resume-from-state equivalence.
+
+use optim::{AdamW, AdamWConfig, Grads, Params, Schedule, clip_grad_norm};
+use proptest::prelude::*;
+use tensor::{DType, Device, Tensor};
+
+/// torch.optim.AdamW for one scalar, in f64.
+fn torch_adamw(p0: f64, grads: &[f64], lr: f64, b1: f64, b2: f64, eps: f64, wd: f64) -> f64 {
+    let (mut p, mut m, mut v) = (p0, 0.0, 0.0);
+    for (t, &g) in grads.iter().enumerate() {
+        let t = (t + 1) as i32;
+        p *= 1.0 - lr * wd;
+        m = b1 * m + (1.0 - b1) * g;
+        v = b2 * v + (1.0 - b2) * g * g;
+        let step_size = lr / (1.0 - b1.powi(t));
+        let denom = v.sqrt() / (1.0 - b2.powi(t)).sqrt() + eps;
+        p -= step_size * m / denom;
+    }
+    p
+}
+
+#[test]
+fn adamw_matches_torch_formula_on_every_device() {
+    for dev in Device::all_available() {
+        let n = 300;
+        let p0 = Tensor::randn(&[n], 1.0, 1, DType::F32, &dev).unwrap();
+        let mut params = Params::default();
+        params.insert("layers.0.w", p0.clone()).unwrap();
+        params.insert("layers.0.input_layernorm.weight", p0.clone()).unwrap();
+        let cfg = AdamWConfig {
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        };
+        let mut opt = AdamW::new(cfg.clone());
+        let steps = 5;
+        let gs: Vec<Tensor> = (0..steps).map(|s| Tensor::randn(&[n], 0.5, 10 + s, DType::F32, &dev).unwrap()).collect();
+        for g in &gs {
+            let mut grads = Grads::default();
+            grads.accumulate("layers.0.w", g).unwrap();
+            grads.accumulate("layers.0.input_layernorm.weight", g).unwrap();
+            opt.step(&mut params, &grads, 1e-2).unwrap();
+        }
+        let p0v = p0.to_vec_f64().unwrap();
+        let gv: Vec<Vec<f64>> = gs.iter().map(|g| g.to_vec_f64().unwrap()).collect();
+        for (name, wd) in [("layers.0.w", 0.1), ("layers.0.input_layernorm.weight", 0.0)] {
+            let got = params.get(name).unwrap().to_vec_f64().unwrap();
+            for i in 0..n {
+                let hist: Vec<f64> = gv.iter().map(|g| g[i]).collect();
+                let want = torch_adamw(p0v[i], &hist, 1e-2, 0.9, 0.999, 1e-8, wd);
+                assert!((got[i] - want).abs() < 2e-6, "{dev:?} {name}[{i}]: {} vs {want}", got[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn adamw_minimises_a_quadratic() {
+    let target = Tensor::randn(&[50], 2.0, 3, DType::F32, &Device::Cpu).unwrap();
+    let mut params = Params::default();
+    params.insert("x", Tensor::zeros(&[50], DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() });
+    let sched = Schedule::WarmupCosine { peak: 0.1, warmup: 10, total: 400, min_ratio: 0.01 };
+    let loss = |p: &Params| {
+        let x = p.get("x").unwrap().to_vec_f64().unwrap();
+        let t = target.to_vec_f64().unwrap();
+        x.iter().zip(&t).map(|(a, b)| (a - b) * (a - b)).sum::<f64>()
+    };
+    let l0 = loss(&params);
+    for s in 0..400 {
+        let x = params.get("x").unwrap();
+        let g = tensor::ops::elementwise::scale(&tensor::ops::elementwise::sub(x, &target).unwrap(), 2.0).unwrap();
+        let mut grads = Grads::default();
+        grads.accumulate("x", &g).unwrap();
+        opt.step(&mut params, &grads, sched.lr(s)).unwrap();
+    }
+    assert!(loss(&params) < 1e-4 * l0, "loss {} from {l0}", loss(&params));
+}
+
+#[test]
+fn clipping_scales_to_max_norm() {
+    let mut grads = Grads::default();
+    grads.accumulate("a", &Tensor::from_vec(vec![3.0f32, 0.0], &[2]).unwrap()).unwrap();
+    grads.accumulate("b", &Tensor::from_vec(vec![4.0f32], &[1]).unwrap()).unwrap();
+    let n = clip_grad_norm(&mut grads, 1.0).unwrap();
+    assert!((n - 5.0).abs() < 1e-6);
+    assert!((grads.global_norm().unwrap() - 1.0).abs() < 1e-5);
+    let n2 = clip_grad_norm(&mut grads, 10.0).unwrap();
+    assert!((grads.global_norm().unwrap() - n2).abs() < 1e-9, "no clipping under the limit");
+}
+
+#[test]
+fn accumulation_sums_and_rejects_shape_change() {
+    let mut g = Grads::default();
+    g.accumulate("w", &Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap()).unwrap();
+    g.accumulate("w", &Tensor::from_vec(vec![0.5f32, -1.0], &[2]).unwrap()).unwrap();
+    assert_eq!(g.get("w").unwrap().to_vec::<f32>().unwrap(), vec![1.5, 1.0]);
+    let e = g.accumulate("w", &Tensor::from_vec(vec![1.0f32], &[1]).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("\"w\"") && e.contains("[1]") && e.contains("[2]"), "{e}");
+}
+
+proptest! {
+    /// Property: the warmup-cosine schedule rises linearly to the peak, then never increases,
+    /// and ends at peak·min_ratio.
+    #[test]
+    fn schedule_shape(peak in 1e-5f64..1.0, warmup in 0usize..50, extra in 1usize..500, min_ratio in 0.0f64..0.5) {
+        let total = warmup + extra;
+        let s = Schedule::WarmupCosine { peak, warmup, total, min_ratio };
+        if warmup > 0 {
+            prop_assert!((s.lr(warmup - 1) - peak).abs() < 1e-12 * peak);
+        }
+        for t in warmup.max(1)..total + 5 {
+            prop_assert!(s.lr(t) <= s.lr(t - 1) + 1e-15);
+        }
+        prop_assert!((s.lr(total) - peak * min_ratio).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn resume_from_saved_state_is_exact() {
+    let dir = std::env::temp_dir().join(format!("optim-test-{}", std::process::id()));
+    let path = dir.join("optimizer.safetensors");
+    let grads_at = |s: u64| {
+        let mut g = Grads::default();
+        g.accumulate("w", &Tensor::randn(&[64], 1.0, 100 + s, DType::F32, &Device::Cpu).unwrap()).unwrap();
+        g
+    };
+    let init = || {
+        let mut p = Params::default();
+        p.insert("w", Tensor::randn(&[64], 1.0, 7, DType::F32, &Device::Cpu).unwrap()).unwrap();
+        p
+    };
+    // Uninterrupted: 6 steps.
+    let mut p1 = init();
+    let mut o1 = AdamW::new(AdamWConfig::default());
+    for s in 0..6 {
+        o1.step(&mut p1, &grads_at(s), 1e-2).unwrap();
+    }
+    // Interrupted after 3: save, load into a fresh optimizer, continue.
+    let mut p2 = init();
+    let mut o2 = AdamW::new(AdamWConfig::default());
+    for s in 0..3 {
+        o2.step(&mut p2, &grads_at(s), 1e-2).unwrap();
+    }
+    o2.save(&path).unwrap();
+    let mut o3 = AdamW::new(AdamWConfig::default());
+    o3.load(&path, &p2, &Device::Cpu).unwrap();
+    assert_eq!(o3.step, 3);
+    for s in 3..6 {
+        o3.step(&mut p2, &grads_at(s), 1e-2).unwrap();
+    }
+    assert_eq!(p1.get("w").unwrap().to_vec::<f32>().unwrap(), p2.get("w").unwrap().to_vec::<f32>().unwrap());
+    // A state file for other parameters is refused with the file and tensor named.
+    let mut other = Params::default();
+    other.insert("w", Tensor::zeros(&[3], DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let e = AdamW::new(AdamWConfig::default()).load(&path, &other, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("optimizer.safetensors") && e.contains("exp_avg"), "{e}");
+    std::fs::write(&path, b"not a safetensors file").unwrap();
+    let e = AdamW::new(AdamWConfig::default()).load(&path, &p2, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("optimizer.safetensors"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
