@@ -17,7 +17,9 @@ fn main() {
         .collect();
     names.sort();
     let out = Path::new(&env::var("OUT_DIR").unwrap()).to_path_buf();
-    let mut code = String::from("/// (module name, CUDA source with headers inlined, prebuilt PTX)\npub const KERNELS: &[(&str, &str, Option<&str>)] = &[\n");
+    let mut code = String::from(
+        "/// (module name, CUDA source with headers inlined, prebuilt PTX)\npub const KERNELS: &[(&str, &str, Option<&str>)] = &[\n",
+    );
     for n in &names {
         let src = fs::read_to_string(dir.join(format!("{n}.cu"))).unwrap();
         let inlined = src.replace("#include \"common.cuh\"", &common.replace("#pragma once", ""));

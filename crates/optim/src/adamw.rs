@@ -47,20 +47,11 @@ pub struct AdamW {
 impl AdamW {
     /// A fresh optimizer (no state until the first step).
     pub fn new(config: AdamWConfig) -> AdamW {
-        AdamW {
-            config,
-            step: 0,
-            exp_avg: HashMap::new(),
-            exp_avg_sq: HashMap::new(),
-        }
+        AdamW { config, step: 0, exp_avg: HashMap::new(), exp_avg_sq: HashMap::new() }
     }
 
     fn decay_for(&self, name: &str) -> f64 {
-        if self.config.no_decay.iter().any(|s| name.contains(s.as_str())) {
-            0.0
-        } else {
-            self.config.weight_decay
-        }
+        if self.config.no_decay.iter().any(|s| name.contains(s.as_str())) { 0.0 } else { self.config.weight_decay }
     }
 
     /// One update of every parameter that has a gradient, at learning rate `lr`.
@@ -91,7 +82,22 @@ impl AdamW {
             #[cfg(feature = "cuda")]
             if let (Device::Cuda(be), DType::F32) = (&dev, p.dtype()) {
                 let g32 = g.to_dtype(DType::F32)?.to_device(&dev)?;
-                be.adamw_step(&p, &m, &v, &g32, lr as f32, (c.beta1 as f32, c.beta2 as f32), c.eps as f32, wd as f32, t, 1.0)?;
+                // The kernel updates in place: work on a fresh copy so that other holders of
+                // the old parameter tensor keep its value (tensors are values).
+                let p = tensor::ops::elementwise::affine(&p, 1.0, 0.0)?;
+                be.adamw_step(
+                    &p,
+                    &m,
+                    &v,
+                    &g32,
+                    lr as f32,
+                    (c.beta1 as f32, c.beta2 as f32),
+                    c.eps as f32,
+                    wd as f32,
+                    t,
+                    1.0,
+                )?;
+                params.set(&name, p)?;
                 self.exp_avg.insert(name.clone(), m);
                 self.exp_avg_sq.insert(name, v);
                 continue;
@@ -146,17 +152,13 @@ impl AdamW {
     /// Load state written by [`AdamW::save`]; moments go to `device`. Every moment must match a
     /// parameter of `params` in shape.
     pub fn load(&mut self, path: &Path, params: &Params, device: &Device) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(|source| OptimError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| OptimError::Io { path: path.display().to_string(), source })?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| fmt_err(path, e))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| fmt_err(path, e))?;
         let m = meta.metadata().as_ref();
-        let step = m
-            .and_then(|m| m.get("step"))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| OptimError::Format {
+        let step =
+            m.and_then(|m| m.get("step")).and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| OptimError::Format {
                 path: path.display().to_string(),
                 detail: "metadata field \"step\" missing or not an integer".into(),
             })?;
@@ -187,7 +189,8 @@ impl AdamW {
                     ),
                 });
             }
-            let v: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let v: Vec<f32> =
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             map.insert(name.to_string(), Tensor::from_vec(v, p.shape())?.to_device(device)?);
         }
         if let Some(n) = ea.keys().find(|n| !eas.contains_key(*n)) {
@@ -204,8 +207,5 @@ impl AdamW {
 }
 
 fn fmt_err(path: &Path, e: impl std::fmt::Display) -> OptimError {
-    OptimError::Format {
-        path: path.display().to_string(),
-        detail: e.to_string(),
-    }
+    OptimError::Format { path: path.display().to_string(), detail: e.to_string() }
 }

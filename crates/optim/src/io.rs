@@ -7,10 +7,7 @@ use crate::{OptimError, Result};
 
 /// Write `bytes` to `path` through a temporary file in the same directory, fsync, then rename.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| OptimError::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    let io = |source| OptimError::Io { path: path.display().to_string(), source };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");

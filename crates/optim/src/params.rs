@@ -20,10 +20,7 @@ impl Named {
     pub fn insert(&mut self, name: impl Into<String>, t: Tensor) -> Result<()> {
         let name = name.into();
         if self.index.contains_key(&name) {
-            return Err(OptimError::Param {
-                name,
-                detail: "inserted twice".into(),
-            });
+            return Err(OptimError::Param { name, detail: "inserted twice".into() });
         }
         self.index.insert(name.clone(), self.names.len());
         self.names.push(name);
@@ -38,10 +35,10 @@ impl Named {
 
     /// Replace the tensor named `name` (same shape required).
     pub fn set(&mut self, name: &str, t: Tensor) -> Result<()> {
-        let i = *self.index.get(name).ok_or_else(|| OptimError::Param {
-            name: name.into(),
-            detail: "no such entry".into(),
-        })?;
+        let i = *self
+            .index
+            .get(name)
+            .ok_or_else(|| OptimError::Param { name: name.into(), detail: "no such entry".into() })?;
         if t.shape() != self.tensors[i].shape() {
             return Err(OptimError::Param {
                 name: name.into(),

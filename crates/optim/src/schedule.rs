@@ -8,12 +8,7 @@ pub enum Schedule {
     /// Linear warmup from 0 to `peak` over `warmup` steps, then cosine decay to
     /// `peak·min_ratio` at `total` (and constant after), as `get_cosine_schedule_with_warmup`
     /// with a floor.
-    WarmupCosine {
-        peak: f64,
-        warmup: usize,
-        total: usize,
-        min_ratio: f64,
-    },
+    WarmupCosine { peak: f64, warmup: usize, total: usize, min_ratio: f64 },
 }
 
 impl Schedule {
@@ -21,12 +16,7 @@ impl Schedule {
     pub fn lr(&self, step: usize) -> f64 {
         match *self {
             Schedule::Constant { lr } => lr,
-            Schedule::WarmupCosine {
-                peak,
-                warmup,
-                total,
-                min_ratio,
-            } => {
+            Schedule::WarmupCosine { peak, warmup, total, min_ratio } => {
                 if step < warmup {
                     return peak * (step + 1) as f64 / warmup as f64;
                 }

@@ -28,10 +28,7 @@ fn adamw_matches_torch_formula_on_every_device() {
         let mut params = Params::default();
         params.insert("layers.0.w", p0.clone()).unwrap();
         params.insert("layers.0.input_layernorm.weight", p0.clone()).unwrap();
-        let cfg = AdamWConfig {
-            weight_decay: 0.1,
-            ..AdamWConfig::default()
-        };
+        let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
         let mut opt = AdamW::new(cfg.clone());
         let steps = 5;
         let gs: Vec<Tensor> = (0..steps).map(|s| Tensor::randn(&[n], 0.5, 10 + s, DType::F32, &dev).unwrap()).collect();

@@ -1,7 +1,7 @@
 //! GEMM throughput: prints `n GFLOP/s` per line for square `n×n×n` products.
 //!
 //! `cargo run --release -p tensor --example gemm [-- cuda [bf16|f32] [sizes...]]`
-//! CPU: f32, best of several repeats. CUDA: median of 20 timed products after warm-up.
+//! CPU: f32, best of several repeats. CUDA: the median of timed batches after warm-up.
 
 use std::time::Instant;
 
@@ -25,23 +25,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let a = Tensor::randn(&[n, n], 1.0, 1, dt, &dev)?;
         let b = Tensor::randn(&[n, n], 1.0, 2, dt, &dev)?;
         let flops = 2.0 * (n as f64).powi(3);
-        let reps = if cuda { 20 } else { (2e10 / flops).clamp(3.0, 50.0) as usize };
-        let sync = |t: &Tensor| -> Result<(), Box<dyn std::error::Error>> {
-            if cuda {
-                // A one-element download waits for the queued work on the stream.
-                t.reshape(&[n * n])?;
-                let _ = tensor::ops::shape::narrow(&t.reshape(&[n * n])?, 0, 0, 1)?.to_vec_f64()?;
-            }
-            Ok(())
-        };
-        let c = matmul(&a, &b, false, false)?;
-        sync(&c)?;
-        let mut times = Vec::with_capacity(reps);
-        for _ in 0..reps {
+        // CPU: best single product of several. CUDA: 10 batches of 10 products after warm-up,
+        // each batch timed to a device synchronisation; the median batch.
+        let (batches, per) = if cuda { (10, 10) } else { ((2e10 / flops).clamp(3.0, 50.0) as usize, 1) };
+        matmul(&a, &b, false, false)?;
+        dev.synchronize()?;
+        let mut times = Vec::with_capacity(batches);
+        for _ in 0..batches {
             let t = Instant::now();
-            let c = matmul(&a, &b, false, false)?;
-            sync(&c)?;
-            times.push(t.elapsed().as_secs_f64());
+            for _ in 0..per {
+                matmul(&a, &b, false, false)?;
+            }
+            dev.synchronize()?;
+            times.push(t.elapsed().as_secs_f64() / per as f64);
         }
         times.sort_by(|x, y| x.partial_cmp(y).unwrap());
         let t = if cuda { times[times.len() / 2] } else { times[0] };

@@ -22,13 +22,7 @@ pub struct GradCheck {
 
 impl Default for GradCheck {
     fn default() -> Self {
-        GradCheck {
-            eps: 1e-6,
-            rtol: 1e-5,
-            atol: 1e-8,
-            max_per_input: 64,
-            seed: 0,
-        }
+        GradCheck { eps: 1e-6, rtol: 1e-5, atol: 1e-8, max_per_input: 64, seed: 0 }
     }
 }
 
@@ -108,12 +102,7 @@ pub fn check(
             rep.checked += 1;
             rep.max_abs_err = rep.max_abs_err.max(err);
             if err > opts.atol + opts.rtol * a[j].abs().max(num.abs()) || !err.is_finite() {
-                rep.mismatches.push(Mismatch {
-                    input: i,
-                    index: j,
-                    analytic: a[j],
-                    numeric: num,
-                });
+                rep.mismatches.push(Mismatch { input: i, index: j, analytic: a[j], numeric: num });
             }
         }
         cur[i] = Tensor::from_vec(base, &shape)?;

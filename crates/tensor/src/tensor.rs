@@ -42,6 +42,15 @@ impl Device {
         }
     }
 
+    /// Wait until all work queued on the device has finished (a no-op on the CPU).
+    pub fn synchronize(&self) -> crate::Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(b) => b.synchronize(),
+        }
+    }
+
     /// Every device present on this machine: the CPU, then CUDA device 0 when the `cuda`
     /// feature is on and a GPU with a driver is found. Test bodies loop over this list.
     pub fn all_available() -> Vec<Device> {
@@ -99,12 +108,8 @@ impl CpuStorage {
             (CpuStorage::F32(v), DType::F32) => CpuStorage::F32(v.clone()),
             (CpuStorage::F64(v), DType::F64) => CpuStorage::F64(v.clone()),
             (CpuStorage::BF16(v), DType::BF16) => CpuStorage::BF16(v.clone()),
-            (CpuStorage::F32(v), DType::BF16) => {
-                CpuStorage::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect())
-            }
-            (CpuStorage::BF16(v), DType::F32) => {
-                CpuStorage::F32(v.iter().map(|x| x.to_f32()).collect())
-            }
+            (CpuStorage::F32(v), DType::BF16) => CpuStorage::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+            (CpuStorage::BF16(v), DType::F32) => CpuStorage::F32(v.iter().map(|x| x.to_f32()).collect()),
             (CpuStorage::F32(v), DType::F64) => CpuStorage::F64(map(v)),
             (CpuStorage::F64(v), DType::F32) => CpuStorage::F32(map(v)),
             (CpuStorage::F64(v), DType::BF16) => CpuStorage::BF16(map(v)),
@@ -141,11 +146,7 @@ pub fn numel(shape: &[usize]) -> usize {
 
 impl Tensor {
     pub(crate) fn from_storage(storage: Storage, shape: Shape, device: Device) -> Tensor {
-        Tensor {
-            storage: Arc::new(storage),
-            shape,
-            device,
-        }
+        Tensor { storage: Arc::new(storage), shape, device }
     }
 
     /// A CPU tensor owning `data`, which must hold `numel(shape)` elements.
@@ -190,23 +191,14 @@ impl Tensor {
     /// Normal(0, std²) entries from a seeded generator (reproducible across devices).
     pub fn randn(shape: &[usize], std: f64, seed: u64, dtype: DType, device: &Device) -> Result<Tensor> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let dist = Normal::new(0.0, std).map_err(|e| TensorError::Arg {
-            op: "randn",
-            detail: format!("std {std}: {e}"),
-        })?;
+        let dist =
+            Normal::new(0.0, std).map_err(|e| TensorError::Arg { op: "randn", detail: format!("std {std}: {e}") })?;
         let v: Vec<f64> = (0..numel(shape)).map(|_| dist.sample(&mut rng)).collect();
         Tensor::from_vec(v, shape)?.to_dtype(dtype)?.to_device(device)
     }
 
     /// Uniform entries in `[lo, hi)` from a seeded generator.
-    pub fn rand_uniform(
-        shape: &[usize],
-        lo: f64,
-        hi: f64,
-        seed: u64,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    pub fn rand_uniform(shape: &[usize], lo: f64, hi: f64, seed: u64, dtype: DType, device: &Device) -> Result<Tensor> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let v: Vec<f64> = (0..numel(shape))
             .map(|_| {
@@ -266,11 +258,7 @@ impl Tensor {
                 &[&self.shape],
             ));
         }
-        Ok(Tensor {
-            storage: self.storage.clone(),
-            shape: shape.to_vec(),
-            device: self.device.clone(),
-        })
+        Ok(Tensor { storage: self.storage.clone(), shape: shape.to_vec(), device: self.device.clone() })
     }
 
     /// A copy on `device` (a cheap clone when already there).
@@ -287,8 +275,7 @@ impl Tensor {
             #[cfg(feature = "cuda")]
             (Storage::Cuda(s), _) => {
                 let host = s.download()?;
-                Tensor::from_storage(Storage::Cpu(host), self.shape.clone(), Device::Cpu)
-                    .to_device(device)
+                Tensor::from_storage(Storage::Cpu(host), self.shape.clone(), Device::Cpu).to_device(device)
             }
             _ => Ok(self.clone()),
         }
@@ -305,11 +292,9 @@ impl Tensor {
             return Ok(self.clone());
         }
         match &*self.storage {
-            Storage::Cpu(s) => Ok(Tensor::from_storage(
-                Storage::Cpu(s.convert(dtype)),
-                self.shape.clone(),
-                Device::Cpu,
-            )),
+            Storage::Cpu(s) => {
+                Ok(Tensor::from_storage(Storage::Cpu(s.convert(dtype)), self.shape.clone(), Device::Cpu))
+            }
             #[cfg(feature = "cuda")]
             Storage::Cuda(_) => crate::cuda::cast(self, dtype),
         }

@@ -47,7 +47,13 @@ fn backward_parity_on_every_device() {
             });
             parity("silu/swiglu", &dev, dt, &[&[5000], &[5000], &[5000]], |x| {
                 let (dg, du) = activation::swiglu_backward(&x[0], &x[1], &x[2])?;
-                Ok(vec![activation::silu(&x[0])?, activation::silu_backward(&x[0], &x[2])?, activation::swiglu(&x[0], &x[1])?, dg, du])
+                Ok(vec![
+                    activation::silu(&x[0])?,
+                    activation::silu_backward(&x[0], &x[2])?,
+                    activation::swiglu(&x[0], &x[1])?,
+                    dg,
+                    du,
+                ])
             });
             parity("binary", &dev, dt, &[&[40, 64], &[40, 64], &[64]], |x| {
                 Ok(vec![

@@ -10,10 +10,7 @@ use tensor::ops::{activation, attention, elementwise, index, loss, matmul, norm,
 use tensor::{Result, Tensor};
 
 fn cfg() -> ProptestConfig {
-    ProptestConfig {
-        cases: 10,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases: 10, ..ProptestConfig::default() }
 }
 
 /// Check `backward(inputs, R)` against differences of `Σ forward(inputs) ⊙ R`.
@@ -142,7 +139,7 @@ proptest! {
 
     #[test]
     fn cross_entropy_grad(n in 1usize..6, v in 2usize..9, seed in 0u64..1000) {
-        let tg: Vec<i64> = (0..n).map(|i| if (i as u64 + seed) % 4 == 0 { -100 } else { ((i as u64 * 7 + seed) % v as u64) as i64 }).collect();
+        let tg: Vec<i64> = (0..n).map(|i| if (i as u64 + seed).is_multiple_of(4) { -100 } else { ((i as u64 * 7 + seed) % v as u64) as i64 }).collect();
         let (t1, t2) = (tg.clone(), tg.clone());
         let x = rand64(&[n, v], seed);
         let f = move |x: &[Tensor]| loss::cross_entropy(&x[0], &t1, -100).and_then(|(l, _)| l.item());

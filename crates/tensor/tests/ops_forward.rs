@@ -2,6 +2,9 @@
 //! device present. On a GPU machine these are the CPU-vs-CUDA parity tests: the same body runs
 //! on each device against the same reference.
 
+// Naive references read best as index loops.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 use common::*;
 use tensor::ops::{activation, attention, elementwise, index, loss, matmul, norm, reduce, rope, shape, softmax};
@@ -97,11 +100,9 @@ fn binary_ops_broadcast() {
             let (a, av) = rand_on(&sa, 6, &dev);
             let (b, bv) = rand_on(&sb, 7, &dev);
             let out_shape = elementwise::broadcast_shape("t", &sa, &sb).unwrap();
-            for (name, f) in [
-                ("add", (|x: f64, y: f64| x + y) as fn(f64, f64) -> f64),
-                ("sub", |x, y| x - y),
-                ("mul", |x, y| x * y),
-            ] {
+            for (name, f) in
+                [("add", (|x: f64, y: f64| x + y) as fn(f64, f64) -> f64), ("sub", |x, y| x - y), ("mul", |x, y| x * y)]
+            {
                 let y = match name {
                     "add" => elementwise::add(&a, &b),
                     "sub" => elementwise::sub(&a, &b),
@@ -134,11 +135,7 @@ fn activations() {
         let cases: Vec<(&str, Tensor, Vec<f64>)> = vec![
             ("silu", activation::silu(&x).unwrap(), xv.iter().map(|&v| v * s(v)).collect()),
             ("sigmoid", activation::sigmoid(&x).unwrap(), xv.iter().map(|&v| s(v)).collect()),
-            (
-                "swiglu",
-                activation::swiglu(&x, &u).unwrap(),
-                xv.iter().zip(&uv).map(|(&g, &w)| g * s(g) * w).collect(),
-            ),
+            ("swiglu", activation::swiglu(&x, &u).unwrap(), xv.iter().zip(&uv).map(|(&g, &w)| g * s(g) * w).collect()),
         ];
         for (name, y, want) in cases {
             assert!(rel_err(&y.to_vec_f64().unwrap(), &want) < tol(&dev), "{dev:?} {name}");
@@ -218,7 +215,10 @@ fn attention_masks() {
                             .collect();
                         let sc: Vec<f64> = vis
                             .iter()
-                            .map(|&j| (0..dk).map(|d| qv[(bh * s + i) * dk + d] * kv[(bh * t + j) * dk + d]).sum::<f64>() * scale)
+                            .map(|&j| {
+                                (0..dk).map(|d| qv[(bh * s + i) * dk + d] * kv[(bh * t + j) * dk + d]).sum::<f64>()
+                                    * scale
+                            })
                             .collect();
                         let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                         let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();

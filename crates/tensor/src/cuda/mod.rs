@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig, sys::cublasOperation_t as Op};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use half::bf16;
 
@@ -101,23 +103,14 @@ impl CudaBackend {
                 Some(p) if !force_nvrtc => Ptx::from_src(p),
                 _ => {
                     prebuilt_ptx = false;
-                    let opts = CompileOptions {
-                        arch: Some(arch),
-                        ..Default::default()
-                    };
-                    compile_ptx_with_opts(src, opts).map_err(|e| TensorError::Cuda(format!("NVRTC {name}.cu: {e:?}")))?
+                    let opts = CompileOptions { arch: Some(arch), ..Default::default() };
+                    compile_ptx_with_opts(src, opts)
+                        .map_err(|e| TensorError::Cuda(format!("NVRTC {name}.cu: {e:?}")))?
                 }
             };
             modules.insert(name, ctx.load_module(ptx).map_err(cuda_err)?);
         }
-        Ok(Arc::new(CudaBackend {
-            ordinal,
-            stream,
-            blas,
-            modules,
-            funcs: Mutex::new(HashMap::new()),
-            prebuilt_ptx,
-        }))
+        Ok(Arc::new(CudaBackend { ordinal, stream, blas, modules, funcs: Mutex::new(HashMap::new()), prebuilt_ptx }))
     }
 
     /// The device ordinal.
@@ -200,7 +193,14 @@ impl CudaBackend {
 
 /// cuBLAS strided-batched configuration for row-major `C = op(A)·op(B)` computed as
 /// column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ` (B is cuBLAS's first operand).
-fn batched_cfg<T>(one: T, zero: T, (batch, m, n, k): (usize, usize, usize, usize), ta: bool, tb: bool, b_shared: bool) -> StridedBatchedConfig<T> {
+fn batched_cfg<T>(
+    one: T,
+    zero: T,
+    (batch, m, n, k): (usize, usize, usize, usize),
+    ta: bool,
+    tb: bool,
+    b_shared: bool,
+) -> StridedBatchedConfig<T> {
     let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
     StridedBatchedConfig {
         gemm: GemmConfig {
@@ -231,20 +231,12 @@ enum Arg {
 
 fn grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 132 * 16) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
 fn rows_cfg(rows: usize, d: usize) -> LaunchConfig {
     let threads = (d.next_power_of_two()).clamp(32, 1024) as u32;
-    LaunchConfig {
-        grid_dim: (rows.max(1) as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// dtype cast on the device (f32 ↔ bf16).
@@ -393,12 +385,23 @@ impl CudaBackend {
         match (a.storage(), b.storage(), c) {
             (Storage::Cuda(CudaStorage::F32(sa)), Storage::Cuda(CudaStorage::F32(sb)), CudaStorage::F32(mut sc)) => {
                 // SAFETY: dimensions and leading dimensions describe the buffers' extents.
-                unsafe { self.blas.gemm_strided_batched(batched_cfg(1.0f32, 0.0f32, dims, ta, tb, b_shared), sb, sa, &mut sc) }.map_err(cuda_err)?;
+                unsafe {
+                    self.blas.gemm_strided_batched(batched_cfg(1.0f32, 0.0f32, dims, ta, tb, b_shared), sb, sa, &mut sc)
+                }
+                .map_err(cuda_err)?;
                 Ok(self.wrap(CudaStorage::F32(sc), shape))
             }
             (Storage::Cuda(CudaStorage::BF16(sa)), Storage::Cuda(CudaStorage::BF16(sb)), CudaStorage::BF16(mut sc)) => {
                 // SAFETY: as above; cudarc's bf16 GEMM accumulates in f32 (CUBLAS_COMPUTE_32F).
-                unsafe { self.blas.gemm_strided_batched(batched_cfg(bf16::ONE, bf16::ZERO, dims, ta, tb, b_shared), sb, sa, &mut sc) }.map_err(cuda_err)?;
+                unsafe {
+                    self.blas.gemm_strided_batched(
+                        batched_cfg(bf16::ONE, bf16::ZERO, dims, ta, tb, b_shared),
+                        sb,
+                        sa,
+                        &mut sc,
+                    )
+                }
+                .map_err(cuda_err)?;
                 Ok(self.wrap(CudaStorage::BF16(sc), shape))
             }
             _ => Err(TensorError::DType {

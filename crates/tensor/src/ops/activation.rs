@@ -16,9 +16,7 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
         return be.silu(x);
     }
     let hx = host(x)?;
-    with_float!(x.dtype(), T, {
-        out(map_par(sl::<T>(&hx), |v| v * sigm(v)), x.shape(), x.dtype(), x.device())
-    })
+    with_float!(x.dtype(), T, { out(map_par(sl::<T>(&hx), |v| v * sigm(v)), x.shape(), x.dtype(), x.device()) })
 }
 
 /// Backward of [`silu`]: `dy · σ(x)(1 + x(1 − σ(x)))`.
@@ -64,9 +62,7 @@ pub fn swiglu_backward(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tenso
 /// `σ(x) = 1 / (1 + e^{−x})`.
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     let hx = host(x)?;
-    with_float!(x.dtype(), T, {
-        out(map_par(sl::<T>(&hx), sigm), x.shape(), x.dtype(), x.device())
-    })
+    with_float!(x.dtype(), T, { out(map_par(sl::<T>(&hx), sigm), x.shape(), x.dtype(), x.device()) })
 }
 
 /// Backward of [`sigmoid`] from its output `y`: `dy · y(1 − y)`.

@@ -25,19 +25,13 @@ pub struct AttnMask {
 impl AttnMask {
     /// A plain causal mask.
     pub fn causal() -> AttnMask {
-        AttnMask {
-            causal: true,
-            ..Default::default()
-        }
+        AttnMask { causal: true, ..Default::default() }
     }
 
     fn allowed(&self, b: usize, t_len: usize, q_pos: usize, j: usize) -> bool {
         (!self.causal || j <= q_pos)
             && self.key_padding.as_ref().is_none_or(|m| m[b * t_len + j])
-            && self
-                .segment_ids
-                .as_ref()
-                .is_none_or(|s| s[b * t_len + j] == s[b * t_len + q_pos.min(t_len - 1)])
+            && self.segment_ids.as_ref().is_none_or(|s| s[b * t_len + j] == s[b * t_len + q_pos.min(t_len - 1)])
     }
 }
 
@@ -65,10 +59,7 @@ fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -
     if s > t {
         return Err(bad("more queries than keys"));
     }
-    for m in [mask.key_padding.as_ref().map(Vec::len), mask.segment_ids.as_ref().map(Vec::len)]
-        .into_iter()
-        .flatten()
-    {
+    for m in [mask.key_padding.as_ref().map(Vec::len), mask.segment_ids.as_ref().map(Vec::len)].into_iter().flatten() {
         if m != b * t {
             return Err(bad(&format!("mask has {m} entries, expected B·T = {}", b * t)));
         }
@@ -112,7 +103,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask
                     *x = (*x - m).exp();
                     z += *x;
                 }
-                row.iter_mut().for_each(|x| *x = *x / z);
+                row.iter_mut().for_each(|x| *x /= z);
             }
             gemm_one(s, dv, t, pb, false, vb, false, ob, gemm::Parallelism::None);
         });
@@ -133,19 +124,21 @@ pub fn attention_backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let Dims { b, h, s, t, dk, dv } = dims("attention_backward", q, k, v, &AttnMask::default())?;
     if p.shape() != &[b, h, s, t] || d_o.shape() != &[b, h, s, dv] {
-        return Err(shape_err("attention_backward", "p must be [B,H,S,T] and dO [B,H,S,Dv]", &[p.shape(), d_o.shape()]));
+        return Err(shape_err(
+            "attention_backward",
+            "p must be [B,H,S,T] and dO [B,H,S,Dv]",
+            &[p.shape(), d_o.shape()],
+        ));
     }
-    let (hq, hk, hv, hp, hd) = (host(q)?, host(k)?, host(v)?, host(&p.to_dtype(super::compute_dtype(q.dtype()))?)?, host(d_o)?);
+    let (hq, hk, hv, hp, hd) =
+        (host(q)?, host(k)?, host(v)?, host(&p.to_dtype(super::compute_dtype(q.dtype()))?)?, host(d_o)?);
     with_float!(q.dtype(), T, {
         let (qs, ks, vs, ps, ds) = (sl::<T>(&hq), sl::<T>(&hk), sl::<T>(&hv), sl::<T>(&hp), sl::<T>(&hd));
         let mut dq = vec![T::zero(); b * h * s * dk];
         let mut dkk = vec![T::zero(); b * h * t * dk];
         let mut dvv = vec![T::zero(); b * h * t * dv];
-        dq.par_chunks_mut(s * dk)
-            .zip(dkk.par_chunks_mut(t * dk))
-            .zip(dvv.par_chunks_mut(t * dv))
-            .enumerate()
-            .for_each(|(bh, ((dqb, dkb), dvb))| {
+        dq.par_chunks_mut(s * dk).zip(dkk.par_chunks_mut(t * dk)).zip(dvv.par_chunks_mut(t * dv)).enumerate().for_each(
+            |(bh, ((dqb, dkb), dvb))| {
                 let qb = &qs[bh * s * dk..(bh + 1) * s * dk];
                 let kb = &ks[bh * t * dk..(bh + 1) * t * dk];
                 let vb = &vs[bh * t * dv..(bh + 1) * t * dv];
@@ -164,7 +157,8 @@ pub fn attention_backward(
                 }
                 gemm_one(s, dk, t, &dp, false, kb, false, dqb, none);
                 gemm_one(t, dk, s, &dp, true, qb, false, dkb, none);
-            });
+            },
+        );
         let dev = q.device();
         Ok((
             out(dq, q.shape(), q.dtype(), dev)?,

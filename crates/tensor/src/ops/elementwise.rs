@@ -38,10 +38,10 @@ fn binary(op: &'static str, kind: Bin, a: &Tensor, b: &Tensor) -> Result<Tensor>
     let dt = same_dtype(op, &[a, b])?;
     let shape = broadcast_shape(op, a.shape(), b.shape())?;
     #[cfg(feature = "cuda")]
-    if let crate::Device::Cuda(be) = &dev {
-        if a.shape() == b.shape() || (b.rank() == 1 && a.shape() == &shape) {
-            return be.binary(kind as u32, a, b);
-        }
+    if let crate::Device::Cuda(be) = &dev
+        && (a.shape() == b.shape() || (b.rank() == 1 && a.shape() == &shape))
+    {
+        return be.binary(kind as u32, a, b);
     }
     let (ha, hb) = (host(a)?, host(b)?);
     with_float!(dt, T, {
@@ -106,14 +106,16 @@ pub fn reduce_to(g: &Tensor, target: &[usize]) -> Result<Tensor> {
     }
     let bs = broadcast_shape("reduce_to", target, g.shape())?;
     if &bs != g.shape() {
-        return Err(shape_err("reduce_to", "gradient is not a broadcast of the target", &[g.shape(), &target.to_vec()]));
+        return Err(shape_err(
+            "reduce_to",
+            "gradient is not a broadcast of the target",
+            &[g.shape(), &target.to_vec()],
+        ));
     }
     let dev = g.device().clone();
     let hg = host(g)?;
     with_float!(g.dtype(), T, {
-        let mut a = ArrayViewD::from_shape(IxDyn(g.shape()), sl::<T>(&hg))
-            .expect("contiguous")
-            .to_owned();
+        let mut a = ArrayViewD::from_shape(IxDyn(g.shape()), sl::<T>(&hg)).expect("contiguous").to_owned();
         let extra = g.rank() - target.len();
         for _ in 0..extra {
             a = a.sum_axis(Axis(0));
@@ -155,19 +157,13 @@ pub fn affine(x: &Tensor, s: f64, b: f64) -> Result<Tensor> {
 /// Apply `f` to every element, in parallel for large buffers.
 pub(crate) fn map_par<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     let mut v = vec![T::zero(); x.len()];
-    v.par_iter_mut()
-        .with_min_len(PAR_MIN)
-        .zip(x.par_iter())
-        .for_each(|(o, &a)| *o = f(a));
+    v.par_iter_mut().with_min_len(PAR_MIN).zip(x.par_iter()).for_each(|(o, &a)| *o = f(a));
     v
 }
 
 /// Apply `f` to every pair of elements, in parallel for large buffers.
 pub(crate) fn zip_par<T: Float>(x: &[T], y: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     let mut v = vec![T::zero(); x.len()];
-    v.par_iter_mut()
-        .with_min_len(PAR_MIN)
-        .zip(x.par_iter().zip(y.par_iter()))
-        .for_each(|(o, (&a, &b))| *o = f(a, b));
+    v.par_iter_mut().with_min_len(PAR_MIN).zip(x.par_iter().zip(y.par_iter())).for_each(|(o, (&a, &b))| *o = f(a, b));
     v
 }

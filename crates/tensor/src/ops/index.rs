@@ -10,11 +10,7 @@ use crate::{Result, Tensor, TensorError};
 
 fn check_idx(op: &'static str, idx: &[u32], size: usize) -> Result<()> {
     match idx.iter().find(|&&i| i as usize >= size) {
-        Some(&i) => Err(TensorError::Index {
-            op,
-            index: i as usize,
-            size,
-        }),
+        Some(&i) => Err(TensorError::Index { op, index: i as usize, size }),
         None => Ok(()),
     }
 }
@@ -33,9 +29,9 @@ pub fn index_select(x: &Tensor, idx: &[u32]) -> Result<Tensor> {
         let xs = sl::<T>(&hx);
         let mut v = vec![T::zero(); idx.len() * row];
         if row > 0 {
-            v.par_chunks_mut(row).zip(idx.par_iter()).for_each(|(o, &i)| {
-                o.copy_from_slice(&xs[i as usize * row..(i as usize + 1) * row])
-            });
+            v.par_chunks_mut(row)
+                .zip(idx.par_iter())
+                .for_each(|(o, &i)| o.copy_from_slice(&xs[i as usize * row..(i as usize + 1) * row]));
         }
         out(v, &shape, x.dtype(), x.device())
     })

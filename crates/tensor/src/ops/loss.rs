@@ -16,11 +16,7 @@ fn check(op: &'static str, logits: &Tensor, targets: &[i64], ignore_index: i64) 
         return Err(shape_err(op, format!("{} targets for {n} rows", targets.len()), &[logits.shape()]));
     }
     if let Some(&t) = targets.iter().find(|&&t| t != ignore_index && (t < 0 || t as usize >= v)) {
-        return Err(TensorError::Index {
-            op,
-            index: t.max(0) as usize,
-            size: v,
-        });
+        return Err(TensorError::Index { op, index: t.max(0) as usize, size: v });
     }
     Ok((n, v))
 }

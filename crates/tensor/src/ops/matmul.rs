@@ -37,16 +37,7 @@ pub(crate) fn mm_dims(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(MmD
     }
     let mut shape = batch_dims.to_vec();
     shape.extend([m, n]);
-    Ok((
-        MmDims {
-            batch: batch_dims.iter().product(),
-            m,
-            n,
-            k,
-            b_shared,
-        },
-        shape,
-    ))
+    Ok((MmDims { batch: batch_dims.iter().product(), m, n, k, b_shared }, shape))
 }
 
 /// One `[m,k]·[k,n]` product into `c` (overwritten), strides from the transpose flags.
@@ -123,11 +114,7 @@ pub(crate) fn gemm_batched<T: Float>(d: MmDims, a: &[T], ta: bool, b: &[T], tb: 
 }
 
 fn par_for(m: usize, n: usize, k: usize) -> gemm::Parallelism {
-    if m * n * k >= 1 << 15 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    }
+    if m * n * k >= 1 << 15 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None }
 }
 
 /// `C = op(A)·op(B)`, `op` a transpose when its flag is set. A is `[..., r, c]`; B is 2-D (shared
@@ -152,7 +139,11 @@ pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
 pub fn matmul_backward(a: &Tensor, b: &Tensor, ta: bool, tb: bool, dc: &Tensor) -> Result<(Tensor, Tensor)> {
     let (d, shape) = mm_dims(a, b, ta, tb)?;
     if dc.shape() != &shape {
-        return Err(shape_err("matmul_backward", "dC must have the product's shape", &[a.shape(), b.shape(), dc.shape()]));
+        return Err(shape_err(
+            "matmul_backward",
+            "dC must have the product's shape",
+            &[a.shape(), b.shape(), dc.shape()],
+        ));
     }
     // dA = dC·op(B)ᵀ, transposed back when A was stored transposed.
     let da = matmul(dc, b, false, !tb)?;

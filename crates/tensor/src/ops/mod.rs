@@ -25,11 +25,7 @@ pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
     let d = ts[0].device().clone();
     for t in &ts[1..] {
         if !t.device().same(&d) {
-            return Err(TensorError::Device {
-                op,
-                a: format!("{d:?}"),
-                b: format!("{:?}", t.device()),
-            });
+            return Err(TensorError::Device { op, a: format!("{d:?}"), b: format!("{:?}", t.device()) });
         }
     }
     Ok(d)
@@ -86,8 +82,7 @@ pub(crate) use with_float;
 
 /// Borrow a host tensor's buffer as `T` (the caller made it with [`host`]).
 pub(crate) fn sl<T: crate::Element>(t: &Tensor) -> &[T] {
-    t.cpu_slice::<T>()
-        .expect("host() yields a CPU tensor in the compute dtype")
+    t.cpu_slice::<T>().expect("host() yields a CPU tensor in the compute dtype")
 }
 
 /// Build an output tensor from a compute buffer, rounding back to `dt` and moving to `dev`.

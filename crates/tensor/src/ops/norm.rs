@@ -32,16 +32,13 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
         let rows = xs.len() / d;
         let mut y = vec![T::zero(); xs.len()];
         let mut rstd = vec![T::zero(); rows];
-        y.par_chunks_mut(d)
-            .zip(rstd.par_iter_mut())
-            .zip(xs.par_chunks(d))
-            .for_each(|((yr, r), xr)| {
-                let ms = xr.iter().map(|&v| v * v).sum::<T>() / T::c(d as f64);
-                *r = T::one() / (ms + T::c(eps)).sqrt();
-                for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(ws) {
-                    *o = v * *r * g;
-                }
-            });
+        y.par_chunks_mut(d).zip(rstd.par_iter_mut()).zip(xs.par_chunks(d)).for_each(|((yr, r), xr)| {
+            let ms = xr.iter().map(|&v| v * v).sum::<T>() / T::c(d as f64);
+            *r = T::one() / (ms + T::c(eps)).sqrt();
+            for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(ws) {
+                *o = v * *r * g;
+            }
+        });
         let y = out(y, x.shape(), x.dtype(), x.device())?;
         let rstd = out(rstd, rows_shape, super::compute_dtype(x.dtype()), x.device())?;
         Ok((y, rstd))
@@ -53,7 +50,11 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
 pub fn rms_norm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     let d = check("rms_norm_backward", x, w)?;
     if dy.shape() != x.shape() || rstd.numel() * d != x.numel() {
-        return Err(shape_err("rms_norm_backward", "dy must match x and rstd its rows", &[x.shape(), rstd.shape(), dy.shape()]));
+        return Err(shape_err(
+            "rms_norm_backward",
+            "dy must match x and rstd its rows",
+            &[x.shape(), rstd.shape(), dy.shape()],
+        ));
     }
     #[cfg(feature = "cuda")]
     if let crate::Device::Cuda(be) = x.device() {
@@ -63,17 +64,14 @@ pub fn rms_norm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> 
     with_float!(x.dtype(), T, {
         let (xs, ws, rs, ds) = (sl::<T>(&hx), sl::<T>(&hw), sl::<T>(&hr), sl::<T>(&hd));
         let mut dx = vec![T::zero(); xs.len()];
-        dx.par_chunks_mut(d)
-            .zip(xs.par_chunks(d))
-            .zip(ds.par_chunks(d))
-            .zip(rs.par_iter())
-            .for_each(|(((o, xr), dr), &r)| {
-                let mean = xr.iter().zip(dr).zip(ws).map(|((&a, &g), &wv)| g * wv * a * r).sum::<T>()
-                    / T::c(d as f64);
+        dx.par_chunks_mut(d).zip(xs.par_chunks(d)).zip(ds.par_chunks(d)).zip(rs.par_iter()).for_each(
+            |(((o, xr), dr), &r)| {
+                let mean = xr.iter().zip(dr).zip(ws).map(|((&a, &g), &wv)| g * wv * a * r).sum::<T>() / T::c(d as f64);
                 for (((o, &a), &g), &wv) in o.iter_mut().zip(xr).zip(dr).zip(ws) {
                     *o = r * (g * wv - a * r * mean);
                 }
-            });
+            },
+        );
         // dw: a column sum over rows, split across threads by row blocks.
         let rows = xs.len() / d;
         let chunk = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);

@@ -75,10 +75,8 @@ pub fn max_last(x: &Tensor) -> Result<Tensor> {
     let d = x.dim(-1);
     let hx = host(x)?;
     with_float!(x.dtype(), T, {
-        let v: Vec<T> = sl::<T>(&hx)
-            .chunks(d.max(1))
-            .map(|r| r.iter().fold(T::neg_infinity(), |a, &b| a.max(b)))
-            .collect();
+        let v: Vec<T> =
+            sl::<T>(&hx).chunks(d.max(1)).map(|r| r.iter().fold(T::neg_infinity(), |a, &b| a.max(b))).collect();
         out(v, &x.shape()[..x.rank() - 1], x.dtype(), x.device())
     })
 }

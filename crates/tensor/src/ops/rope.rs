@@ -101,7 +101,7 @@ pub struct RopeTable {
 impl RopeTable {
     /// Tables for rotary dimension `dim`, base `theta`, optional YaRN.
     pub fn new(dim: usize, theta: f64, max_positions: usize, yarn: Option<&Yarn>) -> Result<RopeTable> {
-        if dim == 0 || dim % 2 != 0 {
+        if dim == 0 || !dim.is_multiple_of(2) {
             return Err(TensorError::Arg {
                 op: "RopeTable::new",
                 detail: format!("rotary dim must be even and > 0, got {dim}"),
@@ -118,12 +118,7 @@ impl RopeTable {
                 sin.push(ang.sin() * a);
             }
         }
-        Ok(RopeTable {
-            dim,
-            max_positions,
-            cos,
-            sin,
-        })
+        Ok(RopeTable { dim, max_positions, cos, sin })
     }
 }
 
@@ -137,11 +132,7 @@ fn apply(x: &Tensor, positions: &[u32], table: &RopeTable, sign: f64, op: &'stat
         return Err(shape_err(op, format!("{} positions for B·S = {}", positions.len(), b * s), &[x.shape()]));
     }
     if let Some(&p) = positions.iter().find(|&&p| p as usize >= table.max_positions) {
-        return Err(TensorError::Index {
-            op,
-            index: p as usize,
-            size: table.max_positions,
-        });
+        return Err(TensorError::Index { op, index: p as usize, size: table.max_positions });
     }
     let hx = host(x)?;
     with_float!(x.dtype(), T, {

@@ -53,11 +53,7 @@ pub fn narrow(x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor
     shape[dim] = len;
     with_float!(x.dtype(), T, {
         let a = ArrayViewD::from_shape(IxDyn(x.shape()), sl::<T>(&hx)).expect("contiguous");
-        let v: Vec<T> = a
-            .slice_axis(Axis(dim), Slice::from(start..start + len))
-            .iter()
-            .copied()
-            .collect();
+        let v: Vec<T> = a.slice_axis(Axis(dim), Slice::from(start..start + len)).iter().copied().collect();
         out(v, &shape, x.dtype(), x.device())
     })
 }
@@ -87,10 +83,7 @@ pub fn narrow_backward(dy: &Tensor, full: &[usize], dim: usize, start: usize) ->
 
 /// Concatenate along `dim`; all other dimensions must agree.
 pub fn cat(xs: &[Tensor], dim: usize) -> Result<Tensor> {
-    let first = xs.first().ok_or_else(|| crate::TensorError::Arg {
-        op: "cat",
-        detail: "no tensors".into(),
-    })?;
+    let first = xs.first().ok_or_else(|| crate::TensorError::Arg { op: "cat", detail: "no tensors".into() })?;
     let refs: Vec<&Tensor> = xs.iter().collect();
     let dev = same_device("cat", &refs)?;
     let dt = same_dtype("cat", &refs)?;

@@ -28,9 +28,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
         return be.softmax(x, false);
     }
     let hx = host(x)?;
-    with_float!(x.dtype(), T, {
-        out(rows(sl::<T>(&hx), x.dim(-1), false), x.shape(), x.dtype(), x.device())
-    })
+    with_float!(x.dtype(), T, { out(rows(sl::<T>(&hx), x.dim(-1), false), x.shape(), x.dtype(), x.device()) })
 }
 
 /// `log_softmax(x)` along the last dimension.
@@ -40,9 +38,7 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
         return be.softmax(x, true);
     }
     let hx = host(x)?;
-    with_float!(x.dtype(), T, {
-        out(rows(sl::<T>(&hx), x.dim(-1), true), x.shape(), x.dtype(), x.device())
-    })
+    with_float!(x.dtype(), T, { out(rows(sl::<T>(&hx), x.dim(-1), true), x.shape(), x.dtype(), x.device()) })
 }
 
 fn back(y: &Tensor, dy: &Tensor, log: bool) -> Result<Tensor> {
@@ -51,21 +47,19 @@ fn back(y: &Tensor, dy: &Tensor, log: bool) -> Result<Tensor> {
     with_float!(y.dtype(), T, {
         let (ys, ds) = (sl::<T>(&hy), sl::<T>(&hd));
         let mut dx = vec![T::zero(); ys.len()];
-        dx.par_chunks_mut(d)
-            .zip(ys.par_chunks(d).zip(ds.par_chunks(d)))
-            .for_each(|(o, (yr, dr))| {
-                if log {
-                    let s: T = dr.iter().copied().sum();
-                    for ((o, &yv), &g) in o.iter_mut().zip(yr).zip(dr) {
-                        *o = g - yv.exp() * s;
-                    }
-                } else {
-                    let s: T = yr.iter().zip(dr).map(|(&a, &b)| a * b).sum();
-                    for ((o, &yv), &g) in o.iter_mut().zip(yr).zip(dr) {
-                        *o = yv * (g - s);
-                    }
+        dx.par_chunks_mut(d).zip(ys.par_chunks(d).zip(ds.par_chunks(d))).for_each(|(o, (yr, dr))| {
+            if log {
+                let s: T = dr.iter().copied().sum();
+                for ((o, &yv), &g) in o.iter_mut().zip(yr).zip(dr) {
+                    *o = g - yv.exp() * s;
                 }
-            });
+            } else {
+                let s: T = yr.iter().zip(dr).map(|(&a, &b)| a * b).sum();
+                for ((o, &yv), &g) in o.iter_mut().zip(yr).zip(dr) {
+                    *o = yv * (g - s);
+                }
+            }
+        });
         out(dx, y.shape(), y.dtype(), y.device())
     })
 }
