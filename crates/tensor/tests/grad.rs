@@ -161,6 +161,12 @@ proptest! {
         let len = sh[dim].div_ceil(2);
         gc("narrow", vec![x.clone()], seed, move |x| shape::narrow(&x[0], dim, sh[dim] - len, len),
            move |_, r| Ok(vec![shape::narrow_backward(r, &sh, dim, sh[dim] - len)?]));
+        let mut big = sh.to_vec();
+        big[dim] += 2;
+        let mut small = sh.to_vec();
+        small[dim] = 1;
+        gc("broadcast_to", vec![rand64(&small, seed)], seed, move |x| shape::broadcast_to(&x[0], &big),
+           move |_, r| Ok(vec![shape::broadcast_to_backward(r, &small)?]));
         let y = rand64(&[a, b, c], seed + 9);
         gc("cat", vec![x.clone(), y], seed, move |x| shape::cat(x, dim),
            move |_, r| shape::cat_backward(r, &[sh[dim], sh[dim]], dim));

@@ -386,6 +386,13 @@ fn reductions_and_shape_ops() {
             let ix = unravel(i, &sh);
             assert_eq!(pv[(ix[2] * 3 + ix[0]) * 4 + ix[1]], xv[i]);
         }
+        let kpe = shape::narrow(&x, 1, 2, 1).unwrap(); // [3, 1, 5]
+        let bc = shape::broadcast_to(&kpe, &[3, 4, 5]).unwrap().to_vec_f64().unwrap();
+        for i in 0..60 {
+            let ix = unravel(i, &sh);
+            assert_eq!(bc[i], xv[(ix[0] * 4 + 2) * 5 + ix[2]]);
+        }
+        assert!(shape::broadcast_to(&x, &[3, 2, 5]).is_err());
         let n = shape::narrow(&x, 1, 1, 2).unwrap();
         let parts = shape::split_last(&x, &[2, 3]).unwrap();
         let back = shape::cat(&parts, 2).unwrap();

@@ -2,7 +2,8 @@
 //! softmax in the compute dtype (f32 or f64), and its backward pass.
 //!
 //! Shapes: `q [B, H, S, Dk]`, `k [B, H, T, Dk]`, `v [B, H, T, Dv]` → `o [B, H, S, Dv]`.
-//! With `S < T` (decoding) query `i` sits at key position `i + T − S`.
+//! With `S < T` (decoding) query `i` sits at key position `i + T − S`. Without a causal mask S may
+//! exceed T (e.g. absorbed MLA decoding, where the heads of one token are the query rows).
 
 use rayon::prelude::*;
 
@@ -56,8 +57,11 @@ fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -
     if k.shape()[..2] != [b, h] || v.shape()[..3] != [b, h, t] || k.dim(3) != dk {
         return Err(bad("k must be [B, H, T, Dk] and v [B, H, T, Dv]"));
     }
-    if s > t {
-        return Err(bad("more queries than keys"));
+    if mask.causal && s > t {
+        return Err(bad("causal attention with more queries than keys"));
+    }
+    if t == 0 {
+        return Err(bad("no keys"));
     }
     for m in [mask.key_padding.as_ref().map(Vec::len), mask.segment_ids.as_ref().map(Vec::len)].into_iter().flatten() {
         if m != b * t {
@@ -84,7 +88,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask
             gemm_one(s, t, dk, qb, false, kb, true, pb, gemm::Parallelism::None);
             for i in 0..s {
                 let row = &mut pb[i * t..(i + 1) * t];
-                let qp = i + t - s;
+                let qp = if t >= s { i + t - s } else { i.min(t - 1) };
                 let mut m = T::neg_infinity();
                 for (j, x) in row.iter_mut().enumerate() {
                     if mask.allowed(bi, t, qp, j) {

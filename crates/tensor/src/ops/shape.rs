@@ -32,6 +32,26 @@ pub fn permute_backward(dy: &Tensor, perm: &[usize]) -> Result<Tensor> {
     permute(dy, &inv)
 }
 
+/// Repeat `x` along broadcast dimensions to `shape` (NumPy rules; e.g. the one shared RoPE
+/// key `[B, S, 1, D]` to every head `[B, S, H, D]`).
+pub fn broadcast_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let bs = super::elementwise::broadcast_shape("broadcast_to", shape, x.shape())?;
+    if bs != shape {
+        return Err(shape_err("broadcast_to", format!("cannot broadcast to {shape:?}"), &[x.shape()]));
+    }
+    let hx = host(x)?;
+    with_float!(x.dtype(), T, {
+        let a = ArrayViewD::from_shape(IxDyn(x.shape()), sl::<T>(&hx)).expect("contiguous");
+        let v: Vec<T> = a.broadcast(IxDyn(shape)).expect("checked").iter().copied().collect();
+        out(v, shape, x.dtype(), x.device())
+    })
+}
+
+/// Backward of [`broadcast_to`]: sum over the repeated dimensions.
+pub fn broadcast_to_backward(dy: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
+    super::elementwise::reduce_to(dy, x_shape)
+}
+
 /// Swap the last two dimensions.
 pub fn transpose_last2(x: &Tensor) -> Result<Tensor> {
     let r = x.rank();
