@@ -24,7 +24,7 @@ fn cfg(q_lora: Option<usize>, heads: usize, yarn: bool) -> MlaConfig {
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
         max_position_embeddings: 64,
-        yarn: yarn.then(|| Yarn {
+        yarn: yarn.then_some(Yarn {
             factor: 4.0,
             original_max_position_embeddings: 16,
             beta_fast: 32.0,
@@ -56,8 +56,10 @@ proptest! {
         let m = Mla::init(c.clone(), 0.5, seed, DType::F64, &Device::Cpu).unwrap();
         let names: Vec<String> = m.weights().iter().map(|(n, _)| format!("l.{n}")).collect();
         let mut inputs = vec![Tensor::randn(&[b, s, c.hidden_size], 1.0, seed + 7, DType::F64, &Device::Cpu).unwrap()];
-        inputs.extend(m.weights().iter().map(|(_, w)| (*w).clone()));
-        // Norm weights away from 1 so their gradients are exercised in general position.
+        // Norm weights away from 1 so the layer is in general position.
+        inputs.extend(m.weights().iter().enumerate().map(|(i, (n, w))| if n.contains("layernorm") {
+            tensor::ops::elementwise::affine(&Tensor::randn(w.shape(), 0.3, seed + 20 + i as u64, DType::F64, &Device::Cpu).unwrap(), 1.0, 1.0).unwrap()
+        } else { (*w).clone() }));
         let positions: Vec<u32> = (0..b * s).map(|i| (i % s) as u32 + 3).collect();
         let mask = AttnMask { causal: true, key_padding: None, segment_ids: None };
         let build = |xs: &[Tensor]| {
@@ -66,7 +68,11 @@ proptest! {
             Mla::load(c.clone(), &p, "l").unwrap()
         };
         let r = Tensor::randn(&[b, s, c.hidden_size], 1.0, seed + 11, DType::F64, &Device::Cpu).unwrap();
-        let f = |xs: &[Tensor]| Ok(project(&build(xs).forward(&xs[0], &positions, &mask).map_err(|e| tensor::TensorError::Arg { op: "mla", detail: e.to_string() })?.0, &r)?);
+        let f = |xs: &[Tensor]| {
+            let (y, _) = build(xs).forward(&xs[0], &positions, &mask)
+                .map_err(|e| tensor::TensorError::Arg { op: "mla", detail: e.to_string() })?;
+            project(&y, &r)
+        };
         let layer = build(&inputs);
         let (_, saved) = layer.forward(&inputs[0], &positions, &mask).unwrap();
         let mut grads = Grads::default();
