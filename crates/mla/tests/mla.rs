@@ -176,3 +176,33 @@ fn bad_config_is_named() {
     let e = Mla::load(cfg(Some(4), 2, false), &p, "model.layers.0.self_attn").unwrap_err().to_string();
     assert!(e.contains("model.layers.0.self_attn.q_a_proj.weight"), "{e}");
 }
+
+/// The same forward, backward and absorbed decode on every device present give the CPU's
+/// results (on the GPU machine: CPU-vs-CUDA parity of the whole layer, f32).
+#[test]
+fn same_results_on_every_device() {
+    let c = cfg(Some(5), 2, true);
+    let (b, s) = (2, 6);
+    let x = Tensor::randn(&[b, s, c.hidden_size], 1.0, 5, DType::F32, &Device::Cpu).unwrap();
+    let r = Tensor::randn(&[b, s, c.hidden_size], 1.0, 6, DType::F32, &Device::Cpu).unwrap();
+    let positions: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
+    let run = |dev: &Device| {
+        let m = Mla::init(c.clone(), 0.3, 1, DType::F32, dev).unwrap();
+        let (y, saved) = m.forward(&x.to_device(dev).unwrap(), &positions, &AttnMask::causal()).unwrap();
+        let mut grads = Grads::default();
+        let dx = m.backward(&saved, &r.to_device(dev).unwrap(), &mut grads, "l").unwrap();
+        let mut cache = LatentCache::default();
+        let dec = m.decode(&x.to_device(dev).unwrap(), &positions, &mut cache, None, DecodeMode::Absorbed).unwrap();
+        let mut outs = vec![y, dx, dec];
+        outs.extend(m.weights().iter().map(|(n, _)| grads.get(&format!("l.{n}")).unwrap().clone()));
+        outs
+    };
+    let want = run(&Device::Cpu);
+    for dev in Device::all_available() {
+        for (i, (g, w)) in run(&dev).iter().zip(&want).enumerate() {
+            assert!(g.device().same(&dev), "output {i} left {dev:?}");
+            let e = rel(g, w);
+            assert!(e < 1e-5, "{dev:?} output {i}: rel err {e:e}");
+        }
+    }
+}
