@@ -52,6 +52,9 @@ proptest! {
            |x, r| { let (a, b) = elementwise::sub_backward(x[0].shape(), x[1].shape(), r)?; Ok(vec![a, b]) });
         gc("mul", ins.clone(), seed, |x| elementwise::mul(&x[0], &x[1]),
            |x, r| { let (a, b) = elementwise::mul_backward(&x[0], &x[1], r)?; Ok(vec![a, b]) });
+        let pos = vec![ins[0].clone(), elementwise::affine(&elementwise::mul(&ins[1], &ins[1]).unwrap(), 1.0, 0.5).unwrap()];
+        gc("div", pos, seed, |x| elementwise::div(&x[0], &x[1]),
+           |x, r| { let (a, b) = elementwise::div_backward(&x[0], &x[1], r)?; Ok(vec![a, b]) });
         gc("scale", vec![ins[0].clone()], seed, |x| elementwise::scale(&x[0], -0.7),
            |_, r| Ok(vec![elementwise::scale_backward(r, -0.7)?]));
     }

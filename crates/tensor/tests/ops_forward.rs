@@ -100,12 +100,16 @@ fn binary_ops_broadcast() {
             let (a, av) = rand_on(&sa, 6, &dev);
             let (b, bv) = rand_on(&sb, 7, &dev);
             let out_shape = elementwise::broadcast_shape("t", &sa, &sb).unwrap();
-            for (name, f) in
-                [("add", (|x: f64, y: f64| x + y) as fn(f64, f64) -> f64), ("sub", |x, y| x - y), ("mul", |x, y| x * y)]
-            {
+            for (name, f) in [
+                ("add", (|x: f64, y: f64| x + y) as fn(f64, f64) -> f64),
+                ("sub", |x, y| x - y),
+                ("mul", |x, y| x * y),
+                ("div", |x, y| x / y),
+            ] {
                 let y = match name {
                     "add" => elementwise::add(&a, &b),
                     "sub" => elementwise::sub(&a, &b),
+                    "div" => elementwise::div(&a, &b),
                     _ => elementwise::mul(&a, &b),
                 }
                 .unwrap();

@@ -31,6 +31,7 @@ enum Bin {
     Add,
     Sub,
     Mul,
+    Div,
 }
 
 fn binary(op: &'static str, kind: Bin, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -39,6 +40,7 @@ fn binary(op: &'static str, kind: Bin, a: &Tensor, b: &Tensor) -> Result<Tensor>
     let shape = broadcast_shape(op, a.shape(), b.shape())?;
     #[cfg(feature = "cuda")]
     if let crate::Device::Cuda(be) = &dev
+        && !matches!(kind, Bin::Div)
         && (a.shape() == b.shape() || (b.rank() == 1 && a.shape() == &shape))
     {
         return be.binary(kind as u32, a, b);
@@ -49,6 +51,7 @@ fn binary(op: &'static str, kind: Bin, a: &Tensor, b: &Tensor) -> Result<Tensor>
             Bin::Add => x + y,
             Bin::Sub => x - y,
             Bin::Mul => x * y,
+            Bin::Div => x / y,
         };
         let (xa, xb) = (sl::<T>(&ha), sl::<T>(&hb));
         let v: Vec<T> = if a.shape() == b.shape() {
@@ -82,6 +85,18 @@ pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `a ⊙ b` (broadcasting).
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary("mul", Bin::Mul, a, b)
+}
+
+/// `a / b` (broadcasting).
+pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("div", Bin::Div, a, b)
+}
+
+/// Backward of [`div`]: `(dy / b, −Σ dy·a / b²)`, each reduced to its operand's shape.
+pub fn div_backward(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let da = div(dy, b)?;
+    let db = scale(&div(&mul(&da, a)?, b)?, -1.0)?;
+    Ok((reduce_to(&da, a.shape())?, reduce_to(&db, b.shape())?))
 }
 
 /// Backward of [`add`]: `(dA, dB)`, each summed over its broadcast dimensions.

@@ -1,0 +1,322 @@
+//! # moe-router — DeepSeekMoE (DeepSeek-V3 §2.1.2)
+//!
+//! ```text
+//! s   = sigmoid(x·W_gateᵀ)                    (router logits in fp32; softmax for V2 checkpoints)
+//! c   = s + e_score_correction_bias            (the bias only chooses experts)
+//! keep the topk_group groups with the largest sum of their top-2 c; others → −inf
+//! idx = top-k(c);  w = s[idx];  w /= Σw + 1e-20 (norm_topk_prob);  w *= routed_scaling_factor
+//! y   = Σ_k w_k · expert_idx_k(x) + shared_experts(x),   expert(x) = down(silu(gate·x) ⊙ up·x)
+//! ```
+//! Tokens are dispatched by grouping them per expert (permute → one GEMM per expert →
+//! unpermute with the combine weights); no token is dropped. [`Moe::backward`] gives gradients
+//! for the input, every expert and the gate weight (through the selected scores; none into the
+//! bias or through the choice). [`balance`] holds the auxiliary-loss-free bias update and the
+//! sequence-wise balance loss.
+
+pub mod balance;
+mod gate;
+
+pub use gate::{GateSaved, Routing, ScoringFunc, TopkMethod};
+
+use optim::{Grads, Params};
+use tensor::ops::activation::{swiglu, swiglu_backward};
+use tensor::ops::elementwise::{add, mul};
+use tensor::ops::index::{index_add, index_select};
+use tensor::ops::matmul::{linear, linear_backward};
+use tensor::ops::reduce::sum_dim;
+use tensor::ops::shape::{cat, narrow};
+use tensor::{DType, Device, Tensor};
+
+/// Errors of the MoE layer.
+#[derive(Debug, thiserror::Error)]
+pub enum MoeError {
+    #[error(transparent)]
+    Tensor(#[from] tensor::TensorError),
+    #[error(transparent)]
+    Optim(#[from] optim::OptimError),
+    #[error("config field {field}: {detail}")]
+    Config { field: &'static str, detail: String },
+    #[error("missing weight {0:?}")]
+    MissingWeight(String),
+}
+
+/// Shorthand result type.
+pub type Result<T> = std::result::Result<T, MoeError>;
+
+/// The MoE part of a DeepSeek-V3 `config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    pub hidden_size: usize,
+    pub moe_intermediate_size: usize,
+    pub n_routed_experts: usize,
+    pub n_shared_experts: usize,
+    pub num_experts_per_tok: usize,
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub norm_topk_prob: bool,
+    pub routed_scaling_factor: f64,
+    pub scoring_func: ScoringFunc,
+    pub topk_method: TopkMethod,
+    /// α of the sequence-wise balance loss (0 disables it).
+    pub seq_aux_alpha: f64,
+}
+
+impl MoeConfig {
+    /// Check the routing dimensions.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, detail: String| Err(MoeError::Config { field, detail });
+        if self.n_routed_experts == 0 || self.num_experts_per_tok == 0 {
+            return bad("n_routed_experts", "routed experts and num_experts_per_tok must be > 0".into());
+        }
+        if self.n_group == 0 || !self.n_routed_experts.is_multiple_of(self.n_group) {
+            return bad(
+                "n_group",
+                format!("{} does not divide n_routed_experts {}", self.n_group, self.n_routed_experts),
+            );
+        }
+        if self.topk_group == 0 || self.topk_group > self.n_group {
+            return bad("topk_group", format!("{} not in 1..={}", self.topk_group, self.n_group));
+        }
+        let kept = self.topk_group * self.n_routed_experts / self.n_group;
+        if self.num_experts_per_tok > kept {
+            return bad(
+                "num_experts_per_tok",
+                format!("{} exceeds the {kept} experts in the kept groups", self.num_experts_per_tok),
+            );
+        }
+        if self.topk_method == TopkMethod::NoauxTc && self.n_routed_experts / self.n_group < 2 {
+            return bad("n_group", "noaux_tc scores groups by their top-2: groups need ≥ 2 experts".into());
+        }
+        Ok(())
+    }
+}
+
+/// One SwiGLU expert (HF `gate_proj`, `up_proj`, `down_proj`, `[out, in]`).
+#[derive(Clone, Debug)]
+pub struct Expert {
+    pub gate_proj: Tensor,
+    pub up_proj: Tensor,
+    pub down_proj: Tensor,
+}
+
+struct ExpertSaved {
+    x: Tensor,
+    g: Tensor,
+    u: Tensor,
+    h: Tensor,
+}
+
+impl Expert {
+    fn init(d: usize, inter: usize, std: f64, seed: u64, dt: DType, dev: &Device) -> Result<Expert> {
+        Ok(Expert {
+            gate_proj: Tensor::randn(&[inter, d], std, seed, dt, dev)?,
+            up_proj: Tensor::randn(&[inter, d], std, seed + 1, dt, dev)?,
+            down_proj: Tensor::randn(&[d, inter], std, seed + 2, dt, dev)?,
+        })
+    }
+
+    fn load(p: &Params, prefix: &str) -> Result<Expert> {
+        let get = |n: &str| {
+            let name = format!("{prefix}.{n}.weight");
+            p.get(&name).cloned().ok_or(MoeError::MissingWeight(name))
+        };
+        Ok(Expert { gate_proj: get("gate_proj")?, up_proj: get("up_proj")?, down_proj: get("down_proj")? })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, ExpertSaved)> {
+        let g = linear(x, &self.gate_proj)?;
+        let u = linear(x, &self.up_proj)?;
+        let h = swiglu(&g, &u)?;
+        let y = linear(&h, &self.down_proj)?;
+        Ok((y, ExpertSaved { x: x.clone(), g, u, h }))
+    }
+
+    fn backward(&self, s: &ExpertSaved, dy: &Tensor, grads: &mut Grads, prefix: &str) -> Result<Tensor> {
+        let (dh, d_down) = linear_backward(&s.h, &self.down_proj, dy)?;
+        let (dg, du) = swiglu_backward(&s.g, &s.u, &dh)?;
+        let (dx1, d_gate) = linear_backward(&s.x, &self.gate_proj, &dg)?;
+        let (dx2, d_up) = linear_backward(&s.x, &self.up_proj, &du)?;
+        grads.accumulate(&format!("{prefix}.gate_proj.weight"), &d_gate)?;
+        grads.accumulate(&format!("{prefix}.up_proj.weight"), &d_up)?;
+        grads.accumulate(&format!("{prefix}.down_proj.weight"), &d_down)?;
+        Ok(add(&dx1, &dx2)?)
+    }
+
+    fn weights(&self) -> [(&'static str, &Tensor); 3] {
+        [
+            ("gate_proj.weight", &self.gate_proj),
+            ("up_proj.weight", &self.up_proj),
+            ("down_proj.weight", &self.down_proj),
+        ]
+    }
+}
+
+/// The DeepSeekMoE layer: gate, routed experts, shared experts.
+#[derive(Clone, Debug)]
+pub struct Moe {
+    pub cfg: MoeConfig,
+    /// `[n_routed_experts, hidden]`.
+    pub gate_weight: Tensor,
+    /// `[n_routed_experts]`, f32; changed only by [`balance::update_bias`].
+    pub e_score_correction_bias: Tensor,
+    pub experts: Vec<Expert>,
+    /// One MLP of width `n_shared_experts · moe_intermediate_size`, unweighted.
+    pub shared_experts: Option<Expert>,
+}
+
+/// What [`Moe::forward`] keeps for [`Moe::backward`].
+pub struct MoeSaved {
+    pub routing: Routing,
+    gate: gate::GateSaved,
+    /// Routed rows grouped by expert: token index of each row, and its `t·k + slot`.
+    perm_tokens: Vec<u32>,
+    perm_slots: Vec<u32>,
+    offsets: Vec<usize>,
+    y_perm: Tensor,
+    w_perm: Tensor,
+    experts: Vec<Option<ExpertSaved>>,
+    shared: Option<ExpertSaved>,
+    tokens: usize,
+}
+
+impl Moe {
+    /// Random weights (N(0, std²)); zero bias.
+    pub fn init(cfg: MoeConfig, std: f64, seed: u64, dt: DType, dev: &Device) -> Result<Moe> {
+        cfg.validate()?;
+        let (d, e) = (cfg.hidden_size, cfg.n_routed_experts);
+        let experts = (0..e)
+            .map(|i| Expert::init(d, cfg.moe_intermediate_size, std, seed * 1000 + 10 * i as u64 + 10, dt, dev))
+            .collect::<Result<_>>()?;
+        let shared_experts = (cfg.n_shared_experts > 0)
+            .then(|| Expert::init(d, cfg.n_shared_experts * cfg.moe_intermediate_size, std, seed * 1000 + 1, dt, dev))
+            .transpose()?;
+        Ok(Moe {
+            gate_weight: Tensor::randn(&[e, d], std, seed * 1000 + 2, dt, dev)?,
+            e_score_correction_bias: Tensor::zeros(&[e], DType::F32, dev)?,
+            experts,
+            shared_experts,
+            cfg,
+        })
+    }
+
+    /// Load `{prefix}.gate.weight`, `{prefix}.gate.e_score_correction_bias` (optional for
+    /// softmax gates), `{prefix}.experts.E.*`, `{prefix}.shared_experts.*`.
+    pub fn load(cfg: MoeConfig, p: &Params, prefix: &str) -> Result<Moe> {
+        cfg.validate()?;
+        let name = format!("{prefix}.gate.weight");
+        let gate_weight = p.get(&name).cloned().ok_or(MoeError::MissingWeight(name))?;
+        let bname = format!("{prefix}.gate.e_score_correction_bias");
+        let e_score_correction_bias = match p.get(&bname) {
+            Some(b) => b.to_dtype(DType::F32)?,
+            None if cfg.topk_method != TopkMethod::NoauxTc => {
+                Tensor::zeros(&[cfg.n_routed_experts], DType::F32, gate_weight.device())?
+            }
+            None => return Err(MoeError::MissingWeight(bname)),
+        };
+        let experts = (0..cfg.n_routed_experts)
+            .map(|e| Expert::load(p, &format!("{prefix}.experts.{e}")))
+            .collect::<Result<_>>()?;
+        let shared_experts =
+            (cfg.n_shared_experts > 0).then(|| Expert::load(p, &format!("{prefix}.shared_experts"))).transpose()?;
+        Ok(Moe { cfg, gate_weight, e_score_correction_bias, experts, shared_experts })
+    }
+
+    /// `(HF name suffix, tensor)` for every trainable weight (the bias is not trained by
+    /// gradients and is listed by [`Moe::buffers`]).
+    pub fn weights(&self) -> Vec<(String, &Tensor)> {
+        let mut v = vec![("gate.weight".to_string(), &self.gate_weight)];
+        for (e, ex) in self.experts.iter().enumerate() {
+            v.extend(ex.weights().map(|(n, t)| (format!("experts.{e}.{n}"), t)));
+        }
+        if let Some(s) = &self.shared_experts {
+            v.extend(s.weights().map(|(n, t)| (format!("shared_experts.{n}"), t)));
+        }
+        v
+    }
+
+    /// Non-gradient state: `("gate.e_score_correction_bias", bias)`.
+    pub fn buffers(&self) -> Vec<(String, &Tensor)> {
+        vec![("gate.e_score_correction_bias".to_string(), &self.e_score_correction_bias)]
+    }
+
+    /// `x [T, hidden]` (tokens of `seq_len`-long sequences, for the balance loss) → `[T, hidden]`.
+    pub fn forward(&self, x: &Tensor, seq_len: usize) -> Result<(Tensor, MoeSaved)> {
+        let t = x.dim(0);
+        let k = self.cfg.num_experts_per_tok;
+        let (routing, gsaved) = self.route(x, seq_len)?;
+        // Dispatch: rows grouped by expert, in token order within an expert.
+        let mut buckets: Vec<Vec<(u32, u32)>> = vec![Vec::new(); self.cfg.n_routed_experts];
+        for (slot, &e) in routing.topk_idx.iter().enumerate() {
+            buckets[e as usize].push(((slot / k) as u32, slot as u32));
+        }
+        let mut offsets = Vec::with_capacity(buckets.len() + 1);
+        let (mut perm_tokens, mut perm_slots) = (Vec::with_capacity(t * k), Vec::with_capacity(t * k));
+        for b in &buckets {
+            offsets.push(perm_tokens.len());
+            perm_tokens.extend(b.iter().map(|p| p.0));
+            perm_slots.extend(b.iter().map(|p| p.1));
+        }
+        offsets.push(perm_tokens.len());
+        let x_perm = index_select(x, &perm_tokens)?;
+        let mut ys = Vec::new();
+        let mut esaved = Vec::with_capacity(self.experts.len());
+        for (e, ex) in self.experts.iter().enumerate() {
+            let n = offsets[e + 1] - offsets[e];
+            if n == 0 {
+                esaved.push(None);
+                continue;
+            }
+            let (y, s) = ex.forward(&narrow(&x_perm, 0, offsets[e], n)?)?;
+            ys.push(y);
+            esaved.push(Some(s));
+        }
+        let y_perm = cat(&ys, 0)?;
+        let w_perm = index_select(&routing.weights.reshape(&[t * k, 1])?, &perm_slots)?.to_dtype(x.dtype())?;
+        let mut y = index_add(t, &perm_tokens, &mul(&y_perm, &w_perm)?)?;
+        let mut shared = None;
+        if let Some(se) = &self.shared_experts {
+            let (ys, s) = se.forward(x)?;
+            y = add(&y, &ys)?;
+            shared = Some(s);
+        }
+        let saved = MoeSaved {
+            routing,
+            gate: gsaved,
+            perm_tokens,
+            perm_slots,
+            offsets,
+            y_perm,
+            w_perm,
+            experts: esaved,
+            shared,
+            tokens: t,
+        };
+        Ok((y, saved))
+    }
+
+    /// Backward of [`Moe::forward`]: gradients of every expert and the gate weight into `grads`
+    /// (under `{prefix}.…`), returns `dx`. The sequence-wise balance loss (α > 0) adds its own
+    /// gradient (its value is in `saved.routing.balance_loss`).
+    pub fn backward(&self, sv: &MoeSaved, dy: &Tensor, grads: &mut Grads, prefix: &str) -> Result<Tensor> {
+        let (t, k) = (sv.tokens, self.cfg.num_experts_per_tok);
+        let d_yw = index_select(dy, &sv.perm_tokens)?;
+        // d w for each routed row = <dy_t, y_row>; gathered back to [T, k].
+        let dw_perm = sum_dim(&mul(&d_yw, &sv.y_perm)?, 1)?.reshape(&[t * k, 1])?;
+        let dw = index_add(t * k, &sv.perm_slots, &dw_perm)?.reshape(&[t, k])?;
+        let d_y_perm = mul(&d_yw, &sv.w_perm)?;
+        let mut dxs = Vec::new();
+        for (e, ex) in self.experts.iter().enumerate() {
+            let n = sv.offsets[e + 1] - sv.offsets[e];
+            if let Some(s) = &sv.experts[e] {
+                let d = narrow(&d_y_perm, 0, sv.offsets[e], n)?;
+                dxs.push(ex.backward(s, &d, grads, &format!("{prefix}.experts.{e}"))?);
+            }
+        }
+        let mut dx = index_add(t, &sv.perm_tokens, &cat(&dxs, 0)?)?;
+        if let (Some(se), Some(s)) = (&self.shared_experts, &sv.shared) {
+            dx = add(&dx, &se.backward(s, dy, grads, &format!("{prefix}.shared_experts"))?)?;
+        }
+        let dx_gate = self.route_backward(&sv.routing, &sv.gate, &dw, grads, prefix)?;
+        Ok(add(&dx, &dx_gate.to_dtype(dx.dtype())?)?)
+    }
+}
