@@ -12,7 +12,7 @@ for n in (256, 512, 1024, 2048):
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     flops = 2.0 * n**3
-    reps = int(min(50, max(3, 2e10 / flops)))
+    reps = int(min(300, max(10, 8e10 / flops)))
     a @ b
     best = float("inf")
     for _ in range(reps):

@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let flops = 2.0 * (n as f64).powi(3);
         // CPU: best single product of several. CUDA: 10 batches of 10 products after warm-up,
         // each batch timed to a device synchronisation; the median batch.
-        let (batches, per) = if cuda { (10, 10) } else { ((2e10 / flops).clamp(3.0, 50.0) as usize, 1) };
+        let (batches, per) = if cuda { (10, 10) } else { ((8e10 / flops).clamp(10.0, 300.0) as usize, 1) };
         matmul(&a, &b, false, false)?;
         dev.synchronize()?;
         let mut times = Vec::with_capacity(batches);
