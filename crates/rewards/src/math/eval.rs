@@ -17,7 +17,11 @@ impl Val {
     /// As f64 (exact values rounded).
     pub fn f(&self) -> f64 {
         match self {
-            Val::Exact(r) => r.to_f64().unwrap_or(f64::NAN),
+            Val::Exact(r) => match r.to_f64() {
+                // Overflow or underflow of a non-zero exact value: undecidable in f64, not ∞ or 0.
+                Some(x) if x.is_finite() && (x != 0.0 || r.is_zero()) => x,
+                _ => f64::NAN,
+            },
             Val::Float(x) => *x,
         }
     }
@@ -130,7 +134,7 @@ impl<'a> Eval<'a> {
                         }
                     }
                 }
-                if any_float { Float(acc.to_f64().unwrap_or(f64::NAN) + fl) } else { Exact(acc) }
+                if any_float { Float(Exact(acc).f() + fl) } else { Exact(acc) }
             }
             Node::Mul(xs) => {
                 let mut acc = BigRational::one();
@@ -150,7 +154,7 @@ impl<'a> Eval<'a> {
                         }
                     }
                 }
-                if any_float { Float(acc.to_f64().unwrap_or(f64::NAN) * fl) } else { Exact(acc) }
+                if any_float { Float(Exact(acc).f() * fl) } else { Exact(acc) }
             }
             Node::Div(a, b) => match (self.eval(a)?, self.eval(b)?) {
                 (Exact(x), Exact(y)) if !y.is_zero() => Exact(x / y),

@@ -16,6 +16,8 @@ static ANSWER: LazyLock<Regex> = LazyLock::new(|| {
 static MATH: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?s)\$\$(.+?)\$\$|\$([^$]+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]").expect("static regex")
 });
+static WORD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?:^|[^\\A-Za-z])[A-Za-z]{3,}").expect("static regex"));
+static SENTENCE_END: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\.(?:\s|$)").expect("static regex"));
 static NUMBER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?|-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?%?").expect("static regex")
 });
@@ -91,7 +93,7 @@ pub fn clean(s: &str) -> String {
     let mut t = s.trim();
     loop {
         let before = t;
-        t = t.trim_end_matches(['.', ',', ';', '!', '。']).trim();
+        t = t.trim_end_matches(['.', ',', ';', '。']).trim();
         for (a, b) in [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**")] {
             if t.len() >= a.len() + b.len() && t.starts_with(a) && t.ends_with(b) {
                 t = t[a.len()..t.len() - b.len()].trim();
@@ -107,6 +109,15 @@ pub fn clean(s: &str) -> String {
 /// Answer from a line of prose after "final answer" / "Answer:": its first math span, else the line.
 fn from_line(line: &str) -> String {
     let line = clean(line);
+    if let Some(c) = MATH.captures(&line) {
+        if let Some(m) = (1..=4).find_map(|i| c.get(i)) {
+            return clean(m.as_str());
+        }
+    }
+    let line = match SENTENCE_END.find(&line) {
+        Some(m) => clean(&line[..m.start()]),
+        None => line,
+    };
     if let Some(c) = MATH.captures(&line) {
         if let Some(m) = (1..=4).find_map(|i| c.get(i)) {
             return clean(m.as_str());
@@ -135,6 +146,10 @@ fn last_expression(s: &str) -> Option<String> {
 pub fn extract(completion: &str) -> Option<(Vec<String>, Source)> {
     let text = BOLD.replace_all(completion, "$1");
     let bx = boxes(&text);
+    if bx.is_empty() && text.contains("\\boxed{") {
+        // An unclosed box is a malformed answer, not a reason to fall back to prose.
+        return None;
+    }
     if let Some(last) = bx.last() {
         let mut c = vec![clean(last)];
         if bx.len() > 1 {
@@ -146,7 +161,8 @@ pub fn extract(completion: &str) -> Option<(Vec<String>, Source)> {
         let inner = c.get(1).map_or("", |m| m.as_str());
         let inner_clean = clean(inner);
         if !inner_clean.is_empty() {
-            let parses = super::lex::lex(&inner_clean).and_then(super::ast::parse).is_some();
+            let prose_like = WORD.is_match(&inner_clean.replace("\\text", "").replace("\\", " \\"));
+            let parses = !prose_like && super::lex::lex(&inner_clean).and_then(super::ast::parse).is_some();
             if !parses {
                 if let Some((p, _)) = prose(inner) {
                     return Some((p, Source::AnswerTag));
