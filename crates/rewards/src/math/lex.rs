@@ -128,7 +128,12 @@ impl Lexer<'_> {
     }
 
     fn rest(&self) -> &str {
-        &self.src[self.i..]
+        self.src.get(self.i..).unwrap_or("")
+    }
+
+    /// Step over one whole character (the cursor stays on a char boundary).
+    fn skip_char(&mut self) {
+        self.i += self.src.get(self.i..).and_then(|r| r.chars().next()).map_or(1, char::len_utf8);
     }
 
     fn skip_ws(&mut self) {
@@ -147,7 +152,11 @@ impl Lexer<'_> {
         let mut d = 0usize;
         while let Some(c) = self.peek() {
             match c {
-                b'\\' => self.i += 1,
+                b'\\' => {
+                    self.i += 1;
+                    self.skip_char();
+                    continue;
+                }
                 b'{' => d += 1,
                 b'}' => {
                     d -= 1;
@@ -465,7 +474,7 @@ impl Lexer<'_> {
         self.i += 1;
         let Some(c) = self.peek() else { return Some(()) };
         if !c.is_ascii_alphabetic() {
-            self.i += 1;
+            self.skip_char();
             let t = match c {
                 b',' | b'!' | b';' | b':' | b' ' | b'>' => return Some(()),
                 b'{' => Tok::SetOpen,
