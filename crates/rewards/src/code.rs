@@ -130,11 +130,17 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> Result<Self, RewardError> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let p = std::env::temp_dir().join(format!("r1-sandbox-{}-{n}-{nanos}", std::process::id()));
         let mut b = std::fs::DirBuilder::new();
         std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-        b.create(&p).map_err(|e| RewardError::Sandbox { op: "mkdir".into(), path: p.display().to_string(), source: e })?;
+        b.create(&p).map_err(|e| RewardError::Sandbox {
+            op: "mkdir".into(),
+            path: p.display().to_string(),
+            source: e,
+        })?;
         Ok(Self(p))
     }
 }
@@ -146,7 +152,10 @@ impl Drop for TempDir {
 }
 
 fn set_limit(res: libc::__rlimit_resource_t, v: u64) -> std::io::Result<()> {
-    let l = libc::rlimit { rlim_cur: v, rlim_max: v };
+    let l = libc::rlimit {
+        rlim_cur: v,
+        rlim_max: v,
+    };
     // SAFETY: setrlimit only reads the struct we pass.
     if unsafe { libc::setrlimit(res, &l) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -155,7 +164,11 @@ fn set_limit(res: libc::__rlimit_resource_t, v: u64) -> std::io::Result<()> {
 }
 
 /// Read a pipe into memory up to `cap` bytes; beyond that set `over` and stop.
-fn drain(mut r: impl Read + Send + 'static, cap: usize, over: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u8>> {
+fn drain(
+    mut r: impl Read + Send + 'static,
+    cap: usize,
+    over: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 16384];
@@ -179,7 +192,12 @@ fn exited_unreaped(pid: libc::pid_t) -> bool {
     // SAFETY: waitid writes into the zeroed siginfo we own.
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();
-        let r = libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT);
+        let r = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
         r == 0 && info.si_pid() == pid
     }
 }
@@ -188,18 +206,40 @@ fn exited_unreaped(pid: libc::pid_t) -> bool {
 pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput, RewardError> {
     let dir = TempDir::new()?;
     let src = dir.0.join(PROGRAM);
-    std::fs::write(&src, program)
-        .map_err(|e| RewardError::Sandbox { op: "write".into(), path: src.display().to_string(), source: e })?;
-    let run_id = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    std::fs::write(&src, program).map_err(|e| RewardError::Sandbox {
+        op: "write".into(),
+        path: src.display().to_string(),
+        source: e,
+    })?;
+    let run_id = format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
     let mut cmd = match isolation() {
         Isolation::Namespaces => {
             let mut c = Command::new("unshare");
-            c.args(["--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--", "sh", "-c", INNER, "sh"]);
+            c.args([
+                "--net",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount",
+                "--mount-proc",
+                "--",
+                "sh",
+                "-c",
+                INNER,
+                "sh",
+            ]);
             c.arg(&src).args(&cfg.interpreter);
             c
         }
         Isolation::LimitsOnly(_) => {
-            let (first, rest) = cfg.interpreter.split_first().map_or(("python3", &[][..]), |(f, r)| (f.as_str(), r));
+            let (first, rest) = cfg
+                .interpreter
+                .split_first()
+                .map_or(("python3", &[][..]), |(f, r)| (f.as_str(), r));
             let mut c = Command::new(first);
             c.args(rest).arg(&src).current_dir(&dir.0);
             c
@@ -214,7 +254,12 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let (cpu, mem, nproc, fsize) = (cfg.cpu_secs, cfg.memory_bytes, cfg.max_procs, cfg.max_file_bytes);
+    let (cpu, mem, nproc, fsize) = (
+        cfg.cpu_secs,
+        cfg.memory_bytes,
+        cfg.max_procs,
+        cfg.max_file_bytes,
+    );
     // SAFETY: the closure only calls async-signal-safe functions (setsid, setrlimit).
     unsafe {
         cmd.pre_exec(move || {
@@ -231,13 +276,21 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
         });
     }
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| RewardError::Sandbox { op: "spawn".into(), path: cfg.interpreter.join(" "), source: e })?;
+    let mut child = cmd.spawn().map_err(|e| RewardError::Sandbox {
+        op: "spawn".into(),
+        path: cfg.interpreter.join(" "),
+        source: e,
+    })?;
     let pid = child.id() as libc::pid_t;
     let over = Arc::new(AtomicBool::new(false));
-    let out_h = child.stdout.take().map(|o| drain(o, cfg.max_output_bytes, over.clone()));
-    let err_h = child.stderr.take().map(|e| drain(e, 64 << 10, Arc::new(AtomicBool::new(false))));
+    let out_h = child
+        .stdout
+        .take()
+        .map(|o| drain(o, cfg.max_output_bytes, over.clone()));
+    let err_h = child
+        .stderr
+        .take()
+        .map(|e| drain(e, 64 << 10, Arc::new(AtomicBool::new(false))));
     if let Some(mut w) = child.stdin.take() {
         let data = stdin.to_vec();
         std::thread::spawn(move || {
@@ -261,7 +314,11 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
     unsafe {
         libc::killpg(pid, libc::SIGKILL);
     }
-    let status = child.wait().map_err(|e| RewardError::Sandbox { op: "wait".into(), path: run_id.clone(), source: e })?;
+    let status = child.wait().map_err(|e| RewardError::Sandbox {
+        op: "wait".into(),
+        path: run_id.clone(),
+        source: e,
+    })?;
     let wall = start.elapsed();
     let stdout = out_h.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err_h.and_then(|h| h.join().ok()).unwrap_or_default();
@@ -277,7 +334,13 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
         }
     });
     let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(2048)..]).into_owned();
-    Ok(RunOutput { outcome, stdout, stderr_tail: tail, wall, run_id })
+    Ok(RunOutput {
+        outcome,
+        stdout,
+        stderr_tail: tail,
+        wall,
+        run_id,
+    })
 }
 
 /// Outputs equal line by line, ignoring trailing spaces and trailing blank lines; every line counts.
@@ -304,22 +367,55 @@ pub struct TestCase {
 
 /// Read `tests`: `[{"input": …, "output": …}, …]` or `{"inputs": […], "outputs": […]}`.
 pub fn parse_tests(reward: &str, sample: &Sample) -> Result<Vec<TestCase>, RewardError> {
-    let bad = |detail: String| RewardError::BadField { reward: reward.into(), field: "tests".into(), detail };
-    let v = sample.get("tests").ok_or_else(|| RewardError::MissingField { reward: reward.into(), field: "tests".into() })?;
-    let as_str = |x: &serde_json::Value, what: &str| x.as_str().map(str::to_string).ok_or_else(|| bad(format!("{what} is not a string: {x}")));
+    let bad = |detail: String| RewardError::BadField {
+        reward: reward.into(),
+        field: "tests".into(),
+        detail,
+    };
+    let v = sample
+        .get("tests")
+        .ok_or_else(|| RewardError::MissingField {
+            reward: reward.into(),
+            field: "tests".into(),
+        })?;
+    let as_str = |x: &serde_json::Value, what: &str| {
+        x.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| bad(format!("{what} is not a string: {x}")))
+    };
     let tests = match v {
         serde_json::Value::Array(xs) => xs
             .iter()
-            .map(|t| Ok(TestCase { input: as_str(&t["input"], "input")?, output: as_str(&t["output"], "output")? }))
+            .map(|t| {
+                Ok(TestCase {
+                    input: as_str(&t["input"], "input")?,
+                    output: as_str(&t["output"], "output")?,
+                })
+            })
             .collect::<Result<Vec<_>, RewardError>>()?,
         serde_json::Value::Object(o) => {
-            let (Some(ins), Some(outs)) = (o.get("inputs").and_then(|x| x.as_array()), o.get("outputs").and_then(|x| x.as_array())) else {
+            let (Some(ins), Some(outs)) = (
+                o.get("inputs").and_then(|x| x.as_array()),
+                o.get("outputs").and_then(|x| x.as_array()),
+            ) else {
                 return Err(bad("expected `inputs` and `outputs` arrays".into()));
             };
             if ins.len() != outs.len() {
-                return Err(bad(format!("{} inputs but {} outputs", ins.len(), outs.len())));
+                return Err(bad(format!(
+                    "{} inputs but {} outputs",
+                    ins.len(),
+                    outs.len()
+                )));
             }
-            ins.iter().zip(outs).map(|(i, o)| Ok(TestCase { input: as_str(i, "input")?, output: as_str(o, "output")? })).collect::<Result<Vec<_>, RewardError>>()?
+            ins.iter()
+                .zip(outs)
+                .map(|(i, o)| {
+                    Ok(TestCase {
+                        input: as_str(i, "input")?,
+                        output: as_str(o, "output")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, RewardError>>()?
         }
         other => return Err(bad(format!("expected an array or object, got {other}"))),
     };
@@ -329,11 +425,16 @@ pub fn parse_tests(reward: &str, sample: &Sample) -> Result<Vec<TestCase>, Rewar
     Ok(tests)
 }
 
-static FENCE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?s)```[A-Za-z0-9_+-]*[ \t]*\n(.*?)```").expect("static regex"));
+static FENCE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?s)```[A-Za-z0-9_+-]*[ \t]*\n(.*?)```").expect("static regex"));
 
 /// The last fenced code block of a completion.
 pub fn extract_code(completion: &str) -> Option<&str> {
-    FENCE.captures_iter(completion).last().and_then(|c| c.get(1)).map(|m| m.as_str())
+    FENCE
+        .captures_iter(completion)
+        .last()
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str())
 }
 
 /// Fraction of test cases passed by the completion's last code block (each in a fresh sandbox).
@@ -362,12 +463,17 @@ impl Reward for CodeReward {
     }
     fn score(&self, completion: &str, sample: &Sample) -> Result<Score, RewardError> {
         let tests = parse_tests(self.name(), sample)?;
-        let Some(program) = extract_code(completion) else { return Ok(Score::new(0.0, "no code block")) };
+        let Some(program) = extract_code(completion) else {
+            return Ok(Score::new(0.0, "no code block"));
+        };
         let passed = self.pass_count(program, &tests)?;
         let note = match isolation() {
             Isolation::Namespaces => String::new(),
             Isolation::LimitsOnly(why) => format!(" (no network namespace: {why})"),
         };
-        Ok(Score::new(passed as f64 / tests.len() as f64, format!("{passed}/{} tests passed{note}", tests.len())))
+        Ok(Score::new(
+            passed as f64 / tests.len() as f64,
+            format!("{passed}/{} tests passed{note}", tests.len()),
+        ))
     }
 }

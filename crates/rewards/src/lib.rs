@@ -1,5 +1,10 @@
 //! Rule-based rewards for the DeepSeek-R1 recipe.
 //!
+//! ```
+//! use rewards::math::verify;
+//! assert!(verify("\\frac{1}{2}", "so the answer is $\\boxed{0.5}$").correct);
+//! ```
+//!
 //! A [`Reward`] maps a completion plus the sample's fields to a [`Score`] (a number and a short reason).
 //! [`WeightedRewards`] combines several with weights, scores batches in parallel (rayon) and summarises
 //! them per reward ([`RewardStats`]). The math verifier lives in [`math`], shaping rewards in [`shaping`],
@@ -30,7 +35,10 @@ pub struct Score {
 impl Score {
     /// A score with its reason.
     pub fn new(value: f64, reason: impl Into<String>) -> Self {
-        Self { value, reason: reason.into() }
+        Self {
+            value,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -43,9 +51,16 @@ pub trait Reward: Send + Sync {
 }
 
 /// Read a string field of a sample, or fail naming the reward and field.
-pub fn str_field<'a>(reward: &str, sample: &'a Sample, field: &str) -> Result<&'a str, RewardError> {
+pub fn str_field<'a>(
+    reward: &str,
+    sample: &'a Sample,
+    field: &str,
+) -> Result<&'a str, RewardError> {
     match sample.get(field) {
-        None => Err(RewardError::MissingField { reward: reward.into(), field: field.into() }),
+        None => Err(RewardError::MissingField {
+            reward: reward.into(),
+            field: field.into(),
+        }),
         Some(serde_json::Value::String(s)) => Ok(s),
         Some(v) => Err(RewardError::BadField {
             reward: reward.into(),
@@ -82,9 +97,15 @@ impl WeightedRewards {
             let spec = spec.as_ref();
             let (name, weight) = match spec.split_once('=') {
                 Some((n, w)) => {
-                    let weight: f64 = w.trim().parse().ok().filter(|x: &f64| x.is_finite()).ok_or_else(|| {
-                        RewardError::BadWeight { spec: spec.into(), weight: w.into() }
-                    })?;
+                    let weight: f64 = w
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|x: &f64| x.is_finite())
+                        .ok_or_else(|| RewardError::BadWeight {
+                            spec: spec.into(),
+                            weight: w.into(),
+                        })?;
                     (n.trim(), weight)
                 }
                 None => (spec.trim(), 1.0),
@@ -191,7 +212,10 @@ pub fn reward_by_name(name: &str) -> Result<Box<dyn Reward>, RewardError> {
         "overlong" => Box::new(shaping::OverlongPunishment::default()),
         "code" => Box::new(code::CodeReward::default()),
         _ => {
-            return Err(RewardError::UnknownReward { name: name.into(), known: REWARD_NAMES.join(", ") });
+            return Err(RewardError::UnknownReward {
+                name: name.into(),
+                known: REWARD_NAMES.join(", "),
+            });
         }
     })
 }

@@ -36,7 +36,11 @@ pub enum Node {
     /// `a ± b` (`a` is 0 for a leading `±`).
     PlusMinus(Box<Node>, Box<Node>),
     /// A bracketed list: tuple, point or interval, e.g. `(1, 2]`.
-    Seq { open: char, close: char, items: Vec<Node> },
+    Seq {
+        open: char,
+        close: char,
+        items: Vec<Node>,
+    },
     /// `\{…\}`.
     Set(Vec<Node>),
     /// A bare comma list `1, 2` (compared as a set).
@@ -59,7 +63,12 @@ pub fn parse(toks: Vec<Tok>) -> Option<Node> {
     if toks.is_empty() || toks.contains(&Tok::Unknown) {
         return None;
     }
-    let mut p = Parser { t: toks, i: 0, depth: 0, abs: 0 };
+    let mut p = Parser {
+        t: toks,
+        i: 0,
+        depth: 0,
+        abs: 0,
+    };
     let n = p.top()?;
     (p.i == p.t.len()).then_some(n)
 }
@@ -79,7 +88,11 @@ fn int(n: i64) -> Node {
 pub fn decimal(s: &str) -> Option<BigRational> {
     let (ip, fp) = s.split_once('.').unwrap_or((s, ""));
     let digits = format!("{ip}{fp}");
-    let n: BigInt = if digits.is_empty() { BigInt::zero() } else { digits.parse().ok()? };
+    let n: BigInt = if digits.is_empty() {
+        BigInt::zero()
+    } else {
+        digits.parse().ok()?
+    };
     let d = num_traits::pow(BigInt::from(10), fp.len());
     Some(BigRational::new(n, d))
 }
@@ -113,7 +126,11 @@ impl Parser {
             }
             items.push(self.rel()?);
         }
-        Some(if items.len() == 1 { items.pop()? } else { Node::List(items) })
+        Some(if items.len() == 1 {
+            items.pop()?
+        } else {
+            Node::List(items)
+        })
     }
 
     fn rel(&mut self) -> Option<Node> {
@@ -130,7 +147,11 @@ impl Parser {
             ops.push(op);
             xs.push(self.union()?);
         }
-        Some(if ops.is_empty() { xs.pop()? } else { Node::Rel(xs, ops) })
+        Some(if ops.is_empty() {
+            xs.pop()?
+        } else {
+            Node::Rel(xs, ops)
+        })
     }
 
     fn union(&mut self) -> Option<Node> {
@@ -138,7 +159,11 @@ impl Parser {
         while self.eat(&Tok::Cup) {
             xs.push(self.expr()?);
         }
-        Some(if xs.len() == 1 { xs.pop()? } else { Node::Union(xs) })
+        Some(if xs.len() == 1 {
+            xs.pop()?
+        } else {
+            Node::Union(xs)
+        })
     }
 
     fn expr(&mut self) -> Option<Node> {
@@ -189,7 +214,11 @@ impl Parser {
             }
             terms.insert(0, p);
         }
-        Some(if terms.len() == 1 { terms.pop()? } else { Node::Add(terms) })
+        Some(if terms.len() == 1 {
+            terms.pop()?
+        } else {
+            Node::Add(terms)
+        })
     }
 
     fn starts_atom(&self) -> bool {
@@ -224,7 +253,11 @@ impl Parser {
                 Some(Tok::Slash) => {
                     self.i += 1;
                     let d = self.unary()?;
-                    let n = if fs.len() == 1 { fs.pop()? } else { Node::Mul(std::mem::take(&mut fs)) };
+                    let n = if fs.len() == 1 {
+                        fs.pop()?
+                    } else {
+                        Node::Mul(std::mem::take(&mut fs))
+                    };
                     fs.push(Node::Div(Box::new(n), Box::new(d)));
                 }
                 _ if self.starts_atom() => {
@@ -237,7 +270,9 @@ impl Parser {
                         if let Node::Div(a, b) = &f {
                             if let (Node::Num(a), Node::Num(b)) = (a.as_ref(), b.as_ref()) {
                                 if a.is_integer() && b.is_integer() && !b.is_zero() {
-                                    let Some(Node::Num(w)) = fs.pop() else { return None };
+                                    let Some(Node::Num(w)) = fs.pop() else {
+                                        return None;
+                                    };
                                     fs.push(Node::Num(w + a / b));
                                     continue;
                                 }
@@ -249,7 +284,11 @@ impl Parser {
                 _ => break,
             }
         }
-        Some(if fs.len() == 1 { fs.pop()? } else { Node::Mul(fs) })
+        Some(if fs.len() == 1 {
+            fs.pop()?
+        } else {
+            Node::Mul(fs)
+        })
     }
 
     fn unary(&mut self) -> Option<Node> {
@@ -301,7 +340,9 @@ impl Parser {
 
     /// Take one digit of a number token (`\frac12`, `x^23` = x²·3).
     fn single_digit(&mut self) -> Option<Node> {
-        let Some(Tok::Num(s)) = self.peek() else { return None };
+        let Some(Tok::Num(s)) = self.peek() else {
+            return None;
+        };
         let s = s.clone();
         let mut cs = s.chars();
         let d = cs.next()?;
@@ -389,7 +430,10 @@ impl Parser {
             Tok::Reals => Node::Seq {
                 open: '(',
                 close: ')',
-                items: vec![Node::Neg(Box::new(Node::Const(Const::Inf))), Node::Const(Const::Inf)],
+                items: vec![
+                    Node::Neg(Box::new(Node::Const(Const::Inf))),
+                    Node::Const(Const::Inf),
+                ],
             },
             Tok::LBrace => {
                 let n = self.top()?;
@@ -416,7 +460,10 @@ impl Parser {
                     _ => return None,
                 };
                 self.i += 1;
-                if items.len() == 1 && (open == '(' || close == ']') && (open == '(') == (close == ')') {
+                if items.len() == 1
+                    && (open == '(' || close == ']')
+                    && (open == '(') == (close == ')')
+                {
                     items.pop()?
                 } else {
                     Node::Seq { open, close, items }
@@ -458,7 +505,11 @@ impl Parser {
                 } else {
                     int(2)
                 };
-                let x = if self.peek() == Some(&Tok::LParen) { self.atom()? } else { self.group_arg()? };
+                let x = if self.peek() == Some(&Tok::LParen) {
+                    self.atom()?
+                } else {
+                    self.group_arg()?
+                };
                 Node::Root(Box::new(idx), Box::new(x))
             }
             Tok::Func(f) => {
@@ -479,7 +530,11 @@ impl Parser {
                     while matches!(self.peek(), Some(Tok::Num(_) | Tok::Ident(_) | Tok::Pi)) {
                         fs.push(self.power()?);
                     }
-                    if fs.len() == 1 { fs.pop()? } else { Node::Mul(fs) }
+                    if fs.len() == 1 {
+                        fs.pop()?
+                    } else {
+                        Node::Mul(fs)
+                    }
                 };
                 let call = match (f, base) {
                     (Func::Log, Some(b)) => Node::LogB(Box::new(b), Box::new(arg)),

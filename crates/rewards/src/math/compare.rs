@@ -18,7 +18,13 @@ fn close(a: f64, b: f64) -> bool {
 fn is_scalar(n: &Node) -> bool {
     !matches!(
         n,
-        Node::Seq { .. } | Node::Set(_) | Node::List(_) | Node::Union(_) | Node::Rel(..) | Node::In(..) | Node::Matrix(_)
+        Node::Seq { .. }
+            | Node::Set(_)
+            | Node::List(_)
+            | Node::Union(_)
+            | Node::Rel(..)
+            | Node::In(..)
+            | Node::Matrix(_)
     )
 }
 
@@ -57,7 +63,9 @@ pub fn scalar_eq(a: &Node, b: &Node) -> bool {
     vars(a, &mut names);
     vars(b, &mut names);
     if names.is_empty() {
-        let (Some(x), Some(y)) = (Eval::new(&[]).eval(a), Eval::new(&[]).eval(b)) else { return false };
+        let (Some(x), Some(y)) = (Eval::new(&[]).eval(a), Eval::new(&[]).eval(b)) else {
+            return false;
+        };
         return match (&x, &y) {
             (Val::Exact(p), Val::Exact(q)) => p == q,
             _ => {
@@ -76,7 +84,9 @@ pub fn scalar_eq(a: &Node, b: &Node) -> bool {
     }
     let mut agree = 0;
     for env in points(&names) {
-        let (Some(x), Some(y)) = (Eval::new(&env).eval(a), Eval::new(&env).eval(b)) else { return false };
+        let (Some(x), Some(y)) = (Eval::new(&env).eval(a), Eval::new(&env).eval(b)) else {
+            return false;
+        };
         let (x, y) = (x.f(), y.f());
         if x.is_finite() && y.is_finite() {
             if !close(x, y) {
@@ -99,7 +109,9 @@ fn proportional(d1: &Node, d2: &Node) -> bool {
     let mut ratio: Option<f64> = None;
     let mut agree = 0;
     for env in points(&names) {
-        let (Some(x), Some(y)) = (Eval::new(&env).eval(d1), Eval::new(&env).eval(d2)) else { return false };
+        let (Some(x), Some(y)) = (Eval::new(&env).eval(d1), Eval::new(&env).eval(d2)) else {
+            return false;
+        };
         let (x, y) = (x.f(), y.f());
         if !(x.is_finite() && y.is_finite()) {
             continue;
@@ -154,9 +166,14 @@ fn variants(n: &Node) -> Vec<Node> {
                 acc = next;
             }
             let add = matches!(n, Node::Add(_));
-            acc.into_iter().map(|v| if add { Node::Add(v) } else { Node::Mul(v) }).collect()
+            acc.into_iter()
+                .map(|v| if add { Node::Add(v) } else { Node::Mul(v) })
+                .collect()
         }
-        Node::Neg(a) => variants(a).into_iter().map(|v| Node::Neg(Box::new(v))).collect(),
+        Node::Neg(a) => variants(a)
+            .into_iter()
+            .map(|v| Node::Neg(Box::new(v)))
+            .collect(),
         Node::Div(a, b) => {
             let mut out = Vec::new();
             for x in variants(a) {
@@ -186,9 +203,17 @@ fn has_pm(n: &Node) -> bool {
 fn canon(n: &Node) -> Node {
     match n {
         _ if is_scalar(n) && has_pm(n) => Node::Set(variants(n)),
-        Node::List(xs) | Node::Set(xs) if xs.iter().any(has_pm) => {
-            Node::Set(xs.iter().flat_map(|x| if has_pm(x) { variants(x) } else { vec![x.clone()] }).collect())
-        }
+        Node::List(xs) | Node::Set(xs) if xs.iter().any(has_pm) => Node::Set(
+            xs.iter()
+                .flat_map(|x| {
+                    if has_pm(x) {
+                        variants(x)
+                    } else {
+                        vec![x.clone()]
+                    }
+                })
+                .collect(),
+        ),
         _ => n.clone(),
     }
 }
@@ -224,7 +249,11 @@ fn neg_inf() -> Node {
 }
 
 fn interval(open: char, lo: Node, hi: Node, close: char) -> Node {
-    Node::Seq { open, close, items: vec![lo, hi] }
+    Node::Seq {
+        open,
+        close,
+        items: vec![lo, hi],
+    }
 }
 
 fn var_free(n: &Node) -> bool {
@@ -237,11 +266,12 @@ fn var_free(n: &Node) -> bool {
 fn as_intervals(n: &Node) -> Option<Vec<Node>> {
     match n {
         Node::Rel(xs, ops) => {
-            let (xs, ops): (Vec<Node>, Vec<RelOp>) = if xs.len() == 2 && matches!(xs[1], Node::Var(_)) {
-                (vec![xs[1].clone(), xs[0].clone()], vec![ops[0].flip()])
-            } else {
-                (xs.clone(), ops.clone())
-            };
+            let (xs, ops): (Vec<Node>, Vec<RelOp>) =
+                if xs.len() == 2 && matches!(xs[1], Node::Var(_)) {
+                    (vec![xs[1].clone(), xs[0].clone()], vec![ops[0].flip()])
+                } else {
+                    (xs.clone(), ops.clone())
+                };
             match (xs.as_slice(), ops.as_slice()) {
                 ([Node::Var(_), a], [op]) if var_free(a) => Some(match op {
                     RelOp::Gt => vec![interval('(', a.clone(), Node::Const(Const::Inf), ')')],
@@ -355,7 +385,10 @@ fn rel_eq(gx: &[Node], gops: &[RelOp], px: &[Node], pops: &[RelOp]) -> bool {
         return false;
     }
     let same = gops == pops && gx.iter().zip(px).all(|(a, b)| direct_eq(a, b));
-    let flipped = gops.iter().zip(pops.iter().rev()).all(|(a, b)| a.flip() == *b)
+    let flipped = gops
+        .iter()
+        .zip(pops.iter().rev())
+        .all(|(a, b)| a.flip() == *b)
         && gx.iter().zip(px.iter().rev()).all(|(a, b)| direct_eq(a, b));
     same || flipped
 }
@@ -364,18 +397,45 @@ fn rel_eq(gx: &[Node], gops: &[RelOp], px: &[Node], pops: &[RelOp]) -> bool {
 fn direct_eq(g: &Node, p: &Node) -> bool {
     match (g, p) {
         (Node::Set(a) | Node::List(a), Node::Set(b) | Node::List(b)) => unordered_eq(a, b),
-        (Node::Set(a), x) | (x, Node::Set(a)) if a.len() == 1 && is_scalar(x) => direct_eq(&a[0], x),
-        (Node::Seq { open: o1, close: c1, items: a }, Node::Seq { open: o2, close: c2, items: b }) => {
-            o1 == o2 && c1 == c2 && a.len() == b.len() && a.iter().zip(b).all(|(x, y)| direct_eq(x, y))
+        (Node::Set(a), x) | (x, Node::Set(a)) if a.len() == 1 && is_scalar(x) => {
+            direct_eq(&a[0], x)
+        }
+        (
+            Node::Seq {
+                open: o1,
+                close: c1,
+                items: a,
+            },
+            Node::Seq {
+                open: o2,
+                close: c2,
+                items: b,
+            },
+        ) => {
+            o1 == o2
+                && c1 == c2
+                && a.len() == b.len()
+                && a.iter().zip(b).all(|(x, y)| direct_eq(x, y))
         }
         (Node::Union(a), Node::Union(b)) => unordered_eq(a, b),
         (Node::Matrix(a), Node::Matrix(b)) => {
             a.len() == b.len()
-                && a.iter().zip(b).all(|(r, s)| r.len() == s.len() && r.iter().zip(s).all(|(x, y)| direct_eq(x, y)))
+                && a.iter().zip(b).all(|(r, s)| {
+                    r.len() == s.len() && r.iter().zip(s).all(|(x, y)| direct_eq(x, y))
+                })
         }
-        (Node::Matrix(m), Node::Seq { open: '(', items, .. }) | (Node::Seq { open: '(', items, .. }, Node::Matrix(m))
-            if m.len() == 1 || m.iter().all(|r| r.len() == 1) =>
-        {
+        (
+            Node::Matrix(m),
+            Node::Seq {
+                open: '(', items, ..
+            },
+        )
+        | (
+            Node::Seq {
+                open: '(', items, ..
+            },
+            Node::Matrix(m),
+        ) if m.len() == 1 || m.iter().all(|r| r.len() == 1) => {
             let flat: Vec<&Node> = m.iter().flatten().collect();
             flat.len() == items.len() && flat.iter().zip(items).all(|(x, y)| direct_eq(x, y))
         }

@@ -45,20 +45,31 @@ fn bits(r: &BigRational) -> u64 {
 }
 
 fn as_small_int(r: &BigRational) -> Option<i64> {
-    if r.is_integer() { r.to_integer().to_i64() } else { None }
+    if r.is_integer() {
+        r.to_integer().to_i64()
+    } else {
+        None
+    }
 }
 
 /// Exact q-th root of a non-negative integer, if it is a perfect power.
 fn int_root(x: &BigInt, q: u32) -> Option<BigInt> {
     if x.is_negative() {
-        return if q % 2 == 1 { int_root(&-x, q).map(|r| -r) } else { None };
+        return if q % 2 == 1 {
+            int_root(&-x, q).map(|r| -r)
+        } else {
+            None
+        };
     }
     let r = x.nth_root(q);
     (num_traits::pow(r.clone(), q as usize) == *x).then_some(r)
 }
 
 fn rat_root(x: &BigRational, q: u32) -> Option<BigRational> {
-    Some(BigRational::new(int_root(x.numer(), q)?, int_root(x.denom(), q)?))
+    Some(BigRational::new(
+        int_root(x.numer(), q)?,
+        int_root(x.denom(), q)?,
+    ))
 }
 
 fn exact_pow(b: &BigRational, e: i64) -> Option<BigRational> {
@@ -134,7 +145,11 @@ impl<'a> Eval<'a> {
                         }
                     }
                 }
-                if any_float { Float(Exact(acc).f() + fl) } else { Exact(acc) }
+                if any_float {
+                    Float(Exact(acc).f() + fl)
+                } else {
+                    Exact(acc)
+                }
             }
             Node::Mul(xs) => {
                 let mut acc = BigRational::one();
@@ -154,7 +169,11 @@ impl<'a> Eval<'a> {
                         }
                     }
                 }
-                if any_float { Float(Exact(acc).f() * fl) } else { Exact(acc) }
+                if any_float {
+                    Float(Exact(acc).f() * fl)
+                } else {
+                    Exact(acc)
+                }
             }
             Node::Div(a, b) => match (self.eval(a)?, self.eval(b)?) {
                 (Exact(x), Exact(y)) if !y.is_zero() => Exact(x / y),
@@ -249,7 +268,9 @@ impl<'a> Eval<'a> {
                         if k.abs() <= 256.0 {
                             if let Some(p) = exact_pow(b, k as i64) {
                                 if p == *a {
-                                    return Some(Exact(BigRational::from_integer(BigInt::from(k as i64))));
+                                    return Some(Exact(BigRational::from_integer(BigInt::from(
+                                        k as i64,
+                                    ))));
                                 }
                             }
                         }
@@ -310,7 +331,9 @@ pub fn vars(n: &Node, out: &mut Vec<String>) {
             }
         }
         Node::Num(_) | Node::Const(_) => {}
-        Node::Neg(a) | Node::Func(_, a) | Node::Fact(a) | Node::Abs(a) | Node::Percent(a) => vars(a, out),
+        Node::Neg(a) | Node::Func(_, a) | Node::Fact(a) | Node::Abs(a) | Node::Percent(a) => {
+            vars(a, out)
+        }
         Node::Div(a, b)
         | Node::Pow(a, b)
         | Node::LogB(a, b)
@@ -321,9 +344,12 @@ pub fn vars(n: &Node, out: &mut Vec<String>) {
             vars(a, out);
             vars(b, out);
         }
-        Node::Add(xs) | Node::Mul(xs) | Node::Set(xs) | Node::List(xs) | Node::Union(xs) | Node::Rel(xs, _) => {
-            xs.iter().for_each(|x| vars(x, out))
-        }
+        Node::Add(xs)
+        | Node::Mul(xs)
+        | Node::Set(xs)
+        | Node::List(xs)
+        | Node::Union(xs)
+        | Node::Rel(xs, _) => xs.iter().for_each(|x| vars(x, out)),
         Node::Seq { items, .. } => items.iter().for_each(|x| vars(x, out)),
         Node::Matrix(rows) => rows.iter().flatten().for_each(|x| vars(x, out)),
     }

@@ -97,7 +97,13 @@ pub const MAX_TOKENS: usize = 2000;
 
 /// Tokenise; `None` when the input is too long.
 pub fn lex(src: &str) -> Option<Vec<Tok>> {
-    let mut lx = Lexer { s: src.as_bytes(), src, i: 0, out: Vec::new(), depth: 0 };
+    let mut lx = Lexer {
+        s: src.as_bytes(),
+        src,
+        i: 0,
+        out: Vec::new(),
+        depth: 0,
+    };
     lx.run()?;
     Some(lx.out)
 }
@@ -110,7 +116,9 @@ struct Lexer<'a> {
     depth: i32,
 }
 
-const UNIT_WORDS_2: &[&str] = &["cm", "mm", "km", "kg", "mg", "ml", "mL", "ft", "yd", "mi", "hr", "sq", "lb", "oz", "am", "pm"];
+const UNIT_WORDS_2: &[&str] = &[
+    "cm", "mm", "km", "kg", "mg", "ml", "mL", "ft", "yd", "mi", "hr", "sq", "lb", "oz", "am", "pm",
+];
 
 impl Lexer<'_> {
     fn push(&mut self, t: Tok) -> Option<()> {
@@ -133,7 +141,11 @@ impl Lexer<'_> {
 
     /// Step over one whole character (the cursor stays on a char boundary).
     fn skip_char(&mut self) {
-        self.i += self.src.get(self.i..).and_then(|r| r.chars().next()).map_or(1, char::len_utf8);
+        self.i += self
+            .src
+            .get(self.i..)
+            .and_then(|r| r.chars().next())
+            .map_or(1, char::len_utf8);
     }
 
     fn skip_ws(&mut self) {
@@ -177,7 +189,9 @@ impl Lexer<'_> {
             let c = self.s[self.i];
             match c {
                 b' ' | b'\t' | b'\n' | b'\r' | b'~' | b'$' => self.i += 1,
-                b'0'..=b'9' | b'.' if c != b'.' || self.s.get(self.i + 1).is_some_and(u8::is_ascii_digit) => {
+                b'0'..=b'9' | b'.'
+                    if c != b'.' || self.s.get(self.i + 1).is_some_and(u8::is_ascii_digit) =>
+                {
                     self.number()?
                 }
                 b'.' | b':' | b';' => {
@@ -380,7 +394,9 @@ impl Lexer<'_> {
             if matches!(r.get(1), Some(b'+' | b'-')) {
                 k = 2;
             }
-            if r.get(k).is_some_and(u8::is_ascii_digit) && !r.get(k + 1).is_some_and(u8::is_ascii_alphabetic) {
+            if r.get(k).is_some_and(u8::is_ascii_digit)
+                && !r.get(k + 1).is_some_and(u8::is_ascii_alphabetic)
+            {
                 self.i += k;
                 let st = self.i;
                 self.digits();
@@ -425,7 +441,11 @@ impl Lexer<'_> {
                 None if w.len() == 2 && !UNIT_WORDS_2.contains(&w) => {
                     // `xy` is x·y.
                     for ch in w.chars() {
-                        let t = if ch == 'e' { Tok::E } else { Tok::Ident(ch.to_string()) };
+                        let t = if ch == 'e' {
+                            Tok::E
+                        } else {
+                            Tok::Ident(ch.to_string())
+                        };
                         self.push(t)?;
                     }
                     return Some(());
@@ -472,7 +492,9 @@ impl Lexer<'_> {
 
     fn command(&mut self) -> Option<()> {
         self.i += 1;
-        let Some(c) = self.peek() else { return Some(()) };
+        let Some(c) = self.peek() else {
+            return Some(());
+        };
         if !c.is_ascii_alphabetic() {
             self.skip_char();
             let t = match c {
@@ -495,10 +517,11 @@ impl Lexer<'_> {
         }
         let name = &self.src[st..self.i];
         let t = match name {
-            "left" | "right" | "big" | "Big" | "bigg" | "Bigg" | "bigl" | "bigr" | "Bigl" | "Bigr" | "biggl"
-            | "biggr" | "displaystyle" | "textstyle" | "quad" | "qquad" | "circ" | "degree" | "boxed" | "fbox"
-            | "limits" | "nolimits" | "hbox" | "mathit" | "rm" | "bf" | "it" | "medspace" | "thinspace"
-            | "negthinspace" | "dollar" | "cdotp" | "ensuremath" => {
+            "left" | "right" | "big" | "Big" | "bigg" | "Bigg" | "bigl" | "bigr" | "Bigl"
+            | "Bigr" | "biggl" | "biggr" | "displaystyle" | "textstyle" | "quad" | "qquad"
+            | "circ" | "degree" | "boxed" | "fbox" | "limits" | "nolimits" | "hbox" | "mathit"
+            | "rm" | "bf" | "it" | "medspace" | "thinspace" | "negthinspace" | "dollar"
+            | "cdotp" | "ensuremath" => {
                 // `\left.` / `\right.` are empty delimiters.
                 if (name == "left" || name == "right") && self.peek() == Some(b'.') {
                     self.i += 1;
@@ -529,7 +552,8 @@ impl Lexer<'_> {
             "vert" | "lvert" | "rvert" | "mid" => Tok::Bar,
             "lfloor" | "rfloor" | "lceil" | "rceil" => Tok::Unknown,
             "exp" => Tok::Func(Func::Exp),
-            "text" | "textbf" | "mbox" | "textit" | "textrm" | "mathrm" | "mathbf" | "operatorname" | "textnormal" => {
+            "text" | "textbf" | "mbox" | "textit" | "textrm" | "mathrm" | "mathbf"
+            | "operatorname" | "textnormal" => {
                 return self.text_command(name);
             }
             "mathbb" => {
@@ -550,7 +574,11 @@ impl Lexer<'_> {
             }
             "end" => {
                 let env = self.brace_group().unwrap_or("");
-                if env.ends_with("matrix") || env == "array" { Tok::EndMatrix } else { Tok::Unknown }
+                if env.ends_with("matrix") || env == "array" {
+                    Tok::EndMatrix
+                } else {
+                    Tok::Unknown
+                }
             }
             "cr" => Tok::RowSep,
             _ => match func_name(name) {
@@ -565,7 +593,9 @@ impl Lexer<'_> {
     /// `\text{…}` and friends: keep the content when it is math-like (a choice letter, a number, a
     /// function name), turn `or`/`and` into list commas, drop unit words.
     fn text_command(&mut self, name: &str) -> Option<()> {
-        let Some(inner) = self.brace_group() else { return self.push(Tok::Unknown) };
+        let Some(inner) = self.brace_group() else {
+            return self.push(Tok::Unknown);
+        };
         let inner = inner.to_string();
         if name == "operatorname" || name == "mathrm" {
             if let Some(f) = func_name(inner.trim()) {
@@ -581,9 +611,40 @@ impl Lexer<'_> {
 }
 
 const GREEK: &[&str] = &[
-    "alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta", "iota",
-    "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "varphi", "chi", "psi", "omega",
-    "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega",
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "varepsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "vartheta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "rho",
+    "sigma",
+    "tau",
+    "upsilon",
+    "phi",
+    "varphi",
+    "chi",
+    "psi",
+    "omega",
+    "Gamma",
+    "Delta",
+    "Theta",
+    "Lambda",
+    "Xi",
+    "Sigma",
+    "Phi",
+    "Psi",
+    "Omega",
 ];
 
 fn func_name(w: &str) -> Option<Func> {
