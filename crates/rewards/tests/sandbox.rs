@@ -22,10 +22,10 @@ fn survivors(run_id: &str) -> Vec<String> {
         if !name.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        if let Ok(env) = std::fs::read(e.path().join("environ")) {
-            if env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                out.push(name);
-            }
+        if let Ok(env) = std::fs::read(e.path().join("environ"))
+            && env.windows(needle.len()).any(|w| w == needle.as_bytes())
+        {
+            out.push(name);
         }
     }
     out

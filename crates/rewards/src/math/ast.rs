@@ -266,18 +266,18 @@ impl Parser {
                         && fs.len() == 1
                         && self.peek() == Some(&Tok::Frac);
                     let f = self.power()?;
-                    if mixed {
-                        if let Node::Div(a, b) = &f {
-                            if let (Node::Num(a), Node::Num(b)) = (a.as_ref(), b.as_ref()) {
-                                if a.is_integer() && b.is_integer() && !b.is_zero() {
-                                    let Some(Node::Num(w)) = fs.pop() else {
-                                        return None;
-                                    };
-                                    fs.push(Node::Num(w + a / b));
-                                    continue;
-                                }
-                            }
-                        }
+                    if mixed
+                        && let Node::Div(a, b) = &f
+                        && let (Node::Num(a), Node::Num(b)) = (a.as_ref(), b.as_ref())
+                        && a.is_integer()
+                        && b.is_integer()
+                        && !b.is_zero()
+                    {
+                        let Some(Node::Num(w)) = fs.pop() else {
+                            return None;
+                        };
+                        fs.push(Node::Num(w + a / b));
+                        continue;
                     }
                     fs.push(f);
                 }

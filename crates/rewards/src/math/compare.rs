@@ -361,10 +361,11 @@ fn unordered_eq(a: &[Node], b: &[Node]) -> bool {
 fn rel_eq(gx: &[Node], gops: &[RelOp], px: &[Node], pops: &[RelOp]) -> bool {
     if gops.len() == 1 && pops.len() == 1 && gops[0] == RelOp::Eq && pops[0] == RelOp::Eq {
         let (gl, gr, pl, pr) = (&gx[0], &gx[1], &px[0], &px[1]);
-        if let (Node::Var(a), Node::Var(b)) = (gl, pl) {
-            if a == b && direct_eq(gr, pr) {
-                return true;
-            }
+        if let (Node::Var(a), Node::Var(b)) = (gl, pl)
+            && a == b
+            && direct_eq(gr, pr)
+        {
+            return true;
         }
         if (direct_eq(gl, pl) && direct_eq(gr, pr)) || (direct_eq(gl, pr) && direct_eq(gr, pl)) {
             return true;
@@ -457,10 +458,10 @@ pub fn equivalent(g: &Node, p: &Node) -> bool {
         return true;
     }
     // An inequality gold accepts the same set written as intervals (not the reverse).
-    if let Some(gi) = as_intervals(&gs) {
-        if let Some(pi) = interval_parts(&ps) {
-            return unordered_eq(&gi, &pi);
-        }
+    if let Some(gi) = as_intervals(&gs)
+        && let Some(pi) = interval_parts(&ps)
+    {
+        return unordered_eq(&gi, &pi);
     }
     // 20% ≡ 20 (either side written with %).
     match (strip_percent(&gs), strip_percent(&ps)) {

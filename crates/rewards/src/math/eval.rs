@@ -236,10 +236,10 @@ impl<'a> Eval<'a> {
             },
             Node::Func(f, a) => {
                 let x = self.eval(a)?;
-                if let (Exact(r), Func::Ln | Func::Log) = (&x, f) {
-                    if r.is_one() {
-                        return Some(Exact(BigRational::zero()));
-                    }
+                if let (Exact(r), Func::Ln | Func::Log) = (&x, f)
+                    && r.is_one()
+                {
+                    return Some(Exact(BigRational::zero()));
                 }
                 let x = x.f();
                 Float(match f {
@@ -262,18 +262,17 @@ impl<'a> Eval<'a> {
             }
             Node::LogB(b, a) => {
                 let (bv, av) = (self.eval(b)?, self.eval(a)?);
-                if let (Exact(b), Exact(a)) = (&bv, &av) {
-                    if b.is_positive() && a.is_positive() && !b.is_one() {
-                        let k = (a.to_f64()?.ln() / b.to_f64()?.ln()).round();
-                        if k.abs() <= 256.0 {
-                            if let Some(p) = exact_pow(b, k as i64) {
-                                if p == *a {
-                                    return Some(Exact(BigRational::from_integer(BigInt::from(
-                                        k as i64,
-                                    ))));
-                                }
-                            }
-                        }
+                if let (Exact(b), Exact(a)) = (&bv, &av)
+                    && b.is_positive()
+                    && a.is_positive()
+                    && !b.is_one()
+                {
+                    let k = (a.to_f64()?.ln() / b.to_f64()?.ln()).round();
+                    if k.abs() <= 256.0
+                        && let Some(p) = exact_pow(b, k as i64)
+                        && p == *a
+                    {
+                        return Some(Exact(BigRational::from_integer(BigInt::from(k as i64))));
                     }
                 }
                 Float(av.f().ln() / bv.f().ln())
@@ -296,26 +295,23 @@ impl<'a> Eval<'a> {
                 if let Some(p) = exact_pow(b, k) {
                     return Exact(p);
                 }
-            } else if let (Some(p), Some(q)) = (e.numer().to_i64(), e.denom().to_u32()) {
-                if q <= 64 {
-                    if let Some(r) = rat_root(b, q) {
-                        if let Some(v) = exact_pow(&r, p) {
-                            return Exact(v);
-                        }
-                    }
-                }
+            } else if let (Some(p), Some(q)) = (e.numer().to_i64(), e.denom().to_u32())
+                && q <= 64
+                && let Some(r) = rat_root(b, q)
+                && let Some(v) = exact_pow(&r, p)
+            {
+                return Exact(v);
             }
         }
         let (bf, ef) = (b.f(), e.f());
         if bf < 0.0 {
             // Real odd roots of negatives: (-8)^(1/3) = -2.
-            if let Exact(e) = &e {
-                if let (Some(p), Some(q)) = (e.numer().to_i64(), e.denom().to_i64()) {
-                    if q % 2 == 1 {
-                        let m = (-bf).powf(ef);
-                        return Float(if p % 2 == 0 { m } else { -m });
-                    }
-                }
+            if let Exact(e) = &e
+                && let (Some(p), Some(q)) = (e.numer().to_i64(), e.denom().to_i64())
+                && q % 2 == 1
+            {
+                let m = (-bf).powf(ef);
+                return Float(if p % 2 == 0 { m } else { -m });
             }
         }
         Float(bf.powf(ef))

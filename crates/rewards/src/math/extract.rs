@@ -121,19 +121,19 @@ pub fn clean(s: &str) -> String {
 /// Answer from a line of prose after "final answer" / "Answer:": its first math span, else the line.
 fn from_line(line: &str) -> String {
     let line = clean(line);
-    if let Some(c) = MATH.captures(&line) {
-        if let Some(m) = (1..=4).find_map(|i| c.get(i)) {
-            return clean(m.as_str());
-        }
+    if let Some(c) = MATH.captures(&line)
+        && let Some(m) = (1..=4).find_map(|i| c.get(i))
+    {
+        return clean(m.as_str());
     }
     let line = match SENTENCE_END.find(&line) {
         Some(m) => clean(&line[..m.start()]),
         None => line,
     };
-    if let Some(c) = MATH.captures(&line) {
-        if let Some(m) = (1..=4).find_map(|i| c.get(i)) {
-            return clean(m.as_str());
-        }
+    if let Some(c) = MATH.captures(&line)
+        && let Some(m) = (1..=4).find_map(|i| c.get(i))
+    {
+        return clean(m.as_str());
     }
     line
 }
@@ -184,10 +184,8 @@ pub fn extract(completion: &str) -> Option<(Vec<String>, Source)> {
                 && super::lex::lex(&inner_clean)
                     .and_then(super::ast::parse)
                     .is_some();
-            if !parses {
-                if let Some((p, _)) = prose(inner) {
-                    return Some((p, Source::AnswerTag));
-                }
+            if !parses && let Some((p, _)) = prose(inner) {
+                return Some((p, Source::AnswerTag));
             }
             return Some((vec![inner_clean], Source::AnswerTag));
         }

@@ -597,10 +597,10 @@ impl Lexer<'_> {
             return self.push(Tok::Unknown);
         };
         let inner = inner.to_string();
-        if name == "operatorname" || name == "mathrm" {
-            if let Some(f) = func_name(inner.trim()) {
-                return self.push(Tok::Func(f));
-            }
+        if (name == "operatorname" || name == "mathrm")
+            && let Some(f) = func_name(inner.trim())
+        {
+            return self.push(Tok::Func(f));
         }
         let sub = lex(&inner)?;
         for t in sub {
