@@ -1,11 +1,12 @@
 //! Sandboxed code reward: run a program against stdin/stdout test cases.
 //!
 //! Each test runs in a fresh process tree under `unshare` (new network, PID and mount namespaces: no network,
-//! no view of other processes, fresh read-only-to-the-program tmpfs over `/tmp`, `/var/tmp`, `/dev/shm`), as
-//! user `nobody`, in a private working directory (`/tmp/w`, its only writable place), with CPU-time, address-space, process-count, file-size and open-file limits and a
-//! wall-clock limit; the whole process group is killed at the end. Expected outputs stay in this process;
-//! the complete output is compared. When namespaces are unavailable (not root, or a kernel that refuses),
-//! [`isolation`] says so and programs run with limits only — no network isolation.
+//! no view of other processes, fresh tmpfs over `/tmp`, `/var/tmp`, `/dev/shm` that the program cannot write),
+//! as a fresh unprivileged user id per run, in a private working directory (`/tmp/w`, its only writable
+//! place), with CPU-time, address-space, process-count, file-size and open-file limits and a wall-clock
+//! limit; the whole process group is killed at the end. Expected outputs stay in this process; the complete
+//! output is compared. When namespaces are unavailable (not root, or a kernel that refuses), [`isolation`]
+//! says so and programs run with limits only — no network isolation.
 
 use crate::{Reward, RewardError, Sample, Score};
 use regex::Regex;
@@ -28,7 +29,7 @@ pub struct SandboxConfig {
     pub cpu_secs: u64,
     /// Address-space limit (RLIMIT_AS).
     pub memory_bytes: u64,
-    /// Process limit for the sandbox user (RLIMIT_NPROC).
+    /// Process limit for the run's user (RLIMIT_NPROC).
     pub max_procs: u64,
     /// Largest file the program may write (RLIMIT_FSIZE).
     pub max_file_bytes: u64,
@@ -53,7 +54,7 @@ impl Default for SandboxConfig {
 /// What isolation the machine allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Isolation {
-    /// New network/PID/mount namespaces and the `nobody` user.
+    /// New network/PID/mount namespaces and an unprivileged user id per run.
     Namespaces,
     /// Resource limits and a private directory only; the reason namespaces failed.
     LimitsOnly(String),
@@ -85,6 +86,15 @@ pub struct RunOutput {
 }
 
 const SANDBOX_UID: &str = "65534";
+/// First of the unprivileged user ids handed to runs, one per run (round robin): RLIMIT_NPROC counts per
+/// user, so a fork bomb in one run cannot starve a concurrent run, and runs cannot signal each other.
+const UID_BASE: u32 = 200_000;
+const UID_COUNT: u32 = 50_000;
+
+fn sandbox_uid() -> u32 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    UID_BASE + (NEXT.fetch_add(1, Ordering::Relaxed) % UID_COUNT as u64) as u32
+}
 const PROGRAM: &str = "main.prog";
 
 /// Environment variable carrying a per-run id (lets tests find stray processes).
@@ -116,14 +126,14 @@ pub fn isolation() -> &'static Isolation {
 }
 
 /// The script run as root inside the fresh namespaces: hide world-writable directories behind tmpfs, copy
-/// the program into a private directory owned by `nobody`, drop privileges and run.
-const INNER: &str = r#"exec 3<"$1"; shift
+/// the program into a private directory owned by the run's user, drop privileges and run.
+const INNER: &str = r#"exec 3<"$1"; uid="$2"; shift 2
 mount -t tmpfs -o size=64m,mode=755 tmpfs /tmp || exit 125
 mount -t tmpfs -o size=1m,mode=755 tmpfs /var/tmp 2>/dev/null
 mount -t tmpfs -o size=1m,mode=755 tmpfs /dev/shm 2>/dev/null
-mkdir -m 700 /tmp/w && cat <&3 >/tmp/w/main.prog && exec 3<&- && chown -R 65534:65534 /tmp/w || exit 125
+mkdir -m 700 /tmp/w && cat <&3 >/tmp/w/main.prog && exec 3<&- && chown -R "$uid:$uid" /tmp/w || exit 125
 cd /tmp/w || exit 125
-exec setpriv --reuid=65534 --regid=65534 --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all "$@" main.prog"#;
+exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all "$@" main.prog"#;
 
 struct TempDir(PathBuf);
 
@@ -232,7 +242,7 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
                 INNER,
                 "sh",
             ]);
-            c.arg(&src).args(&cfg.interpreter);
+            c.arg(&src).arg(sandbox_uid().to_string()).args(&cfg.interpreter);
             c
         }
         Isolation::LimitsOnly(_) => {

@@ -50,7 +50,7 @@ fn config() -> SandboxConfig {
 #[test]
 fn adversarial_corpus_is_contained() {
     match isolation() {
-        Isolation::Namespaces => println!("isolation: network/PID/mount namespaces + nobody"),
+        Isolation::Namespaces => println!("isolation: network/PID/mount namespaces + unprivileged uid per run"),
         Isolation::LimitsOnly(why) => {
             println!("isolation: LIMITS ONLY, no network namespace: {why}")
         }
@@ -174,4 +174,18 @@ fn correct_program_passes_and_wrong_one_fails() {
         .score("```python\nprint(1)\n```", &Sample::new())
         .expect_err("no tests");
     assert!(err.to_string().contains("tests"), "{err}");
+}
+
+#[test]
+fn fork_bomb_does_not_starve_a_concurrent_run() {
+    // RLIMIT_NPROC counts per user; each run has its own uid, so a bomb next door cannot block this one.
+    let cfg = config();
+    let bomb = corpus("fork_bomb.py");
+    let t = std::thread::spawn(move || run(&config(), &bomb, b"").expect("bomb run"));
+    std::thread::sleep(Duration::from_millis(500));
+    let tests = [TestCase { input: "20\n".into(), output: "40".into() }];
+    let passed = CodeReward { config: cfg }.pass_count("print(int(input()) * 2)", &tests).expect("run");
+    let bomb_out = t.join().expect("join");
+    assert_ne!(bomb_out.outcome, Outcome::Exited(0));
+    assert_eq!(passed, 1, "the correct program next to a fork bomb must still pass");
 }
