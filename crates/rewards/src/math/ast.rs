@@ -121,6 +121,8 @@ impl Parser {
     fn top(&mut self) -> Option<Node> {
         let mut items = vec![self.rel()?];
         while self.eat(&Tok::Comma) {
+            // `1, 2, and 3` lexes as `1, 2, , 3`.
+            while self.eat(&Tok::Comma) {}
             if self.peek().is_none() {
                 break;
             }
