@@ -242,7 +242,9 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
                 INNER,
                 "sh",
             ]);
-            c.arg(&src).arg(sandbox_uid().to_string()).args(&cfg.interpreter);
+            c.arg(&src)
+                .arg(sandbox_uid().to_string())
+                .args(&cfg.interpreter);
             c
         }
         Isolation::LimitsOnly(_) => {

@@ -50,7 +50,9 @@ fn config() -> SandboxConfig {
 #[test]
 fn adversarial_corpus_is_contained() {
     match isolation() {
-        Isolation::Namespaces => println!("isolation: network/PID/mount namespaces + unprivileged uid per run"),
+        Isolation::Namespaces => {
+            println!("isolation: network/PID/mount namespaces + unprivileged uid per run")
+        }
         Isolation::LimitsOnly(why) => {
             println!("isolation: LIMITS ONLY, no network namespace: {why}")
         }
@@ -183,9 +185,17 @@ fn fork_bomb_does_not_starve_a_concurrent_run() {
     let bomb = corpus("fork_bomb.py");
     let t = std::thread::spawn(move || run(&config(), &bomb, b"").expect("bomb run"));
     std::thread::sleep(Duration::from_millis(500));
-    let tests = [TestCase { input: "20\n".into(), output: "40".into() }];
-    let passed = CodeReward { config: cfg }.pass_count("print(int(input()) * 2)", &tests).expect("run");
+    let tests = [TestCase {
+        input: "20\n".into(),
+        output: "40".into(),
+    }];
+    let passed = CodeReward { config: cfg }
+        .pass_count("print(int(input()) * 2)", &tests)
+        .expect("run");
     let bomb_out = t.join().expect("join");
     assert_ne!(bomb_out.outcome, Outcome::Exited(0));
-    assert_eq!(passed, 1, "the correct program next to a fork bomb must still pass");
+    assert_eq!(
+        passed, 1,
+        "the correct program next to a fork bomb must still pass"
+    );
 }

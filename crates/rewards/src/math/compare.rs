@@ -4,8 +4,10 @@ use super::ast::{Const, Node};
 use super::eval::{Eval, Val, has_inf, vars};
 use super::lex::RelOp;
 
-/// Relative tolerance for non-exact numeric comparison.
+/// Relative tolerance for non-exact numeric comparison at f64 precision.
 const REL_TOL: f64 = 1e-9;
+/// Relative tolerance between two closed forms evaluated in double-double.
+const HP_REL_TOL: f64 = 1e-24;
 /// Most list/set items compared (bounds the quadratic matching).
 const MAX_ITEMS: usize = 64;
 /// Most `±` variants expanded.
@@ -69,11 +71,21 @@ pub fn scalar_eq(a: &Node, b: &Node) -> bool {
         return match (&x, &y) {
             (Val::Exact(p), Val::Exact(q)) => p == q,
             _ => {
-                let (x, y) = (x.f(), y.f());
-                if x.is_finite() && y.is_finite() {
-                    close(x, y)
+                let (dx, dy) = (x.dd(), y.dd());
+                if dx.hi.is_finite() && dy.hi.is_finite() {
+                    let one_exact = matches!(x, Val::Exact(_)) || matches!(y, Val::Exact(_));
+                    match (x.hp() && y.hp(), one_exact) {
+                        // Two closed forms, both in double-double: equal to ~24 digits.
+                        (true, false) => dx.close(dy, HP_REL_TOL, 1e-28),
+                        // A decimal against a closed form: a 10-digit approximation is accepted, but a
+                        // non-zero value is never "about 0".
+                        (true, true) => dx.close(dy, REL_TOL, 1e-28),
+                        // Transcendental functions went through f64.
+                        (false, _) => close(dx.f(), dy.f()),
+                    }
                 } else {
                     // ∞ only equals ∞ when both sides say ∞ (an overflow is not infinity).
+                    let (x, y) = (x.f(), y.f());
                     x.is_infinite() && x == y && has_inf(a) && has_inf(b)
                 }
             }

@@ -1,30 +1,46 @@
-//! Evaluation: exact rationals where possible, f64 otherwise, with bounded work.
+//! Evaluation: exact rationals where possible, double-double otherwise (f64 for transcendental functions),
+//! with bounded work.
 
 use super::ast::{Const, Node};
+use super::dd::DD;
 use super::lex::Func;
 use num_bigint::BigInt;
 use num_rational::BigRational;
 use num_traits::{One, Signed, ToPrimitive, Zero};
 
-/// A value: exact when every operation so far was exact.
+/// A value: exact when every operation so far was exact; otherwise a double-double that is accurate to ~31
+/// digits when `hp` (only arithmetic, rational powers, π, e), else only to f64 precision.
 #[derive(Debug, Clone)]
 pub enum Val {
     Exact(BigRational),
-    Float(f64),
+    Float(DD, bool),
 }
 
 impl Val {
-    /// As f64 (exact values rounded).
+    /// As f64 (exact values rounded; out-of-range exact values are NaN, not ±∞ or 0).
     pub fn f(&self) -> f64 {
+        self.dd().f()
+    }
+
+    /// As a double-double.
+    pub fn dd(&self) -> DD {
         match self {
-            Val::Exact(r) => match r.to_f64() {
-                // Overflow or underflow of a non-zero exact value: undecidable in f64, not ∞ or 0.
-                Some(x) if x.is_finite() && (x != 0.0 || r.is_zero()) => x,
-                _ => f64::NAN,
-            },
-            Val::Float(x) => *x,
+            Val::Exact(r) => DD::from_rational(r),
+            Val::Float(x, _) => *x,
         }
     }
+
+    /// Whether the value is accurate to double-double precision.
+    pub fn hp(&self) -> bool {
+        match self {
+            Val::Exact(_) => true,
+            Val::Float(_, hp) => *hp,
+        }
+    }
+}
+
+fn lowp(x: f64) -> Val {
+    Val::Float(DD::from_f64(x), false)
 }
 
 /// Largest integer whose factorial is computed exactly.
@@ -124,69 +140,62 @@ impl<'a> Eval<'a> {
         use Val::{Exact, Float};
         Some(match n {
             Node::Num(r) => Exact(r.clone()),
-            Node::Const(Const::Pi) => Float(std::f64::consts::PI),
-            Node::Const(Const::E) => Float(std::f64::consts::E),
-            Node::Const(Const::Inf) => Float(f64::INFINITY),
-            Node::Var(v) => Float(self.vars.iter().find(|(k, _)| k == v)?.1),
+            Node::Const(Const::Pi) => Float(DD::PI, true),
+            Node::Const(Const::E) => Float(DD::E, true),
+            Node::Const(Const::Inf) => Float(DD::from_f64(f64::INFINITY), true),
+            Node::Var(v) => Float(
+                DD::from_f64(self.vars.iter().find(|(k, _)| k == v)?.1),
+                true,
+            ),
             Node::Neg(a) => match self.eval(a)? {
                 Exact(r) => Exact(-r),
-                Float(x) => Float(-x),
+                Float(x, hp) => Float(x.neg(), hp),
             },
-            Node::Add(xs) => {
-                let mut acc = BigRational::zero();
-                let mut fl = 0.0;
-                let mut any_float = false;
-                for x in xs {
-                    match self.eval(x)? {
-                        Exact(r) => acc += r,
-                        Float(f) => {
-                            fl += f;
-                            any_float = true;
-                        }
-                    }
-                }
-                if any_float {
-                    Float(Exact(acc).f() + fl)
+            Node::Add(xs) | Node::Mul(xs) => {
+                let add = matches!(n, Node::Add(_));
+                let mut acc = if add {
+                    BigRational::zero()
                 } else {
-                    Exact(acc)
-                }
-            }
-            Node::Mul(xs) => {
-                let mut acc = BigRational::one();
-                let mut fl = 1.0;
+                    BigRational::one()
+                };
+                let mut fl = DD::from_f64(if add { 0.0 } else { 1.0 });
                 let mut any_float = false;
+                let mut hp = true;
                 for x in xs {
                     match self.eval(x)? {
+                        Exact(r) if add => acc += r,
                         Exact(r) => {
                             if bits(&acc) + bits(&r) > MAX_POW_BITS {
                                 return None;
                             }
                             acc *= r
                         }
-                        Float(f) => {
-                            fl *= f;
+                        Float(f, h) => {
+                            fl = if add { fl.add(f) } else { fl.mul(f) };
                             any_float = true;
+                            hp &= h;
                         }
                     }
                 }
-                if any_float {
-                    Float(Exact(acc).f() * fl)
-                } else {
+                if !any_float {
                     Exact(acc)
+                } else {
+                    let e = Exact(acc).dd();
+                    Float(if add { e.add(fl) } else { e.mul(fl) }, hp)
                 }
             }
             Node::Div(a, b) => match (self.eval(a)?, self.eval(b)?) {
                 (Exact(x), Exact(y)) if !y.is_zero() => Exact(x / y),
-                (Exact(_), Exact(_)) => Float(f64::NAN),
-                (x, y) => Float(x.f() / y.f()),
+                (Exact(_), Exact(_)) => Float(DD::NAN, true),
+                (x, y) => Float(x.dd().div(y.dd()), x.hp() && y.hp()),
             },
             Node::Percent(a) => match self.eval(a)? {
                 Exact(r) => Exact(r / BigInt::from(100)),
-                Float(x) => Float(x / 100.0),
+                Float(x, hp) => Float(x.div(DD::from_f64(100.0)), hp),
             },
             Node::Abs(a) => match self.eval(a)? {
                 Exact(r) => Exact(r.abs()),
-                Float(x) => Float(x.abs()),
+                Float(x, hp) => Float(x.abs(), hp),
             },
             Node::Pow(b, e) => {
                 let (bv, ev) = (self.eval(b)?, self.eval(e)?);
@@ -196,7 +205,7 @@ impl<'a> Eval<'a> {
                 let (kv, xv) = (self.eval(k)?, self.eval(x)?);
                 match kv {
                     Exact(k) if !k.is_zero() => self.pow(xv, Exact(k.recip())),
-                    k => Float(xv.f().powf(1.0 / k.f())),
+                    k => lowp(xv.f().powf(1.0 / k.f())),
                 }
             }
             Node::Fact(a) => match self.eval(a)? {
@@ -208,10 +217,10 @@ impl<'a> Eval<'a> {
                         }
                         Exact(BigRational::from_integer(p))
                     }
-                    Some(k) if k < 0 => Float(f64::NAN),
-                    _ => Float(gamma(r.to_f64()? + 1.0)),
+                    Some(k) if k < 0 => Float(DD::NAN, true),
+                    _ => lowp(gamma(r.to_f64()? + 1.0)),
                 },
-                Float(x) => Float(gamma(x + 1.0)),
+                x => lowp(gamma(x.f() + 1.0)),
             },
             Node::Binom(a, b) => match (self.eval(a)?, self.eval(b)?) {
                 (Exact(n), Exact(k)) => {
@@ -231,7 +240,7 @@ impl<'a> Eval<'a> {
                 }
                 (n, k) => {
                     let (n, k) = (n.f(), k.f());
-                    Float(gamma(n + 1.0) / (gamma(k + 1.0) * gamma(n - k + 1.0)))
+                    lowp(gamma(n + 1.0) / (gamma(k + 1.0) * gamma(n - k + 1.0)))
                 }
             },
             Node::Func(f, a) => {
@@ -242,7 +251,7 @@ impl<'a> Eval<'a> {
                     return Some(Exact(BigRational::zero()));
                 }
                 let x = x.f();
-                Float(match f {
+                lowp(match f {
                     Func::Sin => x.sin(),
                     Func::Cos => x.cos(),
                     Func::Tan => x.tan(),
@@ -275,7 +284,7 @@ impl<'a> Eval<'a> {
                         return Some(Exact(BigRational::from_integer(BigInt::from(k as i64))));
                     }
                 }
-                Float(av.f().ln() / bv.f().ln())
+                lowp(av.f().ln() / bv.f().ln())
             }
             Node::PlusMinus(..)
             | Node::Seq { .. }
@@ -303,18 +312,18 @@ impl<'a> Eval<'a> {
                 return Exact(v);
             }
         }
-        let (bf, ef) = (b.f(), e.f());
-        if bf < 0.0 {
-            // Real odd roots of negatives: (-8)^(1/3) = -2.
-            if let Exact(e) = &e
-                && let (Some(p), Some(q)) = (e.numer().to_i64(), e.denom().to_i64())
-                && q % 2 == 1
-            {
-                let m = (-bf).powf(ef);
-                return Float(if p % 2 == 0 { m } else { -m });
-            }
+        // Rational exponents with small parts stay in double-double: bᵖ/q = (ᵠ√b)ᵖ.
+        if let Exact(e) = &e
+            && let (Some(p), Some(q)) = (e.numer().to_i64(), e.denom().to_u32())
+            && q <= 64
+            && p.unsigned_abs() <= 1 << 16
+        {
+            let base = b.dd();
+            let r = if q == 1 { base } else { base.root(q) };
+            return Float(r.powi(p), b.hp());
         }
-        Float(bf.powf(ef))
+        let (bf, ef) = (b.f(), e.f());
+        lowp(bf.powf(ef))
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod ast;
 mod compare;
+mod dd;
 mod eval;
 mod extract;
 mod lex;
