@@ -188,3 +188,36 @@ fn weighted_sum_batch_and_stats() {
     assert!(WeightedRewards::from_specs(&["accuracy=inf"]).is_err());
     assert!(reward_by_name("overlong").is_ok());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Property: on arbitrary text every shaping reward returns a value inside its documented range.
+        #[test]
+        fn shaping_rewards_stay_in_range(text in ".{0,400}", lang in prop::sample::select(vec!["en", "zh", "ja", "ru"]), len in 0.0f64..1e6) {
+            let s = sample(&[("answer", "1".into()), ("language", lang.into()), ("completion_tokens", len.into())]);
+            let in_range = |name: &str, lo: f64, hi: f64| {
+                let v = reward_by_name(name).expect("known").score(&text, &s).expect("score").value;
+                (lo..=hi).contains(&v)
+            };
+            prop_assert!(in_range("format", 0.0, 1.0));
+            prop_assert!(in_range("tag_count", 0.0, 1.0));
+            prop_assert!(in_range("reasoning_steps", 0.0, 1.0));
+            prop_assert!(in_range("language", 0.0, 1.0));
+            prop_assert!(in_range("cosine", -1.0, 1.0));
+            prop_assert!(in_range("repetition", -1.0, 0.0));
+            prop_assert!(in_range("overlong", -1.0, 0.0));
+            prop_assert!(in_range("accuracy", 0.0, 1.0));
+        }
+
+        /// Property: the overlong punishment never increases with length.
+        #[test]
+        fn overlong_is_monotone(a in 0.0f64..30000.0, b in 0.0f64..30000.0) {
+            let o = OverlongPunishment::default();
+            let (short, long) = if a <= b { (a, b) } else { (b, a) };
+            prop_assert!(o.value(long) <= o.value(short));
+        }
+    }
+}

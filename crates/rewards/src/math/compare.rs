@@ -3,6 +3,7 @@
 use super::ast::{Const, Node};
 use super::eval::{Eval, Val, has_inf, vars};
 use super::lex::RelOp;
+use std::borrow::Cow;
 
 /// Relative tolerance for non-exact numeric comparison at f64 precision.
 const REL_TOL: f64 = 1e-9;
@@ -61,6 +62,9 @@ pub fn scalar_eq(a: &Node, b: &Node) -> bool {
     if a == b {
         return true;
     }
+    if let (Node::Num(x), Node::Num(y)) = (a, b) {
+        return x == y;
+    }
     let mut names = Vec::new();
     vars(a, &mut names);
     vars(b, &mut names);
@@ -96,7 +100,7 @@ pub fn scalar_eq(a: &Node, b: &Node) -> bool {
     }
     let mut agree = 0;
     for env in points(&names) {
-        let (Some(x), Some(y)) = (Eval::new(&env).eval(a), Eval::new(&env).eval(b)) else {
+        let (Some(x), Some(y)) = (Eval::approx(&env).eval(a), Eval::approx(&env).eval(b)) else {
             return false;
         };
         let (x, y) = (x.f(), y.f());
@@ -121,7 +125,7 @@ fn proportional(d1: &Node, d2: &Node) -> bool {
     let mut ratio: Option<f64> = None;
     let mut agree = 0;
     for env in points(&names) {
-        let (Some(x), Some(y)) = (Eval::new(&env).eval(d1), Eval::new(&env).eval(d2)) else {
+        let (Some(x), Some(y)) = (Eval::approx(&env).eval(d1), Eval::approx(&env).eval(d2)) else {
             return false;
         };
         let (x, y) = (x.f(), y.f());
@@ -212,8 +216,8 @@ fn has_pm(n: &Node) -> bool {
 }
 
 /// Canonical form: `a ± b` → the set {a+b, a−b}; ± inside lists flattens into the set.
-fn canon(n: &Node) -> Node {
-    match n {
+fn canon(n: &Node) -> Cow<'_, Node> {
+    Cow::Owned(match n {
         _ if is_scalar(n) && has_pm(n) => Node::Set(variants(n)),
         Node::List(xs) | Node::Set(xs) if xs.iter().any(has_pm) => Node::Set(
             xs.iter()
@@ -226,12 +230,27 @@ fn canon(n: &Node) -> Node {
                 })
                 .collect(),
         ),
-        _ => n.clone(),
-    }
+        _ => return Cow::Borrowed(n),
+    })
 }
 
 /// `x = 3` → `3`, `x ∈ S` → `S`, elementwise in lists.
 fn strip_assign(n: &Node) -> Node {
+    match n {
+        Node::Rel(..) | Node::In(..) | Node::List(_) | Node::Set(_) => strip_assign_inner(n),
+        _ => n.clone(),
+    }
+}
+
+fn needs_strip(n: &Node) -> bool {
+    match n {
+        Node::Rel(..) | Node::In(..) => true,
+        Node::List(xs) | Node::Set(xs) => xs.iter().any(needs_strip),
+        _ => false,
+    }
+}
+
+fn strip_assign_inner(n: &Node) -> Node {
     match n {
         Node::Rel(xs, ops) if ops.iter().all(|o| *o == RelOp::Eq) && xs.len() >= 2 => {
             if matches!(xs[0], Node::Var(_)) {
@@ -353,7 +372,11 @@ fn unordered_eq(a: &[Node], b: &[Node]) -> bool {
         }
         out
     };
-    let (a, b) = (dedup(a), dedup(b));
+    let (a, b) = if a.len() <= 1 && b.len() <= 1 {
+        (a.to_vec(), b.to_vec())
+    } else {
+        (dedup(a), dedup(b))
+    };
     if a.len() != b.len() {
         return false;
     }
@@ -465,8 +488,13 @@ pub fn equivalent(g: &Node, p: &Node) -> bool {
     if direct_eq(&g, &p) {
         return true;
     }
-    let (gs, ps) = (strip_assign(&g), strip_assign(&p));
-    if (gs != g || ps != p) && direct_eq(&gs, &ps) {
+    let stripped = needs_strip(&g) || needs_strip(&p);
+    let (gs, ps) = if stripped {
+        (Cow::Owned(strip_assign(&g)), Cow::Owned(strip_assign(&p)))
+    } else {
+        (g, p)
+    };
+    if stripped && direct_eq(&gs, &ps) {
         return true;
     }
     // An inequality gold accepts the same set written as intervals (not the reverse).

@@ -52,6 +52,19 @@ impl DD {
 
     /// The nearest double-double to a rational; NaN when it overflows or underflows f64's range.
     pub fn from_rational(r: &BigRational) -> DD {
+        // Fast path: numerator and denominator exact in f64.
+        const EXACT: i64 = 1 << 53;
+        if let (Some(n), Some(d)) = (r.numer().to_i64(), r.denom().to_i64())
+            && n.abs() <= EXACT
+            && d <= EXACT
+        {
+            let n = DD::from_f64(n as f64);
+            return if d == 1 {
+                n
+            } else {
+                n.div(DD::from_f64(d as f64))
+            };
+        }
         let Some(hi) = r.to_f64() else { return DD::NAN };
         if !hi.is_finite() || (hi == 0.0 && !r.is_zero()) {
             return DD::NAN;

@@ -54,6 +54,7 @@ const MAX_STEPS: u32 = 20_000;
 pub struct Eval<'a> {
     pub vars: &'a [(String, f64)],
     steps: u32,
+    exact: bool,
 }
 
 fn bits(r: &BigRational) -> u64 {
@@ -128,7 +129,21 @@ fn gamma(x: f64) -> f64 {
 impl<'a> Eval<'a> {
     /// An evaluator over the given variable values.
     pub fn new(vars: &'a [(String, f64)]) -> Self {
-        Self { vars, steps: 0 }
+        Self {
+            vars,
+            steps: 0,
+            exact: true,
+        }
+    }
+
+    /// An evaluator that skips exact rational arithmetic (for random-point checks, where f64-level
+    /// agreement is what is tested and big-integer allocations would dominate).
+    pub fn approx(vars: &'a [(String, f64)]) -> Self {
+        Self {
+            vars,
+            steps: 0,
+            exact: false,
+        }
     }
 
     /// Evaluate a scalar node; `None` when it is not a number (a set, an unbound variable, over budget).
@@ -139,7 +154,8 @@ impl<'a> Eval<'a> {
         }
         use Val::{Exact, Float};
         Some(match n {
-            Node::Num(r) => Exact(r.clone()),
+            Node::Num(r) if self.exact => Exact(r.clone()),
+            Node::Num(r) => Float(DD::from_rational(r), true),
             Node::Const(Const::Pi) => Float(DD::PI, true),
             Node::Const(Const::E) => Float(DD::E, true),
             Node::Const(Const::Inf) => Float(DD::from_f64(f64::INFINITY), true),
