@@ -4,12 +4,13 @@
 Builds a fixed, seeded answer set (integers with separators, fractions, roots, pi, polynomials, intervals,
 sets, prose with a final number; about a third wrong), runs Math-Verify's parse+verify on every pair on one
 core, runs our release binary single-threaded (RAYON_NUM_THREADS=1) on the same pairs repeated, and prints
-both answers/s, the ratio, and how often the two verdicts agree.
+both answers/s and the ratio by CPU time (robust on a shared machine) and by wall time, and how often the two
+verdicts agree.
 
 Usage: python3 benches/rewards_vs_math_verify.py [--n 400] [--repeat 200] [--r1 target/release/r1]
 Needs: pip install math-verify; a release build (built here with `cargo build --release -j1 -p r1` if absent).
 """
-import argparse, json, os, random, subprocess, sys, tempfile, time
+import argparse, json, os, random, resource, subprocess, sys, tempfile, time
 
 PROSE = ("Let me think step by step. First we set up the equation from the statement, then we simplify "
          "both sides and check the arithmetic twice. ")
@@ -53,13 +54,13 @@ def answer_set(n, seed=7):
 def run_math_verify(pairs):
     from math_verify import parse, verify
     verdicts = []
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for gold, completion in pairs:
         try:
             verdicts.append(bool(verify(parse("$" + gold + "$"), parse(completion))))
         except Exception:
             verdicts.append(False)
-    return time.perf_counter() - t, verdicts
+    return time.perf_counter() - t, time.process_time() - c, verdicts
 
 def run_ours(r1, pairs, repeat):
     with tempfile.TemporaryDirectory() as d:
@@ -70,12 +71,15 @@ def run_ours(r1, pairs, repeat):
                     f.write(json.dumps({"completion": completion, "answer": gold}) + "\n")
         env = dict(os.environ, RAYON_NUM_THREADS="1")
         t = time.perf_counter()
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([r1, "rewards", "score", "--input", inp, "--output", out, "--reward", "accuracy"],
                        check=True, env=env, stderr=subprocess.DEVNULL)
+        r1u = resource.getrusage(resource.RUSAGE_CHILDREN)
         wall = time.perf_counter() - t
+        cpu = (r1u.ru_utime - r0.ru_utime) + (r1u.ru_stime - r0.ru_stime)
         with open(out) as f:
             verdicts = [json.loads(l)["rewards"]["accuracy"] == 1.0 for l in f][: len(pairs)]
-    return wall, verdicts
+    return wall, cpu, verdicts
 
 def main():
     ap = argparse.ArgumentParser()
@@ -86,16 +90,17 @@ def main():
     if not os.path.exists(a.r1):
         subprocess.run(["cargo", "build", "--release", "-j1", "-p", "r1"], check=True)
     pairs = answer_set(a.n)
-    mv_s, mv_v = run_math_verify(pairs)
-    our_s, our_v = run_ours(a.r1, pairs, a.repeat)
-    mv_rate = len(pairs) / mv_s
-    our_rate = len(pairs) * a.repeat / our_s
+    mv_wall, mv_cpu, mv_v = run_math_verify(pairs)
+    our_wall, our_cpu, our_v = run_ours(a.r1, pairs, a.repeat)
+    n_mv, n_ours = len(pairs), len(pairs) * a.repeat
     agree = sum(x == y for x, y in zip(mv_v, our_v))
     print(f"answers: {len(pairs)} distinct ({sum(our_v)} judged correct by r1, {sum(mv_v)} by Math-Verify)")
-    print(f"math-verify: {len(pairs)} answers in {mv_s:.2f}s = {mv_rate:.1f} answers/s (1 core)")
-    print(f"r1:          {len(pairs) * a.repeat} answers in {our_s:.2f}s = {our_rate:.0f} answers/s "
-          f"(1 thread, whole CLI incl. JSON I/O)")
-    print(f"ratio: {our_rate / mv_rate:.0f}x")
+    print(f"math-verify: {n_mv} answers, CPU {mv_cpu:.2f}s = {n_mv / mv_cpu:.1f} answers/s "
+          f"(wall {mv_wall:.2f}s = {n_mv / mv_wall:.1f}/s; one process)")
+    print(f"r1:          {n_ours} answers, CPU {our_cpu:.2f}s = {n_ours / our_cpu:.0f} answers/s "
+          f"(wall {our_wall:.2f}s = {n_ours / our_wall:.0f}/s; 1 thread, whole CLI incl. JSON I/O)")
+    print(f"ratio (CPU time): {(n_ours / our_cpu) / (n_mv / mv_cpu):.0f}x")
+    print(f"ratio (wall):     {(n_ours / our_wall) / (n_mv / mv_wall):.0f}x")
     print(f"verdict agreement: {agree}/{len(pairs)}")
     for (g, c), x, y in zip(pairs, mv_v, our_v):
         if x != y:
