@@ -455,17 +455,44 @@ pub struct CodeReward {
     pub config: SandboxConfig,
 }
 
+/// Outcome of a test suite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suite {
+    /// Tests passed (exit 0 and the complete expected output).
+    pub passed: usize,
+    /// Tests that could not be run at all (they count as failed); the first reason.
+    pub not_run: usize,
+    pub first_error: Option<String>,
+}
+
 impl CodeReward {
-    /// Run every test; a test passes only on exit 0 with the complete expected output.
-    pub fn pass_count(&self, program: &str, tests: &[TestCase]) -> Result<usize, RewardError> {
-        let mut passed = 0;
+    /// Run every test in its own sandbox; a test passes only on exit 0 with the complete expected output,
+    /// and a test that could not be run fails.
+    pub fn run_suite(&self, program: &str, tests: &[TestCase]) -> Suite {
+        let mut suite = Suite {
+            passed: 0,
+            not_run: 0,
+            first_error: None,
+        };
         for t in tests {
-            let out = run(&self.config, program, t.input.as_bytes())?;
-            if out.outcome == Outcome::Exited(0) && outputs_match(&out.stdout, &t.output) {
-                passed += 1;
+            match run(&self.config, program, t.input.as_bytes()) {
+                Ok(out) => {
+                    if out.outcome == Outcome::Exited(0) && outputs_match(&out.stdout, &t.output) {
+                        suite.passed += 1;
+                    }
+                }
+                Err(e) => {
+                    suite.not_run += 1;
+                    suite.first_error.get_or_insert_with(|| e.to_string());
+                }
             }
         }
-        Ok(passed)
+        suite
+    }
+
+    /// Number of tests passed.
+    pub fn pass_count(&self, program: &str, tests: &[TestCase]) -> usize {
+        self.run_suite(program, tests).passed
     }
 }
 
@@ -478,11 +505,15 @@ impl Reward for CodeReward {
         let Some(program) = extract_code(completion) else {
             return Ok(Score::new(0.0, "no code block"));
         };
-        let passed = self.pass_count(program, &tests)?;
-        let note = match isolation() {
+        let suite = self.run_suite(program, &tests);
+        let passed = suite.passed;
+        let mut note = match isolation() {
             Isolation::Namespaces => String::new(),
             Isolation::LimitsOnly(why) => format!(" (no network namespace: {why})"),
         };
+        if let Some(e) = &suite.first_error {
+            note.push_str(&format!("; {} did not run: {e}", suite.not_run));
+        }
         Ok(Score::new(
             passed as f64 / tests.len() as f64,
             format!("{passed}/{} tests passed{note}", tests.len()),

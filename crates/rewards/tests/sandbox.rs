@@ -164,13 +164,17 @@ fn correct_program_passes_and_wrong_one_fails() {
         input: String::new(),
         output: "1\n2".into(),
     }];
-    assert_eq!(reward.pass_count("print(1)", &tests).expect("run"), 0);
-    assert_eq!(
-        reward
-            .pass_count("print(1)\nprint(2)", &tests)
-            .expect("run"),
-        1
-    );
+    assert_eq!(reward.pass_count("print(1)", &tests), 0);
+    assert_eq!(reward.pass_count("print(1)\nprint(2)", &tests), 1);
+    // A test that cannot run (no such interpreter) fails: not an error, not a pass.
+    let broken = CodeReward {
+        config: SandboxConfig {
+            interpreter: vec!["/nonexistent/python9".into()],
+            ..config()
+        },
+    };
+    let s0 = broken.score("```python\nprint(1)\n```", &s).expect("score");
+    assert_eq!(s0.value, 0.0, "{}", s0.reason);
     // Missing tests is an error naming the field, not a score.
     let err = reward
         .score("```python\nprint(1)\n```", &Sample::new())
@@ -189,9 +193,7 @@ fn fork_bomb_does_not_starve_a_concurrent_run() {
         input: "20\n".into(),
         output: "40".into(),
     }];
-    let passed = CodeReward { config: cfg }
-        .pass_count("print(int(input()) * 2)", &tests)
-        .expect("run");
+    let passed = CodeReward { config: cfg }.pass_count("print(int(input()) * 2)", &tests);
     let bomb_out = t.join().expect("join");
     assert_ne!(bomb_out.outcome, Outcome::Exited(0));
     assert_eq!(
