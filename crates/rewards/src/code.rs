@@ -1,9 +1,9 @@
 //! Sandboxed code reward: run a program against stdin/stdout test cases.
 //!
 //! Each test runs in a fresh process tree under `unshare` (new network, PID and mount namespaces: no network,
-//! no view of other processes, fresh tmpfs over `/tmp`, `/var/tmp`, `/dev/shm` that the program cannot write),
-//! as a fresh unprivileged user id per run, in a private working directory (`/tmp/w`, its only writable
-//! place), with CPU-time, address-space, process-count, file-size and open-file limits and a wall-clock
+//! no view of other processes, a read-only view of `/`, fresh tmpfs over `/tmp`, `/var/tmp`, `/dev/shm`,
+//! `/run/lock` that the program cannot write), as a fresh unprivileged user id per run, in a private working
+//! directory (`/tmp/w`, its only writable place), with CPU-time, address-space, process-count, file-size and open-file limits and a wall-clock
 //! limit; the whole process group is killed at the end. Expected outputs stay in this process; the complete
 //! output is compared. When namespaces are unavailable (not root, or a kernel that refuses), [`isolation`]
 //! says so and programs run with limits only — no network isolation.
@@ -125,12 +125,15 @@ pub fn isolation() -> &'static Isolation {
     })
 }
 
-/// The script run as root inside the fresh namespaces: hide world-writable directories behind tmpfs, copy
-/// the program into a private directory owned by the run's user, drop privileges and run.
+/// The script run as root inside the fresh namespaces: hide world-writable directories behind tmpfs, make `/`
+/// read-only (this mount namespace only), copy the program into a private directory owned by the run's user,
+/// drop privileges and run.
 const INNER: &str = r#"exec 3<"$1"; uid="$2"; shift 2
 mount -t tmpfs -o size=64m,mode=755 tmpfs /tmp || exit 125
 mount -t tmpfs -o size=1m,mode=755 tmpfs /var/tmp 2>/dev/null
 mount -t tmpfs -o size=1m,mode=755 tmpfs /dev/shm 2>/dev/null
+mount -t tmpfs -o size=1m,mode=755 tmpfs /run/lock 2>/dev/null
+mount -o remount,bind,ro / 2>/dev/null
 mkdir -m 700 /tmp/w && cat <&3 >/tmp/w/main.prog && exec 3<&- && chown -R "$uid:$uid" /tmp/w || exit 125
 cd /tmp/w || exit 125
 exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all "$@" main.prog"#;

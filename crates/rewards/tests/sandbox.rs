@@ -115,7 +115,15 @@ fn adversarial_corpus_is_contained() {
             .expect("score");
         assert_eq!(score.value, 0.0, "{name}: {}", score.reason);
     }
-    for d in [host_dir, "/tmp", "/var/tmp", "/dev/shm", "/root", "/etc"] {
+    for d in [
+        host_dir,
+        "/tmp",
+        "/var/tmp",
+        "/dev/shm",
+        "/run/lock",
+        "/root",
+        "/etc",
+    ] {
         let p = std::path::Path::new(d).join(&marker);
         assert!(!p.exists(), "write_outside.py escaped to {}", p.display());
     }
@@ -129,6 +137,10 @@ fn adversarial_corpus_is_contained() {
             )
             .expect("run");
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+            // `/` is read-only in the sandbox's mount namespace.
+            let ro = "import os\nprint(bool(os.statvfs('/').f_flag & os.ST_RDONLY))";
+            let out = run(&cfg, ro, b"").expect("run");
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "True");
         }
         Isolation::LimitsOnly(_) => {}
     }
