@@ -59,7 +59,7 @@ pub const MAX_DEPTH: usize = 200;
 
 /// Parse tokens into a node; `None` when they are not a well-formed answer.
 pub fn parse(toks: Vec<Tok>) -> Option<Node> {
-    let toks: Vec<Tok> = toks.into_iter().filter(|t| *t != Tok::Word).collect();
+    let toks = drop_words(toks);
     if toks.is_empty() || toks.contains(&Tok::Unknown) {
         return None;
     }
@@ -71,6 +71,44 @@ pub fn parse(toks: Vec<Tok>) -> Option<Node> {
     };
     let n = p.top()?;
     (p.i == p.t.len()).then_some(n)
+}
+
+/// Remove words (units, prose) together with an exponent written on them (`\text{cm}^2`), so that a unit's
+/// power never lands on the number before it.
+fn drop_words(toks: Vec<Tok>) -> Vec<Tok> {
+    let mut out = Vec::with_capacity(toks.len());
+    let mut i = 0;
+    while i < toks.len() {
+        if toks[i] != Tok::Word {
+            out.push(toks[i].clone());
+            i += 1;
+            continue;
+        }
+        i += 1;
+        if toks.get(i) == Some(&Tok::Caret) {
+            i += 1;
+            if toks.get(i) == Some(&Tok::LBrace) {
+                let mut depth = 0usize;
+                while i < toks.len() {
+                    match toks[i] {
+                        Tok::LBrace => depth += 1,
+                        Tok::RBrace => {
+                            depth -= 1;
+                            if depth == 0 {
+                                i += 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 struct Parser {

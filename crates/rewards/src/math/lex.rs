@@ -602,6 +602,11 @@ impl Lexer<'_> {
         {
             return self.push(Tok::Func(f));
         }
+        let t = inner.trim();
+        if ["m", "g", "s", "h", "L", "K", "N", "J", "W", "V", "A"].contains(&t) {
+            // A single-letter unit in text (`12\,\mathrm{m}^3`), not a variable.
+            return self.push(Tok::Word);
+        }
         let sub = lex(&inner)?;
         for t in sub {
             self.push(t)?;
