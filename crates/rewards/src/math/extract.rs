@@ -1,5 +1,6 @@
 //! Answer extraction from a completion, by priority: `\boxed{…}`, `<answer>…</answer>`, "final answer",
-//! "Answer:", then the last math span or number. The rightmost match at the highest priority wins.
+//! "Answer:", then the last math span or number. The rightmost match at the highest priority wins. When the
+//! completion has a `</think>`, only the text after it is searched.
 
 use regex::Regex;
 use std::sync::LazyLock;
@@ -159,7 +160,13 @@ fn last_expression(s: &str) -> Option<String> {
 
 /// Extract answer candidates (best first) and where they came from.
 pub fn extract(completion: &str) -> Option<(Vec<String>, Source)> {
-    let text = BOLD.replace_all(completion, "$1");
+    // With an R1 think block, only what follows the reasoning is the answer (a draft `\boxed{}` inside the
+    // CoT must not win over the final answer).
+    let after = match completion.rfind("</think>") {
+        Some(i) if !completion[i + 8..].trim().is_empty() => &completion[i + 8..],
+        _ => completion,
+    };
+    let text = BOLD.replace_all(after, "$1");
     let bx = boxes(&text);
     if bx.is_empty() && text.contains("\\boxed{") {
         // An unclosed box is a malformed answer, not a reason to fall back to prose.
