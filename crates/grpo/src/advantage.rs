@@ -192,7 +192,9 @@ pub fn advantages(rewards: &[f64], group_size: usize, kind: &AdvantageKind) -> R
             if den > 0.0 {
                 // Constant groups keep A = 0: mathematically mean_batch d = 0, so whitening only
                 // rescales; forcing the zero removes the rounding residue of the mean.
-                for ((g, out), dg) in rewards.chunks(group_size).zip(adv.chunks_mut(group_size)).zip(d.chunks(group_size)) {
+                for ((g, out), dg) in
+                    rewards.chunks(group_size).zip(adv.chunks_mut(group_size)).zip(d.chunks(group_size))
+                {
                     if is_constant(g) {
                         continue;
                     }

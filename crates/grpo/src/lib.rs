@@ -9,6 +9,28 @@
 //! - [`templates`]: the R1-Zero prompt template and chat templates, as data.
 //!
 //! No model crate is needed: a policy only has to produce and differentiate log-probabilities.
+//!
+//! ```
+//! use grpo::loss::LossInputs;
+//! use grpo::{AdvantageKind, LossConfig, Normalizer, advantages, policy_loss};
+//!
+//! let adv = advantages(&[1.0, 0.0, 0.0, 1.0], 4, &AdvantageKind::TRL)?; // one group, G = 4
+//! let (logp, mask) = (vec![-0.5; 4], vec![true; 4]); // 4 sequences × 1 token
+//! let x = LossInputs {
+//!     seq_len: 1,
+//!     logp: &logp,
+//!     old_logp: &logp,
+//!     ref_logp: None,
+//!     mask: &mask,
+//!     advantages: &adv,
+//!     is_weights: None,
+//! };
+//! let out = policy_loss(&x, &LossConfig::default(), &Normalizer::of(&mask, 1)?)?;
+//! // ρ = 1: the loss is −mean(A) = 0 while its gradient −A/4 is not.
+//! assert!(out.loss.abs() < 1e-12);
+//! assert!((out.grad[0] + adv[0] / 4.0).abs() < 1e-12);
+//! # Ok::<(), grpo::GrpoError>(())
+//! ```
 
 pub mod advantage;
 pub mod batch;

@@ -37,7 +37,13 @@ pub struct PolicyLoss {
 impl Default for PolicyLoss {
     /// TRL's default: ε = 0.2 both sides, log-ratio clamped at ±20, token-level.
     fn default() -> Self {
-        PolicyLoss { eps_low: 0.2, eps_high: 0.2, dual_clip: None, log_ratio_clamp: Some(20.0), level: RatioLevel::Token }
+        PolicyLoss {
+            eps_low: 0.2,
+            eps_high: 0.2,
+            dual_clip: None,
+            log_ratio_clamp: Some(20.0),
+            level: RatioLevel::Token,
+        }
     }
 }
 
@@ -396,7 +402,8 @@ pub fn policy_loss(x: &LossInputs, cfg: &LossConfig, norm: &Normalizer) -> Resul
         let seq = match cfg.policy.level {
             RatioLevel::Token => None,
             RatioLevel::Sequence => {
-                let lr = row.clone().filter(|&j| x.mask[j]).map(|j| x.logp[j] - x.old_logp[j]).sum::<f64>() / n_i as f64;
+                let lr =
+                    row.clone().filter(|&j| x.mask[j]).map(|j| x.logp[j] - x.old_logp[j]).sum::<f64>() / n_i as f64;
                 let (l, d, f) = surrogate(lr, adv, &cfg.policy);
                 let ratio = clamp(lr, cfg.policy.log_ratio_clamp).0.exp();
                 // W_i = Σ_t c·w·m: the sequence term's total weight; d s_i / d logp_t = s_i·m_t/|o_i|.

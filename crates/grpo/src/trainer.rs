@@ -74,14 +74,16 @@ pub trait Policy<P>: Scorer<P> {
     fn reference(&self) -> Result<Self::Reference>;
 }
 
+/// A rule reward's scoring function: `None` when it does not apply to the completion.
+pub type ScoreFn<P> = Box<dyn Fn(&P, &Completion) -> Option<f64>>;
+
 /// A named rule reward; the batch reward is the weighted sum of the present scores.
 pub struct RewardFn<P> {
     pub name: String,
     pub weight: f64,
     /// Counted as the step's accuracy (mean of its score).
     pub accuracy: bool,
-    /// `None` when the function does not apply to this completion.
-    pub score: Box<dyn Fn(&P, &Completion) -> Option<f64>>,
+    pub score: ScoreFn<P>,
 }
 
 impl<P> RewardFn<P> {
@@ -457,8 +459,11 @@ impl<P, Pol: Policy<P>> Trainer<P, Pol> {
                     stats.merge(&out.stats);
                     loss_sum += out.loss;
                     let t = scored.iter().map(|s| s.logprobs.len()).max().unwrap_or(0).max(1);
-                    let dlogp: Vec<Vec<f64>> =
-                        scored.iter().enumerate().map(|(k, s)| out.grad[k * t..k * t + s.logprobs.len()].to_vec()).collect();
+                    let dlogp: Vec<Vec<f64>> = scored
+                        .iter()
+                        .enumerate()
+                        .map(|(k, s)| out.grad[k * t..k * t + s.logprobs.len()].to_vec())
+                        .collect();
                     policy.backward(&samples, &dlogp)?;
                 }
                 let info = policy.step()?;

@@ -53,7 +53,8 @@ fn missing_rewards_get_zero_and_leave_the_statistics() {
     let a = advantages(&[1.0, f64::NAN, 0.0, 1.0], 4, &GRPO0).unwrap();
     let h = 0.5f64.sqrt();
     close(&a, &[h, 0.0, -2.0 * h, h], 1e-15);
-    let r = combine_rewards(&[vec![Some(1.0), None], vec![None, None], vec![Some(0.5), Some(2.0)]], &[1.0, 0.5]).unwrap();
+    let r =
+        combine_rewards(&[vec![Some(1.0), None], vec![None, None], vec![Some(0.5), Some(2.0)]], &[1.0, 0.5]).unwrap();
     assert_eq!(r[0], 1.0);
     assert!(r[1].is_nan());
     assert_eq!(r[2], 1.5);

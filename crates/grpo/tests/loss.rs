@@ -143,12 +143,26 @@ fn rejects_bad_input() {
     assert!(policy_loss(&x, &c, &n).unwrap_err().to_string().contains("logp = NaN"));
     let e = policy_loss(&LossInputs { advantages: &[1.0, 2.0], ..x }, &c, &n).unwrap_err();
     assert!(e.to_string().contains("advantages has length 2, expected 1"));
-    let e = policy_loss(&LossInputs { logp: &[0.0, 0.0], ..x }, &cfg(PolicyLoss::default(), Some(KlPenalty::k3(0.1)), AGGS[0]), &n);
+    let e = policy_loss(
+        &LossInputs { logp: &[0.0, 0.0], ..x },
+        &cfg(PolicyLoss::default(), Some(KlPenalty::k3(0.1)), AGGS[0]),
+        &n,
+    );
     assert!(e.unwrap_err().to_string().contains("ref_logp"));
     let bad = LossConfig { policy: PolicyLoss { eps_low: 1.5, ..Default::default() }, ..c };
-    assert!(policy_loss(&LossInputs { logp: &[0.0, 0.0], ..x }, &bad, &n).unwrap_err().to_string().contains("eps_low = 1.5"));
+    assert!(
+        policy_loss(&LossInputs { logp: &[0.0, 0.0], ..x }, &bad, &n)
+            .unwrap_err()
+            .to_string()
+            .contains("eps_low = 1.5")
+    );
     let bad = LossConfig { policy: PolicyLoss { dual_clip: Some(0.5), ..Default::default() }, ..c };
-    assert!(policy_loss(&LossInputs { logp: &[0.0, 0.0], ..x }, &bad, &n).unwrap_err().to_string().contains("dual_clip = 0.5"));
+    assert!(
+        policy_loss(&LossInputs { logp: &[0.0, 0.0], ..x }, &bad, &n)
+            .unwrap_err()
+            .to_string()
+            .contains("dual_clip = 0.5")
+    );
     // NaN on a padding position is never read.
     let ok = policy_loss(&LossInputs { mask: &[true, false], ..x }, &c, &n).unwrap();
     assert!(ok.loss.is_finite());
@@ -232,8 +246,12 @@ fn config() -> impl Strategy<Value = LossConfig> {
                 value_clamp,
             }),
     );
-    (policy, kl, prop::sample::select(AGGS.to_vec()))
-        .prop_map(|(policy, kl, aggregation)| LossConfig { policy, kl, aggregation, max_completion_len: 7 })
+    (policy, kl, prop::sample::select(AGGS.to_vec())).prop_map(|(policy, kl, aggregation)| LossConfig {
+        policy,
+        kl,
+        aggregation,
+        max_completion_len: 7,
+    })
 }
 
 /// Distance from the points where the loss is not differentiable (clip edges, dual-clip cap,
@@ -309,13 +327,10 @@ proptest! {
         let t = b.seq_len;
         let nseq = b.adv.len();
         // Parts: contiguous runs of sequences, cut where `cuts` says; half go to "rank 0".
-        let mut parts = vec![0..0];
-        for i in 0..nseq {
-            if i > 0 && cuts[i] {
-                parts.push(i..i);
-            }
-            parts.last_mut().unwrap().end = i + 1;
-        }
+        let mut starts: Vec<usize> = (1..nseq).filter(|&i| cuts[i]).collect();
+        starts.insert(0, 0);
+        let parts: Vec<std::ops::Range<usize>> =
+            starts.iter().zip(starts.iter().skip(1).chain([&nseq])).map(|(&a, &b)| a..b).collect();
         let slice = |r: &std::ops::Range<usize>| Batch {
             seq_len: t,
             logp: b.logp[r.start * t..r.end * t].to_vec(),

@@ -22,17 +22,18 @@ fn base() -> GrpoConfig {
         mini_batches: 2,
         micro_batch: 5,
         advantage: AdvantageKind::TRL,
-        loss: LossConfig {
-            kl: Some(KlPenalty::k3(0.04)),
-            max_completion_len: MAX_LEN,
-            ..Default::default()
-        },
+        loss: LossConfig { kl: Some(KlPenalty::k3(0.04)), max_completion_len: MAX_LEN, ..Default::default() },
         ref_reset_every: None,
         ..Default::default()
     }
 }
 
-fn train_with(cfg: GrpoConfig, steps: usize, policy: &mut Tabular, sink: Option<Box<dyn std::io::Write>>) -> Vec<StepMetrics> {
+fn train_with(
+    cfg: GrpoConfig,
+    steps: usize,
+    policy: &mut Tabular,
+    sink: Option<Box<dyn std::io::Write>>,
+) -> Vec<StepMetrics> {
     let mut tr = Trainer::new(cfg, vec![match_reward(VOCAB), exact_reward(VOCAB)], &*policy).unwrap();
     if let Some(s) = sink {
         tr = tr.with_metrics(s);
@@ -71,9 +72,23 @@ fn reward_rises_from_chance_and_metrics_are_written() {
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 150);
     for key in [
-        "reward", "rewards", "accuracy", "zero_std_frac", "kl", "clip_low_frac", "clip_high_frac", "entropy",
-        "completion_len_mean", "completion_len_max", "truncated_frac", "grad_norm", "lr", "tokens_per_s",
-        "time_generation_s", "time_scoring_s", "time_training_s",
+        "reward",
+        "rewards",
+        "accuracy",
+        "zero_std_frac",
+        "kl",
+        "clip_low_frac",
+        "clip_high_frac",
+        "entropy",
+        "completion_len_mean",
+        "completion_len_max",
+        "truncated_frac",
+        "grad_norm",
+        "lr",
+        "tokens_per_s",
+        "time_generation_s",
+        "time_scoring_s",
+        "time_training_s",
     ] {
         assert!(lines[10].get(key).is_some(), "metric {key} missing");
     }
@@ -160,7 +175,11 @@ fn batch_shaping_in_the_loop() {
     let mut c = base();
     c.dynamic_sampling = Some(4);
     let m = train(c, 150);
-    assert!(m[..20].iter().all(|s| s.groups_kept == 4), "{:?}", m[..20].iter().map(|s| s.groups_kept).collect::<Vec<_>>());
+    assert!(
+        m[..20].iter().all(|s| s.groups_kept == 4),
+        "{:?}",
+        m[..20].iter().map(|s| s.groups_kept).collect::<Vec<_>>()
+    );
     assert!(m.iter().any(|s| s.sampling_rounds > 1));
     assert!(m[149].zero_std_frac > 0.5, "converged policy: {}", m[149].zero_std_frac);
     // TIS with a noisy sampler: the mismatch is measured and the weights get capped.
