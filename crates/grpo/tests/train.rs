@@ -211,3 +211,30 @@ fn config_errors_name_the_field() {
     c.loss.max_completion_len = 0;
     assert!(bad(c).contains("max_completion_len = 0"));
 }
+
+#[test]
+fn micro_batch_size_does_not_change_the_step() {
+    // One prompt batch, one optimizer step: micro-batches of 1, 3 and all 32 sequences accumulate
+    // the same gradient because the trainer normalises by the mini-batch's global counts.
+    let run = |micro: usize, agg: Aggregation| {
+        let mut c = base();
+        c.inner_iterations = 1;
+        c.mini_batches = 1;
+        c.micro_batch = micro;
+        c.loss.aggregation = agg;
+        let mut p = Tabular::new(PROMPTS, MAX_LEN, VOCAB, 0.1, 11);
+        let m = train_with(c, 1, &mut p, None);
+        (m[0].loss, m[0].grad_norm.unwrap(), p.table())
+    };
+    for agg in [Aggregation::TokenMean, Aggregation::SeqMeanTokenMean, Aggregation::SeqMeanTokenSumNorm] {
+        let (loss, norm, table) = run(32, agg);
+        assert!(norm > 0.0);
+        for micro in [1, 3] {
+            let (l, n, t) = run(micro, agg);
+            assert!((l - loss).abs() <= 1e-12 * (1.0 + loss.abs()), "{agg:?} micro {micro}: loss {l} vs {loss}");
+            // The gradient reaches the policy in f32: equal up to f32 rounding of the sums.
+            assert!((n - norm).abs() <= 1e-6 * norm, "{agg:?} micro {micro}: grad norm {n} vs {norm}");
+            assert_eq!(t, table, "{agg:?} micro {micro}");
+        }
+    }
+}
