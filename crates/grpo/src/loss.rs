@@ -172,7 +172,8 @@ impl KlPenalty {
     }
 }
 
-/// How token losses become the batch loss.
+/// How token losses become the batch loss. The sequence count includes sequences whose mask is
+/// empty (masked truncated completions), as TRL's `mean` over the batch does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Aggregation {
     /// `Σ l·m / Σ m` over the whole batch (DAPO eq. 8; TRL `loss_type="dapo"`).
@@ -205,7 +206,8 @@ impl Normalizer {
         Ok(Normalizer { tokens: mask.iter().filter(|m| **m).count() as u64, sequences: (mask.len() / seq_len) as u64 })
     }
 
-    /// Counts of two disjoint parts (micro-batches, or ranks after an all-reduce of the counts).
+    /// Counts of two disjoint parts: micro-batches, or data-parallel ranks (all-reduce both
+    /// counts with a sum before the micro-batch loop, then pass the result to every rank).
     pub fn merge(self, other: Normalizer) -> Self {
         Normalizer { tokens: self.tokens + other.tokens, sequences: self.sequences + other.sequences }
     }

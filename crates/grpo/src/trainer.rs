@@ -235,7 +235,8 @@ pub struct StepMetrics {
     pub grad_norm: Option<f64>,
     pub lr: Option<f64>,
     pub optimizer_steps: usize,
-    /// `exp(logp_train − logp_sample)` over the batch (when old log-probabilities are recomputed).
+    /// `exp(logp_train − logp_sample)` over the batch: the trainer's old-policy log-probabilities
+    /// against the sampler's.
     pub rollout_is: Option<IsStats>,
     /// Completion tokens sampled per second of step time.
     pub tokens_per_s: f64,
@@ -425,7 +426,6 @@ impl<P, Pol: Policy<P>> Trainer<P, Pol> {
                 row.reference = reference.as_ref().map(|v| v[k].logprobs.clone());
             }
         }
-        m.rollout_is = merge_is(&is_stats);
 
         // 4. μ passes over shuffled mini-batches, gradient accumulation over micro-batches.
         let mut stats = LossStats::default();
@@ -448,6 +448,14 @@ impl<P, Pol: Policy<P>> Trainer<P, Pol> {
                 for micro in mini.chunks(cfg.micro_batch) {
                     let samples: Vec<Sample<P>> = micro.iter().map(|&r| sample_of(&kept, &rows[r])).collect();
                     let scored = score(policy, &samples)?;
+                    if !recompute_old {
+                        // The training forward is the old policy here: measure the mismatch on it.
+                        for (s, &r) in scored.iter().zip(micro) {
+                            let c = &kept[rows[r].group].completions[rows[r].member];
+                            let mask = vec![rows[r].counted; c.tokens.len()];
+                            is_stats.push(truncated_is(&s.logprobs, &c.logprobs, &mask, f64::MAX)?.1);
+                        }
+                    }
                     for s in &scored {
                         if let Some(e) = &s.entropy {
                             has_ent = true;
@@ -472,6 +480,7 @@ impl<P, Pol: Policy<P>> Trainer<P, Pol> {
                 m.optimizer_steps += 1;
             }
         }
+        m.rollout_is = merge_is(&is_stats);
         if m.optimizer_steps > 0 {
             let n = m.optimizer_steps as f64;
             m.grad_norm = Some(gn_sum / n);

@@ -66,6 +66,9 @@ fn reward_rises_from_chance_and_metrics_are_written() {
     assert!(last.grad_norm.unwrap().is_finite() && last.lr == Some(0.1));
     assert!(last.entropy.unwrap() < m[0].entropy.unwrap());
     assert!(m[0].truncated_frac > 0.0 && m[0].completion_len_max == MAX_LEN);
+    // Sampler and trainer compute the same log-probabilities here: the mismatch ratio is exactly 1.
+    let is = m[0].rollout_is.unwrap();
+    assert!(is.tokens > 0 && is.ratio_min == 1.0 && is.ratio_max == 1.0 && is.mismatch_kl == 0.0, "{is:?}");
     // One JSON line per step with every metric of grpo-reference.md.
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
@@ -224,6 +227,8 @@ fn micro_batch_size_does_not_change_the_step() {
         c.loss.aggregation = agg;
         let mut p = Tabular::new(PROMPTS, MAX_LEN, VOCAB, 0.1, 11);
         let m = train_with(c, 1, &mut p, None);
+        let is = m[0].rollout_is.unwrap(); // measured on the training forward when μ = 1
+        assert!(is.tokens > 0 && is.ratio_max == 1.0, "{is:?}");
         (m[0].loss, m[0].grad_norm.unwrap(), p.table())
     };
     for agg in [Aggregation::TokenMean, Aggregation::SeqMeanTokenMean, Aggregation::SeqMeanTokenSumNorm] {
