@@ -108,11 +108,15 @@ fn kl_stays_bounded_with_beta_and_resets_with_the_reference() {
         train(c, 150)
     };
     let weak = kl_of(1e-3, None);
-    let strong = kl_of(0.5, None);
+    let strong = kl_of(2.0, None);
     let max = |m: &[StepMetrics]| m.iter().map(|s| s.kl.unwrap()).fold(0.0, f64::max);
-    eprintln!("max KL: β=1e-3 {:.4}, β=0.5 {:.4}", max(&weak), max(&strong));
+    let late = |m: &[StepMetrics]| m[50..].iter().map(|s| s.kl.unwrap()).sum::<f64>() / (m.len() - 50) as f64;
+    eprintln!("max KL: β=1e-3 {:.4}, β=2 {:.4}", max(&weak), max(&strong));
+    eprintln!("mean KL over steps 50..150: β=1e-3 {:.4}, β=2 {:.4}", late(&weak), late(&strong));
     assert!(strong.iter().all(|s| s.kl.unwrap().is_finite()));
-    assert!(max(&strong) < 0.5 * max(&weak), "β = 0.5: {}, β = 1e-3: {}", max(&strong), max(&weak));
+    // β pulls the policy back to the reference: the KL stays a fraction of the β = 1e-3 run's.
+    assert!(max(&strong) < 0.25 * max(&weak), "max KL β = 2: {}, β = 1e-3: {}", max(&strong), max(&weak));
+    assert!(late(&strong) < 0.25 * late(&weak), "late KL β = 2: {}, β = 1e-3: {}", late(&strong), late(&weak));
     // Reset every 10 steps: the step after a reset starts again from KL 0. Where the policy still
     // moves (the window before the reset reached KL > 1e-3), the KL drops by 10× at the reset.
     let reset = kl_of(1e-3, Some(10));
@@ -139,11 +143,17 @@ fn every_variant_trains() {
         ("grpo trl", |_| {}),
         ("grpo biased std", |c| c.advantage = AdvantageKind::Grpo { eps: 1e-6, std: StdKind::Biased }),
         ("batch std", |c| c.advantage = AdvantageKind::BatchStd { eps: 1e-4, std: StdKind::Unbiased }),
+        // Unscaled advantages (Dr. GRPO, RLOO) are ~10× smaller than std-scaled ones on this reward,
+        // so β shrinks by the same factor to keep the KL term's relative weight.
         ("dr grpo", |c| {
             c.advantage = AdvantageKind::DrGrpo;
             c.loss.aggregation = Aggregation::SeqMeanTokenSumNorm;
+            c.loss.kl = Some(KlPenalty::k3(0.004));
         }),
-        ("rloo", |c| c.advantage = AdvantageKind::Rloo),
+        ("rloo", |c| {
+            c.advantage = AdvantageKind::Rloo;
+            c.loss.kl = Some(KlPenalty::k3(0.004));
+        }),
         ("reinforce++", |c| c.advantage = AdvantageKind::ReinforcePlusPlus { eps: 1e-8, std: StdKind::Unbiased }),
         ("seq-mean-token-mean", |c| c.loss.aggregation = Aggregation::SeqMeanTokenMean),
         ("seq-mean-token-sum", |c| c.loss.aggregation = Aggregation::SeqMeanTokenSum),
@@ -166,7 +176,7 @@ fn every_variant_trains() {
     for (name, edit) in variants {
         let mut c = base();
         edit(&mut c);
-        let m = train(c, 150);
+        let m = train(c, 200);
         eprintln!("{name:>20}: reward {:.3} → {:.3}", m[0].reward.mean, tail_reward(&m));
         assert!(tail_reward(&m) >= 0.95, "{name}: reward {}", tail_reward(&m));
     }
@@ -178,11 +188,12 @@ fn batch_shaping_in_the_loop() {
     let mut c = base();
     c.dynamic_sampling = Some(4);
     let m = train(c, 150);
-    assert!(
-        m[..20].iter().all(|s| s.groups_kept == 4),
-        "{:?}",
-        m[..20].iter().map(|s| s.groups_kept).collect::<Vec<_>>()
-    );
+    // The refill stops early only when the batch is full; a short batch means the rounds ran out.
+    for s in &m {
+        assert!(s.groups_kept <= 4);
+        assert!(s.groups_kept == 4 || s.sampling_rounds == 4, "step {}: {} groups", s.step, s.groups_kept);
+    }
+    assert!(m[..10].iter().all(|s| s.groups_kept == 4));
     assert!(m.iter().any(|s| s.sampling_rounds > 1));
     assert!(m[149].zero_std_frac > 0.5, "converged policy: {}", m[149].zero_std_frac);
     // TIS with a noisy sampler: the mismatch is measured and the weights get capped.
