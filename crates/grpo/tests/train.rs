@@ -254,3 +254,19 @@ fn micro_batch_size_does_not_change_the_step() {
         }
     }
 }
+
+#[test]
+fn config_is_data_with_r1_defaults() {
+    // R1-Zero (R1 §2.2 and supplementary): G = 16, 32 prompts per step, k3 with β = 0.001,
+    // reference reset every 400 steps.
+    let d = GrpoConfig::default();
+    assert_eq!((d.group_size, d.prompts_per_step, d.ref_reset_every), (16, 32, Some(400)));
+    let kl = d.loss.kl.unwrap();
+    assert_eq!((kl.beta, kl.estimator), (0.001, KlEstimator::K3));
+    // A config round-trips through JSON, so runs can be configured from files.
+    let mut c = base();
+    c.overlong = Some(OverlongPunishment { max_len: 5, cache: 2 });
+    c.loss.policy = PolicyLoss::gspo();
+    let back: GrpoConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+}
