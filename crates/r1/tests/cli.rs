@@ -50,14 +50,9 @@ fn rewards_score_adds_rewards_and_weighted_sum() {
         .status()
         .expect("run r1");
     assert!(st.success());
-    let first: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&output)
-            .expect("read")
-            .lines()
-            .next()
-            .expect("line"),
-    )
-    .expect("json");
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&output).expect("read").lines().next().expect("line"))
+            .expect("json");
     assert_eq!(first["rewards"]["accuracy"], 1.0);
 
     // Bad input names the file and line; unknown reward names the reward.
@@ -71,10 +66,7 @@ fn rewards_score_adds_rewards_and_weighted_sum() {
         .expect("run r1");
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("in.jsonl:1") && err.contains("completion"),
-        "{err}"
-    );
+    assert!(err.contains("in.jsonl:1") && err.contains("completion"), "{err}");
     let o = Command::new(env!("CARGO_BIN_EXE_r1"))
         .args(["rewards", "score", "--input"])
         .arg(&input)

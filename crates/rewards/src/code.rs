@@ -108,7 +108,9 @@ pub fn isolation() -> &'static Isolation {
     ISO.get_or_init(|| {
         let out = Command::new("unshare")
             .args(["--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--", "sh", "-c"])
-            .arg(format!("mount -t tmpfs tmpfs /tmp && setpriv --reuid={SANDBOX_UID} --regid={SANDBOX_UID} --clear-groups true"))
+            .arg(format!(
+                "mount -t tmpfs tmpfs /tmp && setpriv --reuid={SANDBOX_UID} --regid={SANDBOX_UID} --clear-groups true"
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -143,9 +145,7 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> Result<Self, RewardError> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let p = std::env::temp_dir().join(format!("r1-sandbox-{}-{n}-{nanos}", std::process::id()));
         let mut b = std::fs::DirBuilder::new();
         std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
@@ -165,10 +165,7 @@ impl Drop for TempDir {
 }
 
 fn set_limit(res: libc::__rlimit_resource_t, v: u64) -> std::io::Result<()> {
-    let l = libc::rlimit {
-        rlim_cur: v,
-        rlim_max: v,
-    };
+    let l = libc::rlimit { rlim_cur: v, rlim_max: v };
     // SAFETY: setrlimit only reads the struct we pass.
     if unsafe { libc::setrlimit(res, &l) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -177,11 +174,7 @@ fn set_limit(res: libc::__rlimit_resource_t, v: u64) -> std::io::Result<()> {
 }
 
 /// Read a pipe into memory up to `cap` bytes; beyond that set `over` and stop.
-fn drain(
-    mut r: impl Read + Send + 'static,
-    cap: usize,
-    over: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<u8>> {
+fn drain(mut r: impl Read + Send + 'static, cap: usize, over: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 16384];
@@ -205,12 +198,7 @@ fn exited_unreaped(pid: libc::pid_t) -> bool {
     // SAFETY: waitid writes into the zeroed siginfo we own.
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();
-        let r = libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        );
+        let r = libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT);
         r == 0 && info.si_pid() == pid
     }
 }
@@ -224,11 +212,7 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
         path: src.display().to_string(),
         source: e,
     })?;
-    let run_id = format!(
-        "{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    let run_id = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     let mut cmd = match isolation() {
         Isolation::Namespaces => {
             let mut c = Command::new("unshare");
@@ -245,16 +229,11 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
                 INNER,
                 "sh",
             ]);
-            c.arg(&src)
-                .arg(sandbox_uid().to_string())
-                .args(&cfg.interpreter);
+            c.arg(&src).arg(sandbox_uid().to_string()).args(&cfg.interpreter);
             c
         }
         Isolation::LimitsOnly(_) => {
-            let (first, rest) = cfg
-                .interpreter
-                .split_first()
-                .map_or(("python3", &[][..]), |(f, r)| (f.as_str(), r));
+            let (first, rest) = cfg.interpreter.split_first().map_or(("python3", &[][..]), |(f, r)| (f.as_str(), r));
             let mut c = Command::new(first);
             c.args(rest).arg(&src).current_dir(&dir.0);
             c
@@ -269,12 +248,7 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let (cpu, mem, nproc, fsize) = (
-        cfg.cpu_secs,
-        cfg.memory_bytes,
-        cfg.max_procs,
-        cfg.max_file_bytes,
-    );
+    let (cpu, mem, nproc, fsize) = (cfg.cpu_secs, cfg.memory_bytes, cfg.max_procs, cfg.max_file_bytes);
     // SAFETY: the closure only calls async-signal-safe functions (setsid, setrlimit).
     unsafe {
         cmd.pre_exec(move || {
@@ -298,14 +272,8 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
     })?;
     let pid = child.id() as libc::pid_t;
     let over = Arc::new(AtomicBool::new(false));
-    let out_h = child
-        .stdout
-        .take()
-        .map(|o| drain(o, cfg.max_output_bytes, over.clone()));
-    let err_h = child
-        .stderr
-        .take()
-        .map(|e| drain(e, 64 << 10, Arc::new(AtomicBool::new(false))));
+    let out_h = child.stdout.take().map(|o| drain(o, cfg.max_output_bytes, over.clone()));
+    let err_h = child.stderr.take().map(|e| drain(e, 64 << 10, Arc::new(AtomicBool::new(false))));
     if let Some(mut w) = child.stdin.take() {
         let data = stdin.to_vec();
         std::thread::spawn(move || {
@@ -329,11 +297,8 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
     unsafe {
         libc::killpg(pid, libc::SIGKILL);
     }
-    let status = child.wait().map_err(|e| RewardError::Sandbox {
-        op: "wait".into(),
-        path: run_id.clone(),
-        source: e,
-    })?;
+    let status =
+        child.wait().map_err(|e| RewardError::Sandbox { op: "wait".into(), path: run_id.clone(), source: e })?;
     let wall = start.elapsed();
     let stdout = out_h.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err_h.and_then(|h| h.join().ok()).unwrap_or_default();
@@ -349,13 +314,7 @@ pub fn run(cfg: &SandboxConfig, program: &str, stdin: &[u8]) -> Result<RunOutput
         }
     });
     let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(2048)..]).into_owned();
-    Ok(RunOutput {
-        outcome,
-        stdout,
-        stderr_tail: tail,
-        wall,
-        run_id,
-    })
+    Ok(RunOutput { outcome, stdout, stderr_tail: tail, wall, run_id })
 }
 
 /// Outputs equal line by line, ignoring trailing spaces and trailing blank lines; every line counts.
@@ -382,54 +341,30 @@ pub struct TestCase {
 
 /// Read `tests`: `[{"input": …, "output": …}, …]` or `{"inputs": […], "outputs": […]}`.
 pub fn parse_tests(reward: &str, sample: &Sample) -> Result<Vec<TestCase>, RewardError> {
-    let bad = |detail: String| RewardError::BadField {
-        reward: reward.into(),
-        field: "tests".into(),
-        detail,
-    };
+    let bad = |detail: String| RewardError::BadField { reward: reward.into(), field: "tests".into(), detail };
     let v = sample
         .get("tests")
-        .ok_or_else(|| RewardError::MissingField {
-            reward: reward.into(),
-            field: "tests".into(),
-        })?;
+        .ok_or_else(|| RewardError::MissingField { reward: reward.into(), field: "tests".into() })?;
     let as_str = |x: &serde_json::Value, what: &str| {
-        x.as_str()
-            .map(str::to_string)
-            .ok_or_else(|| bad(format!("{what} is not a string: {x}")))
+        x.as_str().map(str::to_string).ok_or_else(|| bad(format!("{what} is not a string: {x}")))
     };
     let tests = match v {
         serde_json::Value::Array(xs) => xs
             .iter()
-            .map(|t| {
-                Ok(TestCase {
-                    input: as_str(&t["input"], "input")?,
-                    output: as_str(&t["output"], "output")?,
-                })
-            })
+            .map(|t| Ok(TestCase { input: as_str(&t["input"], "input")?, output: as_str(&t["output"], "output")? }))
             .collect::<Result<Vec<_>, RewardError>>()?,
         serde_json::Value::Object(o) => {
-            let (Some(ins), Some(outs)) = (
-                o.get("inputs").and_then(|x| x.as_array()),
-                o.get("outputs").and_then(|x| x.as_array()),
-            ) else {
+            let (Some(ins), Some(outs)) =
+                (o.get("inputs").and_then(|x| x.as_array()), o.get("outputs").and_then(|x| x.as_array()))
+            else {
                 return Err(bad("expected `inputs` and `outputs` arrays".into()));
             };
             if ins.len() != outs.len() {
-                return Err(bad(format!(
-                    "{} inputs but {} outputs",
-                    ins.len(),
-                    outs.len()
-                )));
+                return Err(bad(format!("{} inputs but {} outputs", ins.len(), outs.len())));
             }
             ins.iter()
                 .zip(outs)
-                .map(|(i, o)| {
-                    Ok(TestCase {
-                        input: as_str(i, "input")?,
-                        output: as_str(o, "output")?,
-                    })
-                })
+                .map(|(i, o)| Ok(TestCase { input: as_str(i, "input")?, output: as_str(o, "output")? }))
                 .collect::<Result<Vec<_>, RewardError>>()?
         }
         other => return Err(bad(format!("expected an array or object, got {other}"))),
@@ -445,11 +380,7 @@ static FENCE: LazyLock<Regex> =
 
 /// The last fenced code block of a completion.
 pub fn extract_code(completion: &str) -> Option<&str> {
-    FENCE
-        .captures_iter(completion)
-        .last()
-        .and_then(|c| c.get(1))
-        .map(|m| m.as_str())
+    FENCE.captures_iter(completion).last().and_then(|c| c.get(1)).map(|m| m.as_str())
 }
 
 /// Fraction of test cases passed by the completion's last code block (each in a fresh sandbox).
@@ -472,11 +403,7 @@ impl CodeReward {
     /// Run every test in its own sandbox; a test passes only on exit 0 with the complete expected output,
     /// and a test that could not be run fails.
     pub fn run_suite(&self, program: &str, tests: &[TestCase]) -> Suite {
-        let mut suite = Suite {
-            passed: 0,
-            not_run: 0,
-            first_error: None,
-        };
+        let mut suite = Suite { passed: 0, not_run: 0, first_error: None };
         for t in tests {
             match run(&self.config, program, t.input.as_bytes()) {
                 Ok(out) => {
@@ -517,9 +444,6 @@ impl Reward for CodeReward {
         if let Some(e) = &suite.first_error {
             note.push_str(&format!("; {} did not run: {e}", suite.not_run));
         }
-        Ok(Score::new(
-            passed as f64 / tests.len() as f64,
-            format!("{passed}/{} tests passed{note}", tests.len()),
-        ))
+        Ok(Score::new(passed as f64 / tests.len() as f64, format!("{passed}/{} tests passed{note}", tests.len())))
     }
 }

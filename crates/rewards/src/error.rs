@@ -13,11 +13,7 @@ pub enum RewardError {
     MissingField { reward: String, field: String },
     /// A sample field has the wrong type or value.
     #[error("reward `{reward}`: field `{field}` is invalid: {detail}")]
-    BadField {
-        reward: String,
-        field: String,
-        detail: String,
-    },
+    BadField { reward: String, field: String, detail: String },
     /// `--reward NAME` named no known reward.
     #[error("unknown reward `{name}` (known: {known})")]
     UnknownReward { name: String, known: String },

@@ -35,10 +35,7 @@ pub struct Score {
 impl Score {
     /// A score with its reason.
     pub fn new(value: f64, reason: impl Into<String>) -> Self {
-        Self {
-            value,
-            reason: reason.into(),
-        }
+        Self { value, reason: reason.into() }
     }
 }
 
@@ -51,16 +48,9 @@ pub trait Reward: Send + Sync {
 }
 
 /// Read a string field of a sample, or fail naming the reward and field.
-pub fn str_field<'a>(
-    reward: &str,
-    sample: &'a Sample,
-    field: &str,
-) -> Result<&'a str, RewardError> {
+pub fn str_field<'a>(reward: &str, sample: &'a Sample, field: &str) -> Result<&'a str, RewardError> {
     match sample.get(field) {
-        None => Err(RewardError::MissingField {
-            reward: reward.into(),
-            field: field.into(),
-        }),
+        None => Err(RewardError::MissingField { reward: reward.into(), field: field.into() }),
         Some(serde_json::Value::String(s)) => Ok(s),
         Some(v) => Err(RewardError::BadField {
             reward: reward.into(),
@@ -102,10 +92,7 @@ impl WeightedRewards {
                         .parse()
                         .ok()
                         .filter(|x: &f64| x.is_finite())
-                        .ok_or_else(|| RewardError::BadWeight {
-                            spec: spec.into(),
-                            weight: w.into(),
-                        })?;
+                        .ok_or_else(|| RewardError::BadWeight { spec: spec.into(), weight: w.into() })?;
                     (n.trim(), weight)
                 }
                 None => (spec.trim(), 1.0),
@@ -184,17 +171,8 @@ pub fn stats(results: &[Result<Scored, RewardError>]) -> Vec<RewardStats> {
 }
 
 /// Names [`reward_by_name`] accepts.
-pub const REWARD_NAMES: &[&str] = &[
-    "accuracy",
-    "format",
-    "tag_count",
-    "reasoning_steps",
-    "language",
-    "cosine",
-    "repetition",
-    "overlong",
-    "code",
-];
+pub const REWARD_NAMES: &[&str] =
+    &["accuracy", "format", "tag_count", "reasoning_steps", "language", "cosine", "repetition", "overlong", "code"];
 
 /// The default set for `r1 rewards score`: R1's accuracy + format, equal weight.
 pub const DEFAULT_REWARDS: &[&str] = &["accuracy", "format"];
@@ -212,10 +190,7 @@ pub fn reward_by_name(name: &str) -> Result<Box<dyn Reward>, RewardError> {
         "overlong" => Box::new(shaping::OverlongPunishment::default()),
         "code" => Box::new(code::CodeReward::default()),
         _ => {
-            return Err(RewardError::UnknownReward {
-                name: name.into(),
-                known: REWARD_NAMES.join(", "),
-            });
+            return Err(RewardError::UnknownReward { name: name.into(), known: REWARD_NAMES.join(", ") });
         }
     })
 }

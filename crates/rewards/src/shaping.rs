@@ -7,8 +7,7 @@ use std::collections::HashSet;
 use std::sync::LazyLock;
 
 static FORMAT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?s)\A<think>\n(.*?)\n</think>\n<answer>\n(.*?)\n</answer>\s*\z")
-        .expect("static regex")
+    Regex::new(r"(?s)\A<think>\n(.*?)\n</think>\n<answer>\n(.*?)\n</answer>\s*\z").expect("static regex")
 });
 
 /// Strict R1 format: exactly one non-empty think block, then one non-empty answer block, nothing after.
@@ -17,13 +16,8 @@ pub struct Format;
 
 /// Check the strict format; the reason says what is wrong.
 pub fn format_check(c: &str) -> Result<(), &'static str> {
-    let caps = FORMAT
-        .captures(c)
-        .ok_or("not <think>…</think><answer>…</answer> with nothing after")?;
-    let (think, answer) = (
-        caps.get(1).map_or("", |m| m.as_str()),
-        caps.get(2).map_or("", |m| m.as_str()),
-    );
+    let caps = FORMAT.captures(c).ok_or("not <think>…</think><answer>…</answer> with nothing after")?;
+    let (think, answer) = (caps.get(1).map_or("", |m| m.as_str()), caps.get(2).map_or("", |m| m.as_str()));
     if think.trim().is_empty() || answer.trim().is_empty() {
         return Err("empty think or answer block");
     }
@@ -79,10 +73,7 @@ impl Reward for ReasoningSteps {
     }
     fn score(&self, c: &str, _: &Sample) -> Result<Score, RewardError> {
         let n = STEPS.find_iter(c).count();
-        Ok(Score::new(
-            (n as f64 / 3.0).min(1.0),
-            format!("{n} step markers"),
-        ))
+        Ok(Score::new((n as f64 / 3.0).min(1.0), format!("{n} step markers")))
     }
 }
 
@@ -142,8 +133,7 @@ fn words_by_script(text: &str) -> Vec<&'static str> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LanguageConsistency;
 
-static LATEX_CMD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\\[A-Za-z]+|\$[^$]*\$").expect("static regex"));
+static LATEX_CMD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\\[A-Za-z]+|\$[^$]*\$").expect("static regex"));
 
 /// The share of words in `text` whose script belongs to `lang` (None for an unknown language code).
 pub fn language_share(text: &str, lang: &str) -> Option<f64> {
@@ -180,10 +170,7 @@ impl Reward for LanguageConsistency {
             field: "language".into(),
             detail: format!("unknown language `{lang}`"),
         })?;
-        Ok(Score::new(
-            share,
-            format!("{:.0}% of CoT words in {lang}", share * 100.0),
-        ))
+        Ok(Score::new(share, format!("{:.0}% of CoT words in {lang}", share * 100.0)))
     }
 }
 
@@ -191,14 +178,11 @@ impl Reward for LanguageConsistency {
 fn length(reward: &str, c: &str, s: &Sample) -> Result<f64, RewardError> {
     match s.get("completion_tokens") {
         None => Ok(c.chars().count() as f64),
-        Some(v) => v
-            .as_f64()
-            .filter(|x| *x >= 0.0)
-            .ok_or_else(|| RewardError::BadField {
-                reward: reward.into(),
-                field: "completion_tokens".into(),
-                detail: format!("expected a non-negative number, got {v}"),
-            }),
+        Some(v) => v.as_f64().filter(|x| *x >= 0.0).ok_or_else(|| RewardError::BadField {
+            reward: reward.into(),
+            field: "completion_tokens".into(),
+            detail: format!("expected a non-negative number, got {v}"),
+        }),
     }
 }
 
@@ -212,11 +196,7 @@ pub struct CosineLength {
 
 impl Default for CosineLength {
     fn default() -> Self {
-        Self {
-            max_len: 1000.0,
-            correct: (0.5, 1.0),
-            wrong: (-0.5, -1.0),
-        }
+        Self { max_len: 1000.0, correct: (0.5, 1.0), wrong: (-0.5, -1.0) }
     }
 }
 
@@ -237,10 +217,7 @@ impl Reward for CosineLength {
         let gold = str_field(self.name(), s, "answer")?;
         let ok = math::verify(gold, c).correct;
         let len = length(self.name(), c, s)?;
-        Ok(Score::new(
-            self.value(len, ok),
-            format!("{} at length {len}", if ok { "correct" } else { "wrong" }),
-        ))
+        Ok(Score::new(self.value(len, ok), format!("{} at length {len}", if ok { "correct" } else { "wrong" })))
     }
 }
 
@@ -253,10 +230,7 @@ pub struct RepetitionPenalty {
 
 impl Default for RepetitionPenalty {
     fn default() -> Self {
-        Self {
-            n: 3,
-            max_penalty: -1.0,
-        }
+        Self { n: 3, max_penalty: -1.0 }
     }
 }
 
@@ -292,10 +266,7 @@ pub struct OverlongPunishment {
 
 impl Default for OverlongPunishment {
     fn default() -> Self {
-        Self {
-            max_len: 20480.0,
-            cache: 4096.0,
-        }
+        Self { max_len: 20480.0, cache: 4096.0 }
     }
 }
 
@@ -319,9 +290,6 @@ impl Reward for OverlongPunishment {
     }
     fn score(&self, c: &str, s: &Sample) -> Result<Score, RewardError> {
         let len = length(self.name(), c, s)?;
-        Ok(Score::new(
-            self.value(len),
-            format!("length {len} of {}", self.max_len),
-        ))
+        Ok(Score::new(self.value(len), format!("length {len} of {}", self.max_len)))
     }
 }

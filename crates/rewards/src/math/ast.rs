@@ -63,12 +63,7 @@ pub fn parse(toks: Vec<Tok>) -> Option<Node> {
     if toks.is_empty() || toks.contains(&Tok::Unknown) {
         return None;
     }
-    let mut p = Parser {
-        t: toks,
-        i: 0,
-        depth: 0,
-        abs: 0,
-    };
+    let mut p = Parser { t: toks, i: 0, depth: 0, abs: 0 };
     let n = p.top()?;
     (p.i == p.t.len()).then_some(n)
 }
@@ -126,11 +121,7 @@ fn int(n: i64) -> Node {
 pub fn decimal(s: &str) -> Option<BigRational> {
     let (ip, fp) = s.split_once('.').unwrap_or((s, ""));
     let digits = format!("{ip}{fp}");
-    let n: BigInt = if digits.is_empty() {
-        BigInt::zero()
-    } else {
-        digits.parse().ok()?
-    };
+    let n: BigInt = if digits.is_empty() { BigInt::zero() } else { digits.parse().ok()? };
     let d = num_traits::pow(BigInt::from(10), fp.len());
     Some(BigRational::new(n, d))
 }
@@ -166,11 +157,7 @@ impl Parser {
             }
             items.push(self.rel()?);
         }
-        Some(if items.len() == 1 {
-            items.pop()?
-        } else {
-            Node::List(items)
-        })
+        Some(if items.len() == 1 { items.pop()? } else { Node::List(items) })
     }
 
     fn rel(&mut self) -> Option<Node> {
@@ -187,11 +174,7 @@ impl Parser {
             ops.push(op);
             xs.push(self.union()?);
         }
-        Some(if ops.is_empty() {
-            xs.pop()?
-        } else {
-            Node::Rel(xs, ops)
-        })
+        Some(if ops.is_empty() { xs.pop()? } else { Node::Rel(xs, ops) })
     }
 
     fn union(&mut self) -> Option<Node> {
@@ -199,11 +182,7 @@ impl Parser {
         while self.eat(&Tok::Cup) {
             xs.push(self.expr()?);
         }
-        Some(if xs.len() == 1 {
-            xs.pop()?
-        } else {
-            Node::Union(xs)
-        })
+        Some(if xs.len() == 1 { xs.pop()? } else { Node::Union(xs) })
     }
 
     fn expr(&mut self) -> Option<Node> {
@@ -254,11 +233,7 @@ impl Parser {
             }
             terms.insert(0, p);
         }
-        Some(if terms.len() == 1 {
-            terms.pop()?
-        } else {
-            Node::Add(terms)
-        })
+        Some(if terms.len() == 1 { terms.pop()? } else { Node::Add(terms) })
     }
 
     fn starts_atom(&self) -> bool {
@@ -293,11 +268,7 @@ impl Parser {
                 Some(Tok::Slash) => {
                     self.i += 1;
                     let d = self.unary()?;
-                    let n = if fs.len() == 1 {
-                        fs.pop()?
-                    } else {
-                        Node::Mul(std::mem::take(&mut fs))
-                    };
+                    let n = if fs.len() == 1 { fs.pop()? } else { Node::Mul(std::mem::take(&mut fs)) };
                     fs.push(Node::Div(Box::new(n), Box::new(d)));
                 }
                 _ if self.starts_atom() => {
@@ -324,11 +295,7 @@ impl Parser {
                 _ => break,
             }
         }
-        Some(if fs.len() == 1 {
-            fs.pop()?
-        } else {
-            Node::Mul(fs)
-        })
+        Some(if fs.len() == 1 { fs.pop()? } else { Node::Mul(fs) })
     }
 
     fn unary(&mut self) -> Option<Node> {
@@ -470,18 +437,11 @@ impl Parser {
             Tok::Reals => Node::Seq {
                 open: '(',
                 close: ')',
-                items: vec![
-                    Node::Neg(Box::new(Node::Const(Const::Inf))),
-                    Node::Const(Const::Inf),
-                ],
+                items: vec![Node::Neg(Box::new(Node::Const(Const::Inf))), Node::Const(Const::Inf)],
             },
             Tok::LBrace => {
                 let n = self.top()?;
-                let n = if self.eat(&Tok::Choose) {
-                    Node::Binom(Box::new(n), Box::new(self.top()?))
-                } else {
-                    n
-                };
+                let n = if self.eat(&Tok::Choose) { Node::Binom(Box::new(n), Box::new(self.top()?)) } else { n };
                 self.expect(&Tok::RBrace)?;
                 n
             }
@@ -500,10 +460,7 @@ impl Parser {
                     _ => return None,
                 };
                 self.i += 1;
-                if items.len() == 1
-                    && (open == '(' || close == ']')
-                    && (open == '(') == (close == ')')
-                {
+                if items.len() == 1 && (open == '(' || close == ']') && (open == '(') == (close == ')') {
                     items.pop()?
                 } else {
                     Node::Seq { open, close, items }
@@ -545,11 +502,7 @@ impl Parser {
                 } else {
                     int(2)
                 };
-                let x = if self.peek() == Some(&Tok::LParen) {
-                    self.atom()?
-                } else {
-                    self.group_arg()?
-                };
+                let x = if self.peek() == Some(&Tok::LParen) { self.atom()? } else { self.group_arg()? };
                 Node::Root(Box::new(idx), Box::new(x))
             }
             Tok::Func(f) => {
@@ -570,11 +523,7 @@ impl Parser {
                     while matches!(self.peek(), Some(Tok::Num(_) | Tok::Ident(_) | Tok::Pi)) {
                         fs.push(self.power()?);
                     }
-                    if fs.len() == 1 {
-                        fs.pop()?
-                    } else {
-                        Node::Mul(fs)
-                    }
+                    if fs.len() == 1 { fs.pop()? } else { Node::Mul(fs) }
                 };
                 let call = match (f, base) {
                     (Func::Log, Some(b)) => Node::LogB(Box::new(b), Box::new(arg)),

@@ -182,14 +182,9 @@ fn variants(n: &Node) -> Vec<Node> {
                 acc = next;
             }
             let add = matches!(n, Node::Add(_));
-            acc.into_iter()
-                .map(|v| if add { Node::Add(v) } else { Node::Mul(v) })
-                .collect()
+            acc.into_iter().map(|v| if add { Node::Add(v) } else { Node::Mul(v) }).collect()
         }
-        Node::Neg(a) => variants(a)
-            .into_iter()
-            .map(|v| Node::Neg(Box::new(v)))
-            .collect(),
+        Node::Neg(a) => variants(a).into_iter().map(|v| Node::Neg(Box::new(v))).collect(),
         Node::Div(a, b) => {
             let mut out = Vec::new();
             for x in variants(a) {
@@ -219,17 +214,9 @@ fn has_pm(n: &Node) -> bool {
 fn canon(n: &Node) -> Cow<'_, Node> {
     Cow::Owned(match n {
         _ if is_scalar(n) && has_pm(n) => Node::Set(variants(n)),
-        Node::List(xs) | Node::Set(xs) if xs.iter().any(has_pm) => Node::Set(
-            xs.iter()
-                .flat_map(|x| {
-                    if has_pm(x) {
-                        variants(x)
-                    } else {
-                        vec![x.clone()]
-                    }
-                })
-                .collect(),
-        ),
+        Node::List(xs) | Node::Set(xs) if xs.iter().any(has_pm) => {
+            Node::Set(xs.iter().flat_map(|x| if has_pm(x) { variants(x) } else { vec![x.clone()] }).collect())
+        }
         _ => return Cow::Borrowed(n),
     })
 }
@@ -280,11 +267,7 @@ fn neg_inf() -> Node {
 }
 
 fn interval(open: char, lo: Node, hi: Node, close: char) -> Node {
-    Node::Seq {
-        open,
-        close,
-        items: vec![lo, hi],
-    }
+    Node::Seq { open, close, items: vec![lo, hi] }
 }
 
 fn var_free(n: &Node) -> bool {
@@ -297,12 +280,11 @@ fn var_free(n: &Node) -> bool {
 fn as_intervals(n: &Node) -> Option<Vec<Node>> {
     match n {
         Node::Rel(xs, ops) => {
-            let (xs, ops): (Vec<Node>, Vec<RelOp>) =
-                if xs.len() == 2 && matches!(xs[1], Node::Var(_)) {
-                    (vec![xs[1].clone(), xs[0].clone()], vec![ops[0].flip()])
-                } else {
-                    (xs.clone(), ops.clone())
-                };
+            let (xs, ops): (Vec<Node>, Vec<RelOp>) = if xs.len() == 2 && matches!(xs[1], Node::Var(_)) {
+                (vec![xs[1].clone(), xs[0].clone()], vec![ops[0].flip()])
+            } else {
+                (xs.clone(), ops.clone())
+            };
             match (xs.as_slice(), ops.as_slice()) {
                 ([Node::Var(_), a], [op]) if var_free(a) => Some(match op {
                     RelOp::Gt => vec![interval('(', a.clone(), Node::Const(Const::Inf), ')')],
@@ -372,11 +354,7 @@ fn unordered_eq(a: &[Node], b: &[Node]) -> bool {
         }
         out
     };
-    let (a, b) = if a.len() <= 1 && b.len() <= 1 {
-        (a.to_vec(), b.to_vec())
-    } else {
-        (dedup(a), dedup(b))
-    };
+    let (a, b) = if a.len() <= 1 && b.len() <= 1 { (a.to_vec(), b.to_vec()) } else { (dedup(a), dedup(b)) };
     if a.len() != b.len() {
         return false;
     }
@@ -421,10 +399,7 @@ fn rel_eq(gx: &[Node], gops: &[RelOp], px: &[Node], pops: &[RelOp]) -> bool {
         return false;
     }
     let same = gops == pops && gx.iter().zip(px).all(|(a, b)| direct_eq(a, b));
-    let flipped = gops
-        .iter()
-        .zip(pops.iter().rev())
-        .all(|(a, b)| a.flip() == *b)
+    let flipped = gops.iter().zip(pops.iter().rev()).all(|(a, b)| a.flip() == *b)
         && gx.iter().zip(px.iter().rev()).all(|(a, b)| direct_eq(a, b));
     same || flipped
 }
@@ -433,45 +408,19 @@ fn rel_eq(gx: &[Node], gops: &[RelOp], px: &[Node], pops: &[RelOp]) -> bool {
 fn direct_eq(g: &Node, p: &Node) -> bool {
     match (g, p) {
         (Node::Set(a) | Node::List(a), Node::Set(b) | Node::List(b)) => unordered_eq(a, b),
-        (Node::Set(a), x) | (x, Node::Set(a)) if a.len() == 1 && is_scalar(x) => {
-            direct_eq(&a[0], x)
-        }
-        (
-            Node::Seq {
-                open: o1,
-                close: c1,
-                items: a,
-            },
-            Node::Seq {
-                open: o2,
-                close: c2,
-                items: b,
-            },
-        ) => {
-            o1 == o2
-                && c1 == c2
-                && a.len() == b.len()
-                && a.iter().zip(b).all(|(x, y)| direct_eq(x, y))
+        (Node::Set(a), x) | (x, Node::Set(a)) if a.len() == 1 && is_scalar(x) => direct_eq(&a[0], x),
+        (Node::Seq { open: o1, close: c1, items: a }, Node::Seq { open: o2, close: c2, items: b }) => {
+            o1 == o2 && c1 == c2 && a.len() == b.len() && a.iter().zip(b).all(|(x, y)| direct_eq(x, y))
         }
         (Node::Union(a), Node::Union(b)) => unordered_eq(a, b),
         (Node::Matrix(a), Node::Matrix(b)) => {
             a.len() == b.len()
-                && a.iter().zip(b).all(|(r, s)| {
-                    r.len() == s.len() && r.iter().zip(s).all(|(x, y)| direct_eq(x, y))
-                })
+                && a.iter().zip(b).all(|(r, s)| r.len() == s.len() && r.iter().zip(s).all(|(x, y)| direct_eq(x, y)))
         }
-        (
-            Node::Matrix(m),
-            Node::Seq {
-                open: '(', items, ..
-            },
-        )
-        | (
-            Node::Seq {
-                open: '(', items, ..
-            },
-            Node::Matrix(m),
-        ) if m.len() == 1 || m.iter().all(|r| r.len() == 1) => {
+        (Node::Matrix(m), Node::Seq { open: '(', items, .. })
+        | (Node::Seq { open: '(', items, .. }, Node::Matrix(m))
+            if m.len() == 1 || m.iter().all(|r| r.len() == 1) =>
+        {
             let flat: Vec<&Node> = m.iter().flatten().collect();
             flat.len() == items.len() && flat.iter().zip(items).all(|(x, y)| direct_eq(x, y))
         }
@@ -489,11 +438,7 @@ pub fn equivalent(g: &Node, p: &Node) -> bool {
         return true;
     }
     let stripped = needs_strip(&g) || needs_strip(&p);
-    let (gs, ps) = if stripped {
-        (Cow::Owned(strip_assign(&g)), Cow::Owned(strip_assign(&p)))
-    } else {
-        (g, p)
-    };
+    let (gs, ps) = if stripped { (Cow::Owned(strip_assign(&g)), Cow::Owned(strip_assign(&p))) } else { (g, p) };
     if stripped && direct_eq(&gs, &ps) {
         return true;
     }

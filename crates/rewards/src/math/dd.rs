@@ -30,20 +30,11 @@ fn two_prod(a: f64, b: f64) -> (f64, f64) {
 
 impl DD {
     /// π to double-double precision.
-    pub const PI: DD = DD {
-        hi: std::f64::consts::PI,
-        lo: 1.224_646_799_147_353_2e-16,
-    };
+    pub const PI: DD = DD { hi: std::f64::consts::PI, lo: 1.224_646_799_147_353_2e-16 };
     /// e to double-double precision.
-    pub const E: DD = DD {
-        hi: std::f64::consts::E,
-        lo: 1.445_646_891_729_250_2e-16,
-    };
+    pub const E: DD = DD { hi: std::f64::consts::E, lo: 1.445_646_891_729_250_2e-16 };
     /// Not a number.
-    pub const NAN: DD = DD {
-        hi: f64::NAN,
-        lo: 0.0,
-    };
+    pub const NAN: DD = DD { hi: f64::NAN, lo: 0.0 };
 
     /// An exact f64.
     pub fn from_f64(x: f64) -> DD {
@@ -59,11 +50,7 @@ impl DD {
             && d <= EXACT
         {
             let n = DD::from_f64(n as f64);
-            return if d == 1 {
-                n
-            } else {
-                n.div(DD::from_f64(d as f64))
-            };
+            return if d == 1 { n } else { n.div(DD::from_f64(d as f64)) };
         }
         let Some(hi) = r.to_f64() else { return DD::NAN };
         if !hi.is_finite() || (hi == 0.0 && !r.is_zero()) {
@@ -76,11 +63,7 @@ impl DD {
 
     /// The value as f64.
     pub fn f(self) -> f64 {
-        if self.hi.is_finite() {
-            self.hi + self.lo
-        } else {
-            self.hi
-        }
+        if self.hi.is_finite() { self.hi + self.lo } else { self.hi }
     }
 
     fn norm(hi: f64, lo: f64) -> DD {
@@ -93,10 +76,7 @@ impl DD {
 
     /// −x.
     pub fn neg(self) -> DD {
-        DD {
-            hi: -self.hi,
-            lo: -self.lo,
-        }
+        DD { hi: -self.hi, lo: -self.lo }
     }
 
     /// |x|.
@@ -140,11 +120,7 @@ impl DD {
     /// √x (NaN for x < 0).
     pub fn sqrt(self) -> DD {
         if self.hi <= 0.0 {
-            return if self.hi == 0.0 {
-                DD::from_f64(0.0)
-            } else {
-                DD::NAN
-            };
+            return if self.hi == 0.0 { DD::from_f64(0.0) } else { DD::NAN };
         }
         let x = 1.0 / self.hi.sqrt();
         let ax = DD::from_f64(self.hi * x);
@@ -164,11 +140,7 @@ impl DD {
             base = base.mul(base);
             e >>= 1;
         }
-        if k < 0 {
-            DD::from_f64(1.0).div(acc)
-        } else {
-            acc
-        }
+        if k < 0 { DD::from_f64(1.0).div(acc) } else { acc }
     }
 
     /// The real n-th root (negative x only for odd n), by Newton steps from the f64 root.
@@ -180,11 +152,7 @@ impl DD {
             return self.sqrt();
         }
         if self.hi < 0.0 {
-            return if n % 2 == 1 {
-                self.neg().root(n).neg()
-            } else {
-                DD::NAN
-            };
+            return if n % 2 == 1 { self.neg().root(n).neg() } else { DD::NAN };
         }
         if self.hi == 0.0 {
             return DD::from_f64(0.0);
@@ -221,10 +189,7 @@ mod tests {
     #[test]
     fn cancellation_f64_misses() {
         // √(10²⁰ + 1) − 10¹⁰ = 1/(√(10²⁰+1) + 10¹⁰) ≈ 5·10⁻¹¹; f64 says 0.
-        let big = DD::from_f64(1e20)
-            .add(DD::from_f64(1.0))
-            .sqrt()
-            .sub(DD::from_f64(1e10));
+        let big = DD::from_f64(1e20).add(DD::from_f64(1.0)).sqrt().sub(DD::from_f64(1e10));
         assert!((big.hi - 5e-11).abs() < 1e-20, "{big:?}");
         assert_eq!((1e20f64 + 1.0).sqrt() - 1e10, 0.0);
     }
@@ -236,11 +201,7 @@ mod tests {
         let m = DD::from_f64(-8.0).root(3);
         assert!(m.close(DD::from_f64(-2.0), 1e-30, 0.0), "{m:?}");
         let third = DD::from_f64(1.0).div(DD::from_f64(3.0));
-        assert!(
-            third
-                .mul(DD::from_f64(3.0))
-                .close(DD::from_f64(1.0), 1e-31, 0.0)
-        );
+        assert!(third.mul(DD::from_f64(3.0)).close(DD::from_f64(1.0), 1e-31, 0.0));
         assert!(DD::from_f64(-1.0).sqrt().hi.is_nan());
     }
 }

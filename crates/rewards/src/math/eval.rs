@@ -62,31 +62,20 @@ fn bits(r: &BigRational) -> u64 {
 }
 
 fn as_small_int(r: &BigRational) -> Option<i64> {
-    if r.is_integer() {
-        r.to_integer().to_i64()
-    } else {
-        None
-    }
+    if r.is_integer() { r.to_integer().to_i64() } else { None }
 }
 
 /// Exact q-th root of a non-negative integer, if it is a perfect power.
 fn int_root(x: &BigInt, q: u32) -> Option<BigInt> {
     if x.is_negative() {
-        return if q % 2 == 1 {
-            int_root(&-x, q).map(|r| -r)
-        } else {
-            None
-        };
+        return if q % 2 == 1 { int_root(&-x, q).map(|r| -r) } else { None };
     }
     let r = x.nth_root(q);
     (num_traits::pow(r.clone(), q as usize) == *x).then_some(r)
 }
 
 fn rat_root(x: &BigRational, q: u32) -> Option<BigRational> {
-    Some(BigRational::new(
-        int_root(x.numer(), q)?,
-        int_root(x.denom(), q)?,
-    ))
+    Some(BigRational::new(int_root(x.numer(), q)?, int_root(x.denom(), q)?))
 }
 
 fn exact_pow(b: &BigRational, e: i64) -> Option<BigRational> {
@@ -129,21 +118,13 @@ fn gamma(x: f64) -> f64 {
 impl<'a> Eval<'a> {
     /// An evaluator over the given variable values.
     pub fn new(vars: &'a [(String, f64)]) -> Self {
-        Self {
-            vars,
-            steps: 0,
-            exact: true,
-        }
+        Self { vars, steps: 0, exact: true }
     }
 
     /// An evaluator that skips exact rational arithmetic (for random-point checks, where f64-level
     /// agreement is what is tested and big-integer allocations would dominate).
     pub fn approx(vars: &'a [(String, f64)]) -> Self {
-        Self {
-            vars,
-            steps: 0,
-            exact: false,
-        }
+        Self { vars, steps: 0, exact: false }
     }
 
     /// Evaluate a scalar node; `None` when it is not a number (a set, an unbound variable, over budget).
@@ -159,21 +140,14 @@ impl<'a> Eval<'a> {
             Node::Const(Const::Pi) => Float(DD::PI, true),
             Node::Const(Const::E) => Float(DD::E, true),
             Node::Const(Const::Inf) => Float(DD::from_f64(f64::INFINITY), true),
-            Node::Var(v) => Float(
-                DD::from_f64(self.vars.iter().find(|(k, _)| k == v)?.1),
-                true,
-            ),
+            Node::Var(v) => Float(DD::from_f64(self.vars.iter().find(|(k, _)| k == v)?.1), true),
             Node::Neg(a) => match self.eval(a)? {
                 Exact(r) => Exact(-r),
                 Float(x, hp) => Float(x.neg(), hp),
             },
             Node::Add(xs) | Node::Mul(xs) => {
                 let add = matches!(n, Node::Add(_));
-                let mut acc = if add {
-                    BigRational::zero()
-                } else {
-                    BigRational::one()
-                };
+                let mut acc = if add { BigRational::zero() } else { BigRational::one() };
                 let mut fl = DD::from_f64(if add { 0.0 } else { 1.0 });
                 let mut any_float = false;
                 let mut hp = true;
@@ -352,9 +326,7 @@ pub fn vars(n: &Node, out: &mut Vec<String>) {
             }
         }
         Node::Num(_) | Node::Const(_) => {}
-        Node::Neg(a) | Node::Func(_, a) | Node::Fact(a) | Node::Abs(a) | Node::Percent(a) => {
-            vars(a, out)
-        }
+        Node::Neg(a) | Node::Func(_, a) | Node::Fact(a) | Node::Abs(a) | Node::Percent(a) => vars(a, out),
         Node::Div(a, b)
         | Node::Pow(a, b)
         | Node::LogB(a, b)
@@ -365,12 +337,9 @@ pub fn vars(n: &Node, out: &mut Vec<String>) {
             vars(a, out);
             vars(b, out);
         }
-        Node::Add(xs)
-        | Node::Mul(xs)
-        | Node::Set(xs)
-        | Node::List(xs)
-        | Node::Union(xs)
-        | Node::Rel(xs, _) => xs.iter().for_each(|x| vars(x, out)),
+        Node::Add(xs) | Node::Mul(xs) | Node::Set(xs) | Node::List(xs) | Node::Union(xs) | Node::Rel(xs, _) => {
+            xs.iter().for_each(|x| vars(x, out))
+        }
         Node::Seq { items, .. } => items.iter().for_each(|x| vars(x, out)),
         Node::Matrix(rows) => rows.iter().flatten().for_each(|x| vars(x, out)),
     }

@@ -5,28 +5,20 @@
 use regex::Regex;
 use std::sync::LazyLock;
 
-static BOLD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\*\*([^*\n]{1,200})\*\*").expect("static regex"));
-static ANSWER_TAG: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?s)<answer>(.*?)</answer>").expect("static regex"));
+static BOLD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\*\*([^*\n]{1,200})\*\*").expect("static regex"));
+static ANSWER_TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?s)<answer>(.*?)</answer>").expect("static regex"));
 static FINAL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)final\s+answer\s*(?:is|:|：|=)?\s*(?:is)?\s*:?\s*([^\n]+)")
-        .expect("static regex")
+    Regex::new(r"(?i)final\s+answer\s*(?:is|:|：|=)?\s*(?:is)?\s*:?\s*([^\n]+)").expect("static regex")
 });
 static ANSWER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)(?:\banswer\s*(?::|：|is\b)|\bthe\s+result\s+is\b)\s*([^\n]+)")
-        .expect("static regex")
+    Regex::new(r"(?i)(?:\banswer\s*(?::|：|is\b)|\bthe\s+result\s+is\b)\s*([^\n]+)").expect("static regex")
 });
-static MATH: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?s)\$\$(.+?)\$\$|\$([^$]+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]").expect("static regex")
-});
-static WORD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?:^|[^\\A-Za-z])[A-Za-z]{3,}").expect("static regex"));
-static SENTENCE_END: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\.(?:\s|$)").expect("static regex"));
+static MATH: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?s)\$\$(.+?)\$\$|\$([^$]+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]").expect("static regex"));
+static WORD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?:^|[^\\A-Za-z])[A-Za-z]{3,}").expect("static regex"));
+static SENTENCE_END: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\.(?:\s|$)").expect("static regex"));
 static NUMBER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?|-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?%?")
-        .expect("static regex")
+    Regex::new(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?|-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?%?").expect("static regex")
 });
 
 /// Where an extracted answer came from.
@@ -101,13 +93,7 @@ pub fn clean(s: &str) -> String {
     loop {
         let before = t;
         t = t.trim_end_matches(['.', ',', ';', '。']).trim();
-        for (a, b) in [
-            ("$$", "$$"),
-            ("$", "$"),
-            ("\\(", "\\)"),
-            ("\\[", "\\]"),
-            ("**", "**"),
-        ] {
+        for (a, b) in [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**")] {
             if t.len() >= a.len() + b.len() && t.starts_with(a) && t.ends_with(b) {
                 t = t[a.len()..t.len() - b.len()].trim();
             }
@@ -146,10 +132,7 @@ fn last_expression(s: &str) -> Option<String> {
         let inner = (1..=4).find_map(|i| c.get(i))?;
         Some((whole.end(), clean(inner.as_str())))
     });
-    let n = NUMBER
-        .find_iter(s)
-        .last()
-        .map(|m| (m.end(), m.as_str().to_string()));
+    let n = NUMBER.find_iter(s).last().map(|m| (m.end(), m.as_str().to_string()));
     match (m, n) {
         (Some(m), Some(n)) => Some(if m.0 >= n.0 { m.1 } else { n.1 }),
         (Some(m), None) => Some(m.1),
@@ -175,10 +158,7 @@ pub fn extract(completion: &str) -> Option<(Vec<String>, Source)> {
     if let Some(last) = bx.last() {
         let mut c = vec![clean(last)];
         if bx.len() > 1 {
-            c.push(format!(
-                "\\{{{}\\}}",
-                bx.iter().map(|b| clean(b)).collect::<Vec<_>>().join(",")
-            ));
+            c.push(format!("\\{{{}\\}}", bx.iter().map(|b| clean(b)).collect::<Vec<_>>().join(",")));
         }
         return Some((c, Source::Boxed));
     }
@@ -187,10 +167,7 @@ pub fn extract(completion: &str) -> Option<(Vec<String>, Source)> {
         let inner_clean = clean(inner);
         if !inner_clean.is_empty() {
             let prose_like = WORD.is_match(&inner_clean.replace("\\text", "").replace("\\", " \\"));
-            let parses = !prose_like
-                && super::lex::lex(&inner_clean)
-                    .and_then(super::ast::parse)
-                    .is_some();
+            let parses = !prose_like && super::lex::lex(&inner_clean).and_then(super::ast::parse).is_some();
             if !parses && let Some((p, _)) = prose(inner) {
                 return Some((p, Source::AnswerTag));
             }

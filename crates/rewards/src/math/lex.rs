@@ -97,13 +97,7 @@ pub const MAX_TOKENS: usize = 2000;
 
 /// Tokenise; `None` when the input is too long.
 pub fn lex(src: &str) -> Option<Vec<Tok>> {
-    let mut lx = Lexer {
-        s: src.as_bytes(),
-        src,
-        i: 0,
-        out: Vec::new(),
-        depth: 0,
-    };
+    let mut lx = Lexer { s: src.as_bytes(), src, i: 0, out: Vec::new(), depth: 0 };
     lx.run()?;
     Some(lx.out)
 }
@@ -116,9 +110,8 @@ struct Lexer<'a> {
     depth: i32,
 }
 
-const UNIT_WORDS_2: &[&str] = &[
-    "cm", "mm", "km", "kg", "mg", "ml", "mL", "ft", "yd", "mi", "hr", "sq", "lb", "oz", "am", "pm",
-];
+const UNIT_WORDS_2: &[&str] =
+    &["cm", "mm", "km", "kg", "mg", "ml", "mL", "ft", "yd", "mi", "hr", "sq", "lb", "oz", "am", "pm"];
 
 impl Lexer<'_> {
     fn push(&mut self, t: Tok) -> Option<()> {
@@ -141,11 +134,7 @@ impl Lexer<'_> {
 
     /// Step over one whole character (the cursor stays on a char boundary).
     fn skip_char(&mut self) {
-        self.i += self
-            .src
-            .get(self.i..)
-            .and_then(|r| r.chars().next())
-            .map_or(1, char::len_utf8);
+        self.i += self.src.get(self.i..).and_then(|r| r.chars().next()).map_or(1, char::len_utf8);
     }
 
     fn skip_ws(&mut self) {
@@ -189,9 +178,7 @@ impl Lexer<'_> {
             let c = self.s[self.i];
             match c {
                 b' ' | b'\t' | b'\n' | b'\r' | b'~' | b'$' => self.i += 1,
-                b'0'..=b'9' | b'.'
-                    if c != b'.' || self.s.get(self.i + 1).is_some_and(u8::is_ascii_digit) =>
-                {
+                b'0'..=b'9' | b'.' if c != b'.' || self.s.get(self.i + 1).is_some_and(u8::is_ascii_digit) => {
                     self.number()?
                 }
                 b'.' | b':' | b';' => {
@@ -394,9 +381,7 @@ impl Lexer<'_> {
             if matches!(r.get(1), Some(b'+' | b'-')) {
                 k = 2;
             }
-            if r.get(k).is_some_and(u8::is_ascii_digit)
-                && !r.get(k + 1).is_some_and(u8::is_ascii_alphabetic)
-            {
+            if r.get(k).is_some_and(u8::is_ascii_digit) && !r.get(k + 1).is_some_and(u8::is_ascii_alphabetic) {
                 self.i += k;
                 let st = self.i;
                 self.digits();
@@ -441,11 +426,7 @@ impl Lexer<'_> {
                 None if w.len() == 2 && !UNIT_WORDS_2.contains(&w) => {
                     // `xy` is x·y.
                     for ch in w.chars() {
-                        let t = if ch == 'e' {
-                            Tok::E
-                        } else {
-                            Tok::Ident(ch.to_string())
-                        };
+                        let t = if ch == 'e' { Tok::E } else { Tok::Ident(ch.to_string()) };
                         self.push(t)?;
                     }
                     return Some(());
@@ -517,11 +498,10 @@ impl Lexer<'_> {
         }
         let name = &self.src[st..self.i];
         let t = match name {
-            "left" | "right" | "big" | "Big" | "bigg" | "Bigg" | "bigl" | "bigr" | "Bigl"
-            | "Bigr" | "biggl" | "biggr" | "displaystyle" | "textstyle" | "quad" | "qquad"
-            | "circ" | "degree" | "boxed" | "fbox" | "limits" | "nolimits" | "hbox" | "mathit"
-            | "rm" | "bf" | "it" | "medspace" | "thinspace" | "negthinspace" | "dollar"
-            | "cdotp" | "ensuremath" => {
+            "left" | "right" | "big" | "Big" | "bigg" | "Bigg" | "bigl" | "bigr" | "Bigl" | "Bigr" | "biggl"
+            | "biggr" | "displaystyle" | "textstyle" | "quad" | "qquad" | "circ" | "degree" | "boxed" | "fbox"
+            | "limits" | "nolimits" | "hbox" | "mathit" | "rm" | "bf" | "it" | "medspace" | "thinspace"
+            | "negthinspace" | "dollar" | "cdotp" | "ensuremath" => {
                 // `\left.` / `\right.` are empty delimiters.
                 if (name == "left" || name == "right") && self.peek() == Some(b'.') {
                     self.i += 1;
@@ -552,8 +532,7 @@ impl Lexer<'_> {
             "vert" | "lvert" | "rvert" | "mid" => Tok::Bar,
             "lfloor" | "rfloor" | "lceil" | "rceil" => Tok::Unknown,
             "exp" => Tok::Func(Func::Exp),
-            "text" | "textbf" | "mbox" | "textit" | "textrm" | "mathrm" | "mathbf"
-            | "operatorname" | "textnormal" => {
+            "text" | "textbf" | "mbox" | "textit" | "textrm" | "mathrm" | "mathbf" | "operatorname" | "textnormal" => {
                 return self.text_command(name);
             }
             "mathbb" => {
@@ -574,11 +553,7 @@ impl Lexer<'_> {
             }
             "end" => {
                 let env = self.brace_group().unwrap_or("");
-                if env.ends_with("matrix") || env == "array" {
-                    Tok::EndMatrix
-                } else {
-                    Tok::Unknown
-                }
+                if env.ends_with("matrix") || env == "array" { Tok::EndMatrix } else { Tok::Unknown }
             }
             "cr" => Tok::RowSep,
             _ => match func_name(name) {

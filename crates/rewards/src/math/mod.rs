@@ -31,10 +31,7 @@ fn choice_letter(s: &str) -> Option<char> {
     for w in ["\\textbf", "\\text", "\\mathrm", "\\mathbf", "\\mbox"] {
         t = t.replace(w, "");
     }
-    let core: String = t
-        .chars()
-        .filter(|c| !matches!(c, '{' | '}' | '(' | ')' | ' ' | '.' | ':' | '$'))
-        .collect();
+    let core: String = t.chars().filter(|c| !matches!(c, '{' | '}' | '(' | ')' | ' ' | '.' | ':' | '$')).collect();
     let mut cs = core.chars();
     match (cs.next(), cs.next()) {
         (Some(c), None) if c.is_ascii_uppercase() => Some(c),
@@ -47,10 +44,7 @@ fn pred_choice(s: &str) -> Option<char> {
     if let Some(c) = choice_letter(s) {
         return Some(c);
     }
-    let t = s
-        .trim()
-        .trim_start_matches("\\textbf{")
-        .trim_start_matches("\\text{");
+    let t = s.trim().trim_start_matches("\\textbf{").trim_start_matches("\\text{");
     let b = t.as_bytes();
     match b {
         [b'(', c, b')', ..] | [c, b')', ..] if c.is_ascii_uppercase() => Some(*c as char),
@@ -60,23 +54,10 @@ fn pred_choice(s: &str) -> Option<char> {
 
 fn text_form(s: &str) -> String {
     let mut t = s.to_lowercase();
-    for w in [
-        "\\text",
-        "\\mathrm",
-        "\\textbf",
-        "\\mbox",
-        "\\left",
-        "\\right",
-        "\\displaystyle",
-        "\\!",
-        "\\,",
-        "\\;",
-    ] {
+    for w in ["\\text", "\\mathrm", "\\textbf", "\\mbox", "\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;"] {
         t = t.replace(w, "");
     }
-    t.chars()
-        .filter(|c| !c.is_whitespace() && !matches!(c, '{' | '}' | '$'))
-        .collect::<String>()
+    t.chars().filter(|c| !c.is_whitespace() && !matches!(c, '{' | '}' | '$')).collect::<String>()
 }
 
 fn parse_math(s: &str) -> Parsed {
@@ -148,18 +129,10 @@ pub struct Verdict {
 pub fn verify(gold: &str, completion: &str) -> Verdict {
     let g = parse_gold(gold);
     let Some((cands, source)) = extract(completion) else {
-        return Verdict {
-            correct: false,
-            extracted: None,
-            source: None,
-        };
+        return Verdict { correct: false, extracted: None, source: None };
     };
     let correct = cands.iter().any(|c| matches(&g, c));
-    Verdict {
-        correct,
-        extracted: cands.into_iter().next(),
-        source: Some(source),
-    }
+    Verdict { correct, extracted: cands.into_iter().next(), source: Some(source) }
 }
 
 /// R1's accuracy reward: 1 when the completion's final answer equals the sample's `answer`, else 0.
@@ -174,18 +147,11 @@ impl Reward for MathAccuracy {
     fn score(&self, completion: &str, sample: &Sample) -> Result<Score, RewardError> {
         let gold = str_field(self.name(), sample, "answer")?;
         let v = verify(gold, completion);
-        let shown =
-            |s: &Option<String>| s.as_deref().map(|x| x.chars().take(60).collect::<String>());
+        let shown = |s: &Option<String>| s.as_deref().map(|x| x.chars().take(60).collect::<String>());
         Ok(match (&v.extracted, v.correct) {
             (None, _) => Score::new(0.0, "no answer found"),
-            (Some(_), true) => Score::new(
-                1.0,
-                format!("correct: {}", shown(&v.extracted).unwrap_or_default()),
-            ),
-            (Some(_), false) => Score::new(
-                0.0,
-                format!("wrong: {}", shown(&v.extracted).unwrap_or_default()),
-            ),
+            (Some(_), true) => Score::new(1.0, format!("correct: {}", shown(&v.extracted).unwrap_or_default())),
+            (Some(_), false) => Score::new(0.0, format!("wrong: {}", shown(&v.extracted).unwrap_or_default())),
         })
     }
 }
