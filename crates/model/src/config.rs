@@ -4,16 +4,18 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tensor::ops::rope::Yarn;
 
 use crate::{ModelError, Result};
 
 /// The rope block in either spelling.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct RopeParams {
-    #[serde(alias = "type")]
     pub rope_type: Option<String>,
+    /// The released checkpoints' spelling of `rope_type`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub rope_theta: Option<f64>,
     pub factor: Option<f64>,
     pub original_max_position_embeddings: Option<usize>,
@@ -48,7 +50,7 @@ fn d_noaux() -> String {
 }
 
 /// The fields of a DeepSeek-V3 `config.json` the model uses.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct DeepseekV3Config {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -132,7 +134,7 @@ impl DeepseekV3Config {
     /// YaRN parameters when the rope type is `yarn`.
     pub fn yarn(&self) -> Option<Yarn> {
         let r = self.rope()?;
-        if r.rope_type.as_deref() != Some("yarn") {
+        if r.rope_type.as_deref().or(r.kind.as_deref()) != Some("yarn") {
             return None;
         }
         Some(Yarn {
@@ -180,7 +182,7 @@ impl DeepseekV3Config {
             return bad("topk_method", format!("{:?}", self.topk_method));
         }
         if let Some(r) = self.rope()
-            && r.rope_type.as_deref() == Some("yarn")
+            && r.rope_type.as_deref().or(r.kind.as_deref()) == Some("yarn")
             && r.factor.is_none_or(|f| f <= 0.0)
         {
             return bad("rope_scaling.factor", format!("{:?} (yarn needs a factor > 0)", r.factor));

@@ -4,6 +4,7 @@
 //! lm_head` (pre-norm blocks; dense SwiGLU MLP below `first_k_dense_replace`, DeepSeekMoE above;
 //! untied head). Forward and backward for every parameter, by HF checkpoint name.
 
+pub mod checkpoint;
 pub mod config;
 
 pub use config::DeepseekV3Config;
@@ -38,6 +39,8 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: {detail}")]
+    Checkpoint { path: String, detail: String },
     #[error("missing weight {0:?}")]
     MissingWeight(String),
     #[error("input: {0}")]
