@@ -150,3 +150,40 @@ impl DeepseekV3 {
         Ok(())
     }
 }
+
+/// A parity fixture unpacked by [`unpack_fixture`]: the reference input ids and logits.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub input_ids: Vec<u32>,
+    pub batch: usize,
+    pub seq: usize,
+    /// `[batch, seq, vocab]`, float64 from transformers.
+    pub logits: Vec<f64>,
+}
+
+/// Unpack a parity fixture (one safetensors file: the weights under checkpoint names, the
+/// reference tensors `__input_ids` and `__logits`, and `config` in the metadata — see
+/// `tests/fixtures/make_fixtures.py`) into an HF checkpoint directory `dir`.
+pub fn unpack_fixture(fixture: &Path, dir: &Path) -> Result<Fixture> {
+    let bytes = std::fs::read(fixture).map_err(io(fixture))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| fmt(fixture, e.to_string()))?;
+    let config = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("config").cloned())
+        .ok_or_else(|| fmt(fixture, "metadata field \"config\" missing"))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| fmt(fixture, e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    atomic_write(&dir.join("config.json"), config.as_bytes())?;
+    let weights: Vec<(String, TensorView<'_>)> =
+        st.tensors().into_iter().filter(|(n, _)| !n.starts_with("__")).collect();
+    let out = safetensors::serialize(weights, Some(HashMap::new())).map_err(|e| fmt(fixture, e.to_string()))?;
+    atomic_write(&dir.join("model.safetensors"), &out)?;
+    let get = |n: &str| -> Result<(Vec<usize>, Vec<f64>)> {
+        let v = st.tensor(n).map_err(|e| fmt(fixture, format!("{n}: {e}")))?;
+        Ok((v.shape().to_vec(), le::<8, f64>(v.data(), f64::from_le_bytes)))
+    };
+    let (shape, ids) = get("__input_ids")?;
+    let (_, logits) = get("__logits")?;
+    Ok(Fixture { input_ids: ids.iter().map(|&v| v as u32).collect(), batch: shape[0], seq: shape[1], logits })
+}

@@ -1,5 +1,5 @@
 //! `r1`: the command-line facade. One subcommand per pipeline stage; each lives in its own module under
-//! `cli/` (today: `rewards`; `logits`, `generate`, `train` join later).
+//! `cli/` (today: `rewards`, `logits`; `generate`, `train` join later).
 
 mod cli;
 
@@ -17,10 +17,13 @@ struct Cli {
 enum Command {
     /// Rule-based rewards.
     Rewards(cli::rewards::RewardsArgs),
+    /// Logits of a checkpoint for a batch of token ids.
+    Logits(cli::logits::LogitsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Rewards(args) => cli::rewards::run(args),
+        Command::Logits(args) => cli::logits::run(args),
     }
 }

@@ -1,3 +1,4 @@
 //! Subcommand implementations.
 
+pub mod logits;
 pub mod rewards;

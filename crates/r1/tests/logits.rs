@@ -1,0 +1,55 @@
+//! `r1 logits --model DIR --input-ids FILE.json --output OUT.safetensors` on an HF-layout
+//! checkpoint made from a transformers fixture: the written `logits` tensor (f32,
+//! [batch, seq, vocab]) equals transformers' within 1e-4 relative; malformed inputs are refused
+//! with the file and the problem named.
+
+use std::path::Path;
+use std::process::Command;
+
+use safetensors::SafeTensors;
+
+#[test]
+fn logits_command_matches_transformers() {
+    let tmp = std::env::temp_dir().join(format!("r1-cli-logits-{}", std::process::id()));
+    let ckpt = tmp.join("ckpt");
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/model_yarn_grouped.safetensors");
+    let f = model::checkpoint::unpack_fixture(&fx, &ckpt).unwrap();
+    let rows: Vec<Vec<u32>> = f.input_ids.chunks(f.seq).map(<[u32]>::to_vec).collect();
+    let ids = tmp.join("ids.json");
+    std::fs::write(&ids, serde_json::to_string(&rows).unwrap()).unwrap();
+    let out = tmp.join("out.safetensors");
+    let run = |ids: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_r1"))
+            .args(["logits", "--model"])
+            .arg(&ckpt)
+            .arg("--input-ids")
+            .arg(ids)
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let o = run(&ids);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&out).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let v = st.tensor("logits").unwrap();
+    assert_eq!(v.dtype(), safetensors::Dtype::F32);
+    assert_eq!(v.shape(), &[f.batch, f.seq, 64]);
+    let got: Vec<f64> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
+    let e = got.iter().zip(&f.logits).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
+        / f.logits.iter().map(|y| y * y).sum::<f64>().sqrt();
+    assert!(e <= 1e-4, "rel err {e:e}");
+    // Ragged rows, an out-of-vocabulary id, and a missing checkpoint are named errors.
+    let bad = tmp.join("bad.json");
+    for (text, needle) in [("[[1, 2], [3]]", "row 1"), ("[[1, 999]]", "token id 999"), ("{}", "bad.json")] {
+        std::fs::write(&bad, text).unwrap();
+        let o = run(&bad);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle), "{text}: {err}");
+    }
+    std::fs::remove_file(ckpt.join("model.safetensors")).unwrap();
+    let o = run(&ids);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("model.safetensors"));
+    std::fs::remove_dir_all(&tmp).ok();
+}
