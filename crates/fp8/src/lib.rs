@@ -8,7 +8,7 @@
 //! ```
 //! Conversions go through the [`float8`] crate ([`F8E4M3`], [`F8E5M2`]); [`convert`] adds the
 //! saturating quantiser cast and a 256-entry decode table. [`quant`] holds the block quantisers
-//! and dequantisers, [`gemm`] the CPU reference block-scaled GEMM with an emulated
+//! and dequantisers, [`gemm`](mod@gemm) the CPU reference block-scaled GEMM with an emulated
 //! limited-precision accumulator (the promotion experiment), and [`linear`] the tensor-level
 //! pieces: checkpoint weight dequantisation and an FP8 linear layer with a straight-through
 //! backward.
