@@ -17,9 +17,15 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("fp8_quant_1024x4096");
     g.sample_size(10);
     g.throughput(Throughput::Elements((rows * cols) as u64));
-    g.bench_function("act_1x128", |b| b.iter(|| quantize_act("x", black_box(&x), rows, cols, ScaleFormat::Fp32).unwrap()));
-    g.bench_function("act_1x128_ue8m0", |b| b.iter(|| quantize_act("x", black_box(&x), rows, cols, ScaleFormat::Ue8m0).unwrap()));
-    g.bench_function("weight_128x128", |b| b.iter(|| quantize_weight("w", black_box(&x), rows, cols, ScaleFormat::Fp32).unwrap()));
+    g.bench_function("act_1x128", |b| {
+        b.iter(|| quantize_act("x", black_box(&x), rows, cols, ScaleFormat::Fp32).unwrap())
+    });
+    g.bench_function("act_1x128_ue8m0", |b| {
+        b.iter(|| quantize_act("x", black_box(&x), rows, cols, ScaleFormat::Ue8m0).unwrap())
+    });
+    g.bench_function("weight_128x128", |b| {
+        b.iter(|| quantize_weight("w", black_box(&x), rows, cols, ScaleFormat::Fp32).unwrap())
+    });
     let q = quantize_weight("w", &x, rows, cols, ScaleFormat::Fp32).unwrap();
     g.bench_function("dequant_weight_128x128", |b| b.iter(|| black_box(&q).dequantize()));
     g.finish();

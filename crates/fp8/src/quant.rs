@@ -102,7 +102,12 @@ pub fn quantize_blocks(
     fmt: ScaleFormat,
 ) -> Result<BlockQuant> {
     if x.len() != rows * cols {
-        return Err(Fp8Error::Len { field: field.into(), shape: vec![rows, cols], expected: rows * cols, got: x.len() });
+        return Err(Fp8Error::Len {
+            field: field.into(),
+            shape: vec![rows, cols],
+            expected: rows * cols,
+            got: x.len(),
+        });
     }
     if block.0 == 0 || block.1 == 0 {
         return Err(Fp8Error::Arg {

@@ -21,7 +21,8 @@ fn elem_bound(x: f32, s: f32) -> f64 {
 }
 
 fn values(len: usize) -> impl Strategy<Value = Vec<f32>> {
-    (prop::collection::vec(-1.0f32..1.0, len), -12i32..12).prop_map(|(v, e)| v.iter().map(|x| x * 2f32.powi(e)).collect())
+    (prop::collection::vec(-1.0f32..1.0, len), -12i32..12)
+        .prop_map(|(v, e)| v.iter().map(|x| x * 2f32.powi(e)).collect())
 }
 
 fn check_round_trip(x: &[f32], q: &BlockQuant) -> Result<(), TestCaseError> {
@@ -173,12 +174,12 @@ fn gemm_rejects_mismatched_operands() {
     assert!(e.to_string().contains("mantissa_bits") && e.to_string().contains("24"), "{e}");
 }
 
-/// The promotion experiment at K = 4096 with a 14-bit accumulator: promotion every 128 elements
-/// must cut the accumulation error, and fp32 accumulation must beat both.
+/// The promotion experiment (K = 4096, also 1024 and 16384) with a 14-bit accumulator: promotion
+/// every 128 elements must cut the accumulation error, and fp32 accumulation must beat both.
 #[test]
 fn promotion_reduces_limited_accumulator_error_at_k4096() {
-    for positive in [false, true] {
-        let r = promotion_experiment(32, 32, 4096, 14, positive, 7).unwrap();
+    for (k, positive) in [(4096, false), (4096, true), (1024, false), (16384, false)] {
+        let r = promotion_experiment(32, 32, k, 14, positive, 7).unwrap();
         println!(
             "K={} bits={} inputs={}: rel err fp32 {:.3e}, limited+promotion {:.3e}, limited no promotion {:.3e}; total FP8 vs f32 inputs {:.3e}",
             r.k,
@@ -199,8 +200,16 @@ fn f64_tensor(v: &[f32], shape: &[usize]) -> Tensor {
 }
 
 /// Asserts `c ≈ a · bᵀ` (a [m,k], b [n,k]) within the FP8 bound given the operands' quantisations.
-fn assert_fp8_product(c: &[f32], a: &[f32], b: &[f32], qa: &BlockQuant, qb: &BlockQuant, (m, n, k): (usize, usize, usize)) {
-    let reference = matmul(&f64_tensor(a, &[m, k]), &f64_tensor(b, &[n, k]), false, true).unwrap().to_vec_f64().unwrap();
+fn assert_fp8_product(
+    c: &[f32],
+    a: &[f32],
+    b: &[f32],
+    qa: &BlockQuant,
+    qb: &BlockQuant,
+    (m, n, k): (usize, usize, usize),
+) {
+    let reference =
+        matmul(&f64_tensor(a, &[m, k]), &f64_tensor(b, &[n, k]), false, true).unwrap().to_vec_f64().unwrap();
     let gamma = (128 + k.div_ceil(128) + 3) as f64 * F32_EPS;
     for i in 0..m {
         for j in 0..n {
@@ -231,7 +240,11 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 fn fp8_linear_and_backward_within_fp8_error_of_exact_linear() {
     let (m, k, n) = (9, 300, 140);
     let (x, w, dy) = (rand_vec(m * k, 1), rand_vec(n * k, 2), rand_vec(m * n, 3));
-    let (xt, wt, dyt) = (Tensor::from_vec(x.clone(), &[m, k]).unwrap(), Tensor::from_vec(w.clone(), &[n, k]).unwrap(), Tensor::from_vec(dy.clone(), &[m, n]).unwrap());
+    let (xt, wt, dyt) = (
+        Tensor::from_vec(x.clone(), &[m, k]).unwrap(),
+        Tensor::from_vec(w.clone(), &[n, k]).unwrap(),
+        Tensor::from_vec(dy.clone(), &[m, n]).unwrap(),
+    );
     let y = fp8_linear(&xt, &wt).unwrap();
     assert_eq!(y.shape(), &vec![m, n]);
     let qx = quantize_act("x", &x, m, k, ScaleFormat::Fp32).unwrap();
@@ -249,7 +262,6 @@ fn fp8_linear_and_backward_within_fp8_error_of_exact_linear() {
     let qxt = quantize_act("x", &xt_v, k, m, ScaleFormat::Fp32).unwrap();
     assert_fp8_product(&dw.to_vec::<f32>().unwrap(), &dyt_v, &xt_v, &qdyt, &qxt, (n, k, m));
 }
-
 
 #[test]
 fn fp8_linear_rejects_bad_shapes() {
