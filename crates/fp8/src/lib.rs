@@ -12,6 +12,19 @@
 //! limited-precision accumulator (the promotion experiment), and [`linear`] the tensor-level
 //! pieces: checkpoint weight dequantisation and an FP8 linear layer with a straight-through
 //! backward.
+//!
+//! ```
+//! use fp8::{Accumulation, ScaleFormat, gemm, quantize_act, quantize_weight};
+//! let (m, n, k) = (4, 200, 300);
+//! let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+//! let w: Vec<f32> = (0..n * k).map(|i| ((i % 5) as f32 - 2.0) * 0.01).collect();
+//! let qx = quantize_act("x", &x, m, k, ScaleFormat::Fp32)?; // 1×128 tiles
+//! let qw = quantize_weight("w", &w, n, k, ScaleFormat::Fp32)?; // 128×128 blocks
+//! assert_eq!(qw.scale_shape(), [2, 3]); // [ceil(200/128), ceil(300/128)]
+//! let y = gemm(&qx, &qw, Accumulation::Fp32)?; // [m, n] = x · wᵀ
+//! assert_eq!(y.len(), m * n);
+//! # Ok::<(), fp8::Fp8Error>(())
+//! ```
 
 pub mod convert;
 pub mod gemm;

@@ -12,8 +12,9 @@ use tensor::Tensor;
 /// `[ceil(out/128), ceil(in/128)]`. Returns the f32 CPU tensor `fp8 · scale_inv`.
 pub fn dequantize_weight(name: &str, fp8: &[u8], shape: [usize; 2], scale_inv: &Tensor) -> Result<Tensor> {
     let [out, inp] = shape;
-    if fp8.len() != out * inp {
-        return Err(Fp8Error::Len { field: name.into(), shape: shape.to_vec(), expected: out * inp, got: fp8.len() });
+    let n = crate::quant::checked_numel(name, out, inp)?;
+    if fp8.len() != n {
+        return Err(Fp8Error::Len { field: name.into(), shape: shape.to_vec(), expected: n, got: fp8.len() });
     }
     let want = vec![out.div_ceil(BLOCK), inp.div_ceil(BLOCK)];
     if scale_inv.shape() != &want {

@@ -90,6 +90,15 @@ pub fn block_scale(amax: f32, fmt: ScaleFormat) -> f32 {
     }
 }
 
+/// `rows · cols`, or an error naming `field` when it overflows `usize`.
+pub(crate) fn checked_numel(field: &str, rows: usize, cols: usize) -> Result<usize> {
+    rows.checked_mul(cols).ok_or_else(|| Fp8Error::Arg {
+        field: field.into(),
+        value: format!("shape [{rows}, {cols}]"),
+        detail: "element count overflows usize".into(),
+    })
+}
+
 /// Quantise a row-major `[rows, cols]` matrix with `block` = `(br, bc)` blocks.
 ///
 /// `field` names the operand in errors. Non-finite input is rejected.
@@ -101,13 +110,9 @@ pub fn quantize_blocks(
     block: (usize, usize),
     fmt: ScaleFormat,
 ) -> Result<BlockQuant> {
-    if x.len() != rows * cols {
-        return Err(Fp8Error::Len {
-            field: field.into(),
-            shape: vec![rows, cols],
-            expected: rows * cols,
-            got: x.len(),
-        });
+    let n = checked_numel(field, rows, cols)?;
+    if x.len() != n {
+        return Err(Fp8Error::Len { field: field.into(), shape: vec![rows, cols], expected: n, got: x.len() });
     }
     if block.0 == 0 || block.1 == 0 {
         return Err(Fp8Error::Arg {

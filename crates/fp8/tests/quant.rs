@@ -290,3 +290,12 @@ fn dequantize_weight_matches_block_dequantiser_and_checks_shapes() {
     let e = dequantize_weight("layers.0.mlp.up_proj.weight", &bytes[1..], [out, inp], &s).unwrap_err();
     assert!(e.to_string().contains("layers.0.mlp.up_proj.weight") && e.to_string().contains("59999"), "{e}");
 }
+
+#[test]
+fn overflowing_shapes_are_errors_not_panics() {
+    let e = quantize_act("x", &[], usize::MAX, 2, ScaleFormat::Fp32).unwrap_err();
+    assert!(e.to_string().contains("x") && e.to_string().contains("overflows"), "{e}");
+    let s = Tensor::zeros(&[1, 1], DType::F32, &Device::Cpu).unwrap();
+    let e = dequantize_weight("embed", &[], [usize::MAX, 3], &s).unwrap_err();
+    assert!(e.to_string().contains("embed"), "{e}");
+}
