@@ -1,7 +1,8 @@
 //! MLA benches at the `cpu-small` attention dims (hidden 256, 4 heads, q_lora 128, kv_lora 64,
 //! nope 32, rope 16, v 32): training forward+backward tokens/s (batch 8 × 256), and one decode
 //! step's latency through the latent cache, absorbed vs naive, at contexts 512, 2k, 8k.
-//! `cargo bench -p mla`
+//! `cargo bench -p mla`; with `--features cuda` and `R1_BENCH_DEVICE=cuda` the same benches run on
+//! the GPU (each iteration ends with a device synchronisation).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mla::cache::{DecodeMode, LatentCache};
@@ -26,10 +27,20 @@ fn cfg() -> MlaConfig {
     }
 }
 
+/// The device the benches run on: the CPU, or the first GPU when `R1_BENCH_DEVICE=cuda`.
+fn device() -> Device {
+    if std::env::var("R1_BENCH_DEVICE").is_ok_and(|v| v == "cuda") {
+        Device::all_available().into_iter().find(|d| !d.is_cpu()).expect("R1_BENCH_DEVICE=cuda but no GPU")
+    } else {
+        Device::Cpu
+    }
+}
+
 fn train(c: &mut Criterion) {
-    let m = Mla::init(cfg(), 0.02, 0, DType::F32, &Device::Cpu).unwrap();
+    let dev = device();
+    let m = Mla::init(cfg(), 0.02, 0, DType::F32, &dev).unwrap();
     let (b, s) = (8, 256);
-    let x = Tensor::randn(&[b, s, 256], 1.0, 1, DType::F32, &Device::Cpu).unwrap();
+    let x = Tensor::randn(&[b, s, 256], 1.0, 1, DType::F32, &dev).unwrap();
     let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
     let mut g = c.benchmark_group("mla_train");
     g.sample_size(10);
@@ -38,7 +49,9 @@ fn train(c: &mut Criterion) {
         bch.iter(|| {
             let (y, saved) = m.forward(&x, &pos, &AttnMask::causal()).unwrap();
             let mut grads = Grads::default();
-            m.backward(&saved, &y, &mut grads, "attn").unwrap()
+            let dx = m.backward(&saved, &y, &mut grads, "attn").unwrap();
+            dev.synchronize().unwrap();
+            dx
         })
     });
     g.finish();
@@ -46,20 +59,23 @@ fn train(c: &mut Criterion) {
 
 fn decode(c: &mut Criterion) {
     let cf = cfg();
-    let m = Mla::init(cf.clone(), 0.02, 0, DType::F32, &Device::Cpu).unwrap();
-    let x = Tensor::randn(&[1, 1, 256], 1.0, 2, DType::F32, &Device::Cpu).unwrap();
+    let dev = device();
+    let m = Mla::init(cf.clone(), 0.02, 0, DType::F32, &dev).unwrap();
+    let x = Tensor::randn(&[1, 1, 256], 1.0, 2, DType::F32, &dev).unwrap();
     let mut g = c.benchmark_group("mla_decode_step");
     g.sample_size(10);
     for ctx in [512usize, 2048, 8192] {
         let cache = LatentCache {
-            ckv: Some(Tensor::randn(&[1, ctx, cf.kv_lora_rank], 1.0, 3, DType::F32, &Device::Cpu).unwrap()),
-            k_pe: Some(Tensor::randn(&[1, ctx, cf.qk_rope_head_dim], 1.0, 4, DType::F32, &Device::Cpu).unwrap()),
+            ckv: Some(Tensor::randn(&[1, ctx, cf.kv_lora_rank], 1.0, 3, DType::F32, &dev).unwrap()),
+            k_pe: Some(Tensor::randn(&[1, ctx, cf.qk_rope_head_dim], 1.0, 4, DType::F32, &dev).unwrap()),
         };
         for mode in [DecodeMode::Absorbed, DecodeMode::Naive] {
             g.bench_with_input(BenchmarkId::new(format!("{mode:?}"), ctx), &ctx, |bch, &ctx| {
                 bch.iter(|| {
                     let mut cc = cache.clone();
-                    m.decode(&x, &[ctx as u32], &mut cc, None, mode).unwrap()
+                    let y = m.decode(&x, &[ctx as u32], &mut cc, None, mode).unwrap();
+                    dev.synchronize().unwrap();
+                    y
                 })
             });
         }

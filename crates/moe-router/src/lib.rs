@@ -91,7 +91,8 @@ impl MoeConfig {
     }
 }
 
-/// One SwiGLU expert (HF `gate_proj`, `up_proj`, `down_proj`, `[out, in]`).
+/// One SwiGLU MLP (HF `gate_proj`, `up_proj`, `down_proj`, `[out, in]`): a routed expert, the
+/// shared experts, and the dense MLP of the first `first_k_dense_replace` layers.
 #[derive(Clone, Debug)]
 pub struct Expert {
     pub gate_proj: Tensor,
@@ -99,7 +100,8 @@ pub struct Expert {
     pub down_proj: Tensor,
 }
 
-struct ExpertSaved {
+/// What [`Expert::forward`] keeps for [`Expert::backward`].
+pub struct ExpertSaved {
     x: Tensor,
     g: Tensor,
     u: Tensor,
@@ -107,7 +109,8 @@ struct ExpertSaved {
 }
 
 impl Expert {
-    fn init(d: usize, inter: usize, std: f64, seed: u64, dt: DType, dev: &Device) -> Result<Expert> {
+    /// Random N(0, std²) weights for hidden `d` and intermediate `inter`.
+    pub fn init(d: usize, inter: usize, std: f64, seed: u64, dt: DType, dev: &Device) -> Result<Expert> {
         Ok(Expert {
             gate_proj: Tensor::randn(&[inter, d], std, seed, dt, dev)?,
             up_proj: Tensor::randn(&[inter, d], std, seed + 1, dt, dev)?,
@@ -115,7 +118,8 @@ impl Expert {
         })
     }
 
-    fn load(p: &Params, prefix: &str) -> Result<Expert> {
+    /// Load `{prefix}.{gate,up,down}_proj.weight`.
+    pub fn load(p: &Params, prefix: &str) -> Result<Expert> {
         let get = |n: &str| {
             let name = format!("{prefix}.{n}.weight");
             p.get(&name).cloned().ok_or(MoeError::MissingWeight(name))
@@ -123,7 +127,8 @@ impl Expert {
         Ok(Expert { gate_proj: get("gate_proj")?, up_proj: get("up_proj")?, down_proj: get("down_proj")? })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<(Tensor, ExpertSaved)> {
+    /// `down(silu(gate·x) ⊙ up·x)` for `x [tokens, hidden]`.
+    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, ExpertSaved)> {
         let g = linear(x, &self.gate_proj)?;
         let u = linear(x, &self.up_proj)?;
         let h = swiglu(&g, &u)?;
@@ -131,7 +136,8 @@ impl Expert {
         Ok((y, ExpertSaved { x: x.clone(), g, u, h }))
     }
 
-    fn backward(&self, s: &ExpertSaved, dy: &Tensor, grads: &mut Grads, prefix: &str) -> Result<Tensor> {
+    /// Backward of [`Expert::forward`]: weight gradients under `{prefix}.…`, returns `dx`.
+    pub fn backward(&self, s: &ExpertSaved, dy: &Tensor, grads: &mut Grads, prefix: &str) -> Result<Tensor> {
         let (dh, d_down) = linear_backward(&s.h, &self.down_proj, dy)?;
         let (dg, du) = swiglu_backward(&s.g, &s.u, &dh)?;
         let (dx1, d_gate) = linear_backward(&s.x, &self.gate_proj, &dg)?;
@@ -142,7 +148,8 @@ impl Expert {
         Ok(add(&dx1, &dx2)?)
     }
 
-    fn weights(&self) -> [(&'static str, &Tensor); 3] {
+    /// `(HF name suffix, weight)` of the three projections.
+    pub fn weights(&self) -> [(&'static str, &Tensor); 3] {
         [
             ("gate_proj.weight", &self.gate_proj),
             ("up_proj.weight", &self.up_proj),

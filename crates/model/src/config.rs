@@ -1,0 +1,239 @@
+//! `config.json` of a DeepSeek-V3 checkpoint (serde). Accepts both the released form
+//! (`rope_theta` + `rope_scaling`) and transformers-5 `rope_parameters`; unknown keys are ignored;
+//! inconsistent values are rejected with an error naming the field.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tensor::ops::rope::Yarn;
+
+use crate::{ModelError, Result};
+
+/// The rope block in either spelling.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct RopeParams {
+    pub rope_type: Option<String>,
+    /// The released checkpoints' spelling of `rope_type`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub rope_theta: Option<f64>,
+    pub factor: Option<f64>,
+    pub original_max_position_embeddings: Option<usize>,
+    pub beta_fast: Option<f64>,
+    pub beta_slow: Option<f64>,
+    pub mscale: Option<f64>,
+    pub mscale_all_dim: Option<f64>,
+    pub attention_factor: Option<f64>,
+    pub truncate: Option<bool>,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_eps() -> f64 {
+    1e-6
+}
+fn d_theta() -> f64 {
+    10000.0
+}
+fn d_one() -> usize {
+    1
+}
+fn d_rsf() -> f64 {
+    1.0
+}
+fn d_sigmoid() -> String {
+    "sigmoid".into()
+}
+fn d_noaux() -> String {
+    "noaux_tc".into()
+}
+
+/// The fields of a DeepSeek-V3 `config.json` the model uses.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct DeepseekV3Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub moe_intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub n_shared_experts: usize,
+    #[serde(default)]
+    pub n_routed_experts: usize,
+    #[serde(default = "d_rsf")]
+    pub routed_scaling_factor: f64,
+    pub kv_lora_rank: usize,
+    pub q_lora_rank: Option<usize>,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+    pub qk_nope_head_dim: usize,
+    #[serde(default = "d_one")]
+    pub n_group: usize,
+    #[serde(default = "d_one")]
+    pub topk_group: usize,
+    #[serde(default = "d_one")]
+    pub num_experts_per_tok: usize,
+    #[serde(default)]
+    pub first_k_dense_replace: usize,
+    #[serde(default = "d_true")]
+    pub norm_topk_prob: bool,
+    #[serde(default = "d_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "d_theta")]
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeParams>,
+    pub rope_parameters: Option<RopeParams>,
+    #[serde(default = "d_true")]
+    pub rope_interleave: bool,
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub num_nextn_predict_layers: usize,
+    #[serde(default = "d_sigmoid")]
+    pub scoring_func: String,
+    #[serde(default = "d_noaux")]
+    pub topk_method: String,
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// FP8 checkpoints: `{quant_method: fp8, fmt: e4m3, weight_block_size: [128, 128], …}`.
+    pub quantization_config: Option<serde_json::Value>,
+}
+
+impl DeepseekV3Config {
+    /// Parse and validate `config.json` text; `origin` names the file in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<DeepseekV3Config> {
+        let c: DeepseekV3Config = serde_json::from_str(text).map_err(|e| ModelError::Config {
+            file: origin.into(),
+            field: "(json)".into(),
+            detail: e.to_string(),
+        })?;
+        c.validate(origin)?;
+        Ok(c)
+    }
+
+    /// Read `DIR/config.json` (or the file itself).
+    pub fn from_file(path: &Path) -> Result<DeepseekV3Config> {
+        let p = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text =
+            std::fs::read_to_string(&p).map_err(|e| ModelError::Io { path: p.display().to_string(), source: e })?;
+        DeepseekV3Config::from_json(&text, &p.display().to_string())
+    }
+
+    fn rope(&self) -> Option<&RopeParams> {
+        self.rope_parameters.as_ref().or(self.rope_scaling.as_ref())
+    }
+
+    /// The RoPE base (from `rope_parameters` when present).
+    pub fn theta(&self) -> f64 {
+        self.rope().and_then(|r| r.rope_theta).unwrap_or(self.rope_theta)
+    }
+
+    /// YaRN parameters when the rope type is `yarn`.
+    pub fn yarn(&self) -> Option<Yarn> {
+        let r = self.rope()?;
+        if r.rope_type.as_deref().or(r.kind.as_deref()) != Some("yarn") {
+            return None;
+        }
+        Some(Yarn {
+            factor: r.factor.unwrap_or(1.0),
+            original_max_position_embeddings: r
+                .original_max_position_embeddings
+                .unwrap_or(self.max_position_embeddings),
+            beta_fast: r.beta_fast.unwrap_or(32.0),
+            beta_slow: r.beta_slow.unwrap_or(1.0),
+            mscale: r.mscale,
+            mscale_all_dim: r.mscale_all_dim,
+            attention_factor: r.attention_factor,
+            truncate: r.truncate.unwrap_or(true),
+        })
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        let bad =
+            |field: &str, detail: String| Err(ModelError::Config { file: origin.into(), field: field.into(), detail });
+        for (f, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("kv_lora_rank", self.kv_lora_rank),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return bad(f, "must be > 0".into());
+            }
+        }
+        if !self.qk_rope_head_dim.is_multiple_of(2) || self.qk_rope_head_dim == 0 {
+            return bad("qk_rope_head_dim", format!("{} must be even and > 0", self.qk_rope_head_dim));
+        }
+        if !self.rope_interleave {
+            return bad("rope_interleave", "false is not supported (DeepSeek checkpoints interleave)".into());
+        }
+        if self.first_k_dense_replace < self.num_hidden_layers && self.n_routed_experts == 0 {
+            return bad("n_routed_experts", "0 but layers from first_k_dense_replace on are MoE".into());
+        }
+        if !["sigmoid", "softmax"].contains(&self.scoring_func.as_str()) {
+            return bad("scoring_func", format!("{:?} (expected sigmoid or softmax)", self.scoring_func));
+        }
+        if !["noaux_tc", "greedy", "group_limited_greedy"].contains(&self.topk_method.as_str()) {
+            return bad("topk_method", format!("{:?}", self.topk_method));
+        }
+        if let Some(r) = self.rope()
+            && r.rope_type.as_deref().or(r.kind.as_deref()) == Some("yarn")
+            && r.factor.is_none_or(|f| f <= 0.0)
+        {
+            return bad("rope_scaling.factor", format!("{:?} (yarn needs a factor > 0)", r.factor));
+        }
+        if self.first_k_dense_replace < self.num_hidden_layers {
+            self.moe().validate().map_err(|e| ModelError::Config {
+                file: origin.into(),
+                field: "moe".into(),
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The attention config of every layer.
+    pub fn mla(&self) -> mla::MlaConfig {
+        mla::MlaConfig {
+            hidden_size: self.hidden_size,
+            num_attention_heads: self.num_attention_heads,
+            q_lora_rank: self.q_lora_rank,
+            kv_lora_rank: self.kv_lora_rank,
+            qk_nope_head_dim: self.qk_nope_head_dim,
+            qk_rope_head_dim: self.qk_rope_head_dim,
+            v_head_dim: self.v_head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.theta(),
+            max_position_embeddings: self.max_position_embeddings,
+            yarn: self.yarn(),
+        }
+    }
+
+    /// The MoE config of the layers from `first_k_dense_replace` on.
+    pub fn moe(&self) -> moe_router::MoeConfig {
+        use moe_router::{ScoringFunc, TopkMethod};
+        moe_router::MoeConfig {
+            hidden_size: self.hidden_size,
+            moe_intermediate_size: self.moe_intermediate_size,
+            n_routed_experts: self.n_routed_experts,
+            n_shared_experts: self.n_shared_experts,
+            num_experts_per_tok: self.num_experts_per_tok,
+            n_group: self.n_group,
+            topk_group: self.topk_group,
+            norm_topk_prob: self.norm_topk_prob,
+            routed_scaling_factor: self.routed_scaling_factor,
+            scoring_func: if self.scoring_func == "softmax" { ScoringFunc::Softmax } else { ScoringFunc::Sigmoid },
+            topk_method: match self.topk_method.as_str() {
+                "greedy" => TopkMethod::Greedy,
+                "group_limited_greedy" => TopkMethod::GroupLimitedGreedy,
+                _ => TopkMethod::NoauxTc,
+            },
+            seq_aux_alpha: 0.0,
+        }
+    }
+}

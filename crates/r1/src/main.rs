@@ -1,0 +1,26 @@
+//! `r1`: the command-line facade. One subcommand per pipeline stage; each lives in its own module under
+//! `cli/` (today: `rewards`; `logits`, `generate`, `train` join later).
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// DeepSeek-R1 recipe tools.
+#[derive(Debug, Parser)]
+#[command(name = "r1", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Rule-based rewards.
+    Rewards(cli::rewards::RewardsArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Rewards(args) => cli::rewards::run(args),
+    }
+}
