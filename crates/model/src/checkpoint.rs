@@ -1,6 +1,7 @@
 //! Checkpoints in the Hugging Face layout: `config.json` plus `model.safetensors`, or shards listed
 //! in `model.safetensors.index.json` (`weight_map`). Tensor names are transformers' names. f32,
-//! bf16, f16 and f64 tensors load (f16 widened to f32). MTP weights (`model.layers.{L}.*` for
+//! bf16, f16 and f64 tensors load (f16 widened to f32); FP8 (E4M3) weights with a sibling
+//! `<name>_scale_inv` (`[ceil(out/128), ceil(in/128)]`) are dequantised on load by the fp8 crate. MTP weights (`model.layers.{L}.*` for
 //! `L ≥ num_hidden_layers`) are optional and skipped for now. Missing or unexpected tensors are an
 //! error listing them. Saving is the inverse and atomic (temp file + rename).
 
@@ -35,6 +36,8 @@ pub fn load_tensors(dir: &Path, dtype: DType, device: &Device) -> Result<Params>
         vec!["model.safetensors".to_string()]
     };
     let mut params = Params::default();
+    // FP8 weights wait for their `<name>_scale_inv`, which may sit in another shard.
+    let mut fp8: Vec<(String, Vec<u8>, [usize; 2], std::path::PathBuf)> = Vec::new();
     for f in files {
         let path = dir.join(&f);
         let bytes = std::fs::read(&path).map_err(io(&path))?;
@@ -50,21 +53,45 @@ pub fn load_tensors(dir: &Path, dtype: DType, device: &Device) -> Result<Params>
                     le::<2, half::f16>(data, half::f16::from_le_bytes).iter().map(|x| x.to_f32()).collect::<Vec<f32>>(),
                     &shape,
                 )?,
+                Dtype::F8_E4M3 => {
+                    let [o, i] = <[usize; 2]>::try_from(shape.as_slice()).map_err(|_| {
+                        fmt(&path, format!("FP8 tensor {name:?} has shape {shape:?}, expected [out, in]"))
+                    })?;
+                    fp8.push((name, data.to_vec(), [o, i], path.clone()));
+                    continue;
+                }
                 other => {
                     return Err(fmt(
                         &path,
                         format!(
-                            "tensor {name:?}: dtype {other:?} not supported (FP8 checkpoints load through the fp8 crate)"
+                            "tensor {name:?}: dtype {other:?} not supported (supported: F32, F64, BF16, F16, F8_E4M3 with _scale_inv)"
                         ),
                     ));
                 }
             };
-            let t =
-                if name.ends_with("e_score_correction_bias") { t.to_dtype(DType::F32)? } else { t.to_dtype(dtype)? };
+            let keep_f32 = name.ends_with("e_score_correction_bias") || name.ends_with("_scale_inv");
+            let t = if keep_f32 { t.to_dtype(DType::F32)? } else { t.to_dtype(dtype)? };
             params.insert(name, t.to_device(device)?).map_err(|e| fmt(&path, e.to_string()))?;
         }
     }
-    Ok(params)
+    if fp8.is_empty() {
+        return Ok(params);
+    }
+    // Dequantise every FP8 weight with its block scales (fp8 · scale_inv per 128×128 block) and
+    // drop the scale tensors.
+    let scales: HashMap<String, Tensor> =
+        params.iter().filter(|(n, _)| n.ends_with("_scale_inv")).map(|(n, t)| (n.to_string(), t.clone())).collect();
+    let mut out = Params::default();
+    for (n, t) in params.iter().filter(|(n, _)| !n.ends_with("_scale_inv")) {
+        out.insert(n, t.clone())?;
+    }
+    for (name, bytes, shape, path) in fp8 {
+        let sname = format!("{name}_scale_inv");
+        let s = scales.get(&sname).ok_or_else(|| fmt(&path, format!("FP8 tensor {name:?} has no {sname:?}")))?;
+        let w = fp8::dequantize_weight(&name, &bytes, shape, s).map_err(|e| fmt(&path, e.to_string()))?;
+        out.insert(name, w.to_dtype(dtype)?.to_device(device)?).map_err(|e| fmt(&path, e.to_string()))?;
+    }
+    Ok(out)
 }
 
 fn le<const N: usize, T>(data: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
@@ -186,4 +213,70 @@ pub fn unpack_fixture(fixture: &Path, dir: &Path) -> Result<Fixture> {
     let (shape, ids) = get("__input_ids")?;
     let (_, logits) = get("__logits")?;
     Ok(Fixture { input_ids: ids.iter().map(|&v| v as u32).collect(), batch: shape[0], seq: shape[1], logits })
+}
+
+/// Is `name` a weight that DeepSeek's FP8 checkpoints store in E4M3 (attention projections, dense
+/// MLP and expert weights — not the embedding, head, gate, norms or bias)?
+pub fn is_fp8_weight(name: &str) -> bool {
+    let proj = [
+        "q_proj",
+        "q_a_proj",
+        "q_b_proj",
+        "kv_a_proj_with_mqa",
+        "kv_b_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+    name.starts_with("model.layers.") && proj.iter().any(|p| name.ends_with(&format!(".{p}.weight")))
+}
+
+/// Write an FP8 copy of the checkpoint in `src` to `dst` in the layout of DeepSeek's released
+/// FP8 checkpoints: each [`is_fp8_weight`] tensor as `F8_E4M3` with a sibling `<name>_scale_inv`
+/// (f32, one scale per 128×128 block), everything else unchanged, and `quantization_config` in
+/// config.json. Returns the dequantised weights (what a loader must reproduce).
+pub fn quantize_checkpoint_fp8(src: &Path, dst: &Path) -> Result<Params> {
+    let params = load_tensors(src, DType::F32, &Device::Cpu)?;
+    let cfg_path = src.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| fmt(&cfg_path, e.to_string()))?;
+    cfg["quantization_config"] = serde_json::json!({"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]});
+    let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut dequantised = Params::default();
+    for (name, t) in params.iter() {
+        let v = t.to_vec::<f32>()?;
+        if is_fp8_weight(name) && t.rank() == 2 {
+            let (o, i) = (t.dim(0), t.dim(1));
+            let q = fp8::quant::quantize_weight(name, &v, o, i, fp8::quant::ScaleFormat::Fp32)
+                .map_err(|e| fmt(src, e.to_string()))?;
+            bufs.push((name.to_string(), Dtype::F8_E4M3, vec![o, i], q.data.iter().map(|x| x.to_bits()).collect()));
+            let ss = q.scale_shape().to_vec();
+            bufs.push((
+                format!("{name}_scale_inv"),
+                Dtype::F32,
+                ss,
+                q.scale_inv.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+            dequantised.insert(name, Tensor::from_vec(q.dequantize(), &[o, i])?)?;
+        } else {
+            bufs.push((
+                name.to_string(),
+                Dtype::F32,
+                t.shape().clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+            dequantised.insert(name, t.clone())?;
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> = bufs
+        .iter()
+        .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| fmt(dst, e.to_string()))?;
+    let bytes = safetensors::serialize(views, Some(HashMap::new())).map_err(|e| fmt(dst, e.to_string()))?;
+    std::fs::create_dir_all(dst).map_err(io(dst))?;
+    atomic_write(&dst.join("model.safetensors"), &bytes)?;
+    atomic_write(&dst.join("config.json"), cfg.to_string().as_bytes())?;
+    Ok(dequantised)
 }

@@ -82,3 +82,36 @@ fn missing_and_unexpected_tensors_are_listed() {
     assert!(e.contains("config.json"), "{e}");
     std::fs::remove_dir_all(d).ok();
 }
+
+/// An FP8 checkpoint in DeepSeek's released layout (E4M3 projections + `weight_scale_inv`,
+/// `quantization_config`) loads, dequantised on load, to exactly the model of the dequantised
+/// weights; and its logits stay close to the f32 original.
+#[test]
+fn fp8_checkpoint_loads_dequantised() {
+    let d = dir("fp8-src");
+    let q = dir("fp8-dst");
+    let m = DeepseekV3::init(cfg(), 0.3, 5, DType::F32, &Device::Cpu).unwrap();
+    m.save_pretrained(&d).unwrap();
+    let deq = model::checkpoint::quantize_checkpoint_fp8(&d, &q).unwrap();
+    let text = std::fs::read_to_string(q.join("config.json")).unwrap();
+    assert!(text.contains("\"quant_method\":\"fp8\""), "{text}");
+    let loaded = DeepseekV3::from_pretrained(&q, DType::F32, &Device::Cpu).unwrap();
+    assert!(loaded.cfg.quantization_config.is_some());
+    let reference = DeepseekV3::load(cfg(), &deq).unwrap();
+    assert_eq!(logits(&loaded), logits(&reference), "dequantise-on-load must equal the dequantised reference");
+    let (a, b) = (logits(&loaded), logits(&m));
+    let e = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt()
+        / b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    assert!(e > 0.0 && e < 0.1, "FP8 weights perturb the logits a little: rel {e}");
+    // A missing scale is named.
+    let bytes = std::fs::read(q.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<_> =
+        st.tensors().into_iter().filter(|(n, _)| n != "model.layers.0.self_attn.o_proj.weight_scale_inv").collect();
+    std::fs::write(q.join("model.safetensors"), safetensors::serialize(kept, None).unwrap()).unwrap();
+    let e = DeepseekV3::from_pretrained(&q, DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("model.layers.0.self_attn.o_proj.weight_scale_inv"), "{e}");
+    for p in [d, q] {
+        std::fs::remove_dir_all(p).ok();
+    }
+}

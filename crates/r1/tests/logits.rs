@@ -1,7 +1,8 @@
 //! `r1 logits --model DIR --input-ids FILE.json --output OUT.safetensors` on an HF-layout
 //! checkpoint made from a transformers fixture: the written `logits` tensor (f32,
 //! [batch, seq, vocab]) equals transformers' within 1e-4 relative; malformed inputs are refused
-//! with the file and the problem named.
+//! with the file and the problem named. An FP8 copy of the checkpoint (E4M3 + `weight_scale_inv`)
+//! gives exactly the logits of the dequantised model.
 
 use std::path::Path;
 use std::process::Command;
@@ -48,6 +49,36 @@ fn logits_command_matches_transformers() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(needle), "{text}: {err}");
     }
+    // The same checkpoint in DeepSeek's FP8 layout: `r1 logits` dequantises on load and matches
+    // the model built from the dequantised weights.
+    let fp8_dir = tmp.join("ckpt-fp8");
+    let deq = model::checkpoint::quantize_checkpoint_fp8(&ckpt, &fp8_dir).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_r1"))
+        .args(["logits", "--model"])
+        .arg(&fp8_dir)
+        .arg("--input-ids")
+        .arg(&ids)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = model::DeepseekV3Config::from_file(&fp8_dir).unwrap();
+    let reference = model::DeepseekV3::load(cfg, &deq).unwrap();
+    let pos: Vec<u32> = (0..f.batch * f.seq).map(|i| (i % f.seq) as u32).collect();
+    let (want, _) =
+        reference.forward(&f.input_ids, f.batch, f.seq, &pos, &tensor::ops::attention::AttnMask::causal()).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let got: Vec<f32> = st
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(got, want.to_vec::<f32>().unwrap(), "FP8 checkpoint logits must equal the dequantised reference");
+
     std::fs::remove_file(ckpt.join("model.safetensors")).unwrap();
     let o = run(&ids);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("model.safetensors"));
