@@ -6,8 +6,10 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod generate;
 
 pub use config::DeepseekV3Config;
+pub use generate::{Generation, SamplingParams};
 
 use mla::{Mla, MlaSaved};
 use moe_router::{Expert, ExpertSaved, Moe, MoeSaved};

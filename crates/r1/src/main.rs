@@ -1,5 +1,5 @@
 //! `r1`: the command-line facade. One subcommand per pipeline stage; each lives in its own module under
-//! `cli/` (today: `rewards`, `logits`; `generate`, `train` join later).
+//! `cli/` (today: `rewards`, `logits`, `generate`; `train` joins later).
 
 mod cli;
 
@@ -19,11 +19,14 @@ enum Command {
     Rewards(cli::rewards::RewardsArgs),
     /// Logits of a checkpoint for a batch of token ids.
     Logits(cli::logits::LogitsArgs),
+    /// Sample continuations of token-id prompts over the latent KV cache.
+    Generate(cli::generate::GenerateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Rewards(args) => cli::rewards::run(args),
         Command::Logits(args) => cli::logits::run(args),
+        Command::Generate(args) => cli::generate::run(args),
     }
 }

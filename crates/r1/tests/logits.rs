@@ -2,7 +2,7 @@
 //! checkpoint made from a transformers fixture: the written `logits` tensor (f32,
 //! [batch, seq, vocab]) equals transformers' within 1e-4 relative; malformed inputs are refused
 //! with the file and the problem named. An FP8 copy of the checkpoint (E4M3 + `weight_scale_inv`)
-//! gives exactly the logits of the dequantised model.
+//! gives exactly the logits of the dequantised model. `r1 generate` prints one JSON line per prompt.
 
 use std::path::Path;
 use std::process::Command;
@@ -78,6 +78,27 @@ fn logits_command_matches_transformers() {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(got, want.to_vec::<f32>().unwrap(), "FP8 checkpoint logits must equal the dequantised reference");
+
+    // `r1 generate` on the same checkpoint: greedy, two prompts of different lengths, one JSON
+    // line each with as many logprobs as tokens.
+    let prompts = tmp.join("prompts.json");
+    std::fs::write(&prompts, "[[1, 2, 3, 4], [5, 6]]").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_r1"))
+        .args(["generate", "--model"])
+        .arg(&ckpt)
+        .arg("--prompt-ids")
+        .arg(&prompts)
+        .args(["--temperature", "0", "--max-new-tokens", "5"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert_eq!(l["tokens"].as_array().unwrap().len(), 5);
+        assert_eq!(l["logprobs"].as_array().unwrap().len(), 5);
+    }
 
     std::fs::remove_file(ckpt.join("model.safetensors")).unwrap();
     let o = run(&ids);

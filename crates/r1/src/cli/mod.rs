@@ -1,4 +1,5 @@
 //! Subcommand implementations.
 
+pub mod generate;
 pub mod logits;
 pub mod rewards;
