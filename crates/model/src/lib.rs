@@ -73,6 +73,64 @@ pub struct Block {
     pub mlp: Ffn,
 }
 
+impl Block {
+    /// `x + attn(norm(x))`, then `+ mlp(norm(·))`, for `x [B, S, hidden]`.
+    fn forward(&self, x: &Tensor, positions: &[u32], mask: &AttnMask, eps: f64) -> Result<(Tensor, BlockSaved)> {
+        let (b, s, d) = (x.dim(0), x.dim(1), x.dim(2));
+        let (h, rstd1) = rms_norm(x, &self.input_layernorm, eps)?;
+        let (a, attn) = self.self_attn.forward(&h, positions, mask)?;
+        let x2 = add(x, &a)?;
+        let (h2, rstd2) = rms_norm(&x2, &self.post_attention_layernorm, eps)?;
+        let flat = h2.reshape(&[b * s, d])?;
+        let (m, ffn) = match &self.mlp {
+            Ffn::Dense(e) => {
+                let (m, sv) = e.forward(&flat)?;
+                (m, FfnSaved::Dense(sv))
+            }
+            Ffn::Moe(moe) => {
+                let (m, sv) = moe.forward(&flat, s)?;
+                (m, FfnSaved::Moe(Box::new(sv)))
+            }
+        };
+        let y = add(&x2, &m.reshape(&[b, s, d])?)?;
+        Ok((y, BlockSaved { x: x.clone(), rstd1, attn, x2, rstd2, ffn }))
+    }
+
+    /// Backward of [`Block::forward`]; weight gradients under `{pre}.…`.
+    fn backward(&self, bs: &BlockSaved, dy: &Tensor, grads: &mut Grads, pre: &str) -> Result<Tensor> {
+        let (b, s, d) = (dy.dim(0), dy.dim(1), dy.dim(2));
+        let dm = dy.reshape(&[b * s, d])?;
+        let dh2 = match (&self.mlp, &bs.ffn) {
+            (Ffn::Dense(e), FfnSaved::Dense(f)) => e.backward(f, &dm, grads, &format!("{pre}.mlp"))?,
+            (Ffn::Moe(m), FfnSaved::Moe(f)) => m.backward(f, &dm, grads, &format!("{pre}.mlp"))?,
+            _ => unreachable!("forward saves the block's own kind"),
+        };
+        let (dx2n, d_post) =
+            rms_norm_backward(&bs.x2, &self.post_attention_layernorm, &bs.rstd2, &dh2.reshape(&[b, s, d])?)?;
+        grads.accumulate(&format!("{pre}.post_attention_layernorm.weight"), &d_post)?;
+        let dx2 = add(dy, &dx2n)?;
+        let dh = self.self_attn.backward(&bs.attn, &dx2, grads, &format!("{pre}.self_attn"))?;
+        let (dxn, d_in) = rms_norm_backward(&bs.x, &self.input_layernorm, &bs.rstd1, &dh)?;
+        grads.accumulate(&format!("{pre}.input_layernorm.weight"), &d_in)?;
+        Ok(add(&dx2, &dxn)?)
+    }
+
+    /// `(HF name, tensor)` of the block's parameters and buffers under `pre`.
+    fn named(&self, pre: &str) -> Vec<(String, Tensor)> {
+        let mut v = vec![(format!("{pre}.input_layernorm.weight"), self.input_layernorm.clone())];
+        v.extend(self.self_attn.weights().into_iter().map(|(n, t)| (format!("{pre}.self_attn.{n}"), t.clone())));
+        v.push((format!("{pre}.post_attention_layernorm.weight"), self.post_attention_layernorm.clone()));
+        match &self.mlp {
+            Ffn::Dense(e) => v.extend(e.weights().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t.clone()))),
+            Ffn::Moe(m) => {
+                v.extend(m.weights().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t.clone())));
+                v.extend(m.buffers().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t.clone())));
+            }
+        }
+        v
+    }
+}
+
 struct BlockSaved {
     x: Tensor,
     rstd1: Tensor,
@@ -165,17 +223,7 @@ impl DeepseekV3 {
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
         for (i, b) in self.layers.iter().enumerate() {
-            let pre = format!("model.layers.{i}");
-            v.push((format!("{pre}.input_layernorm.weight"), b.input_layernorm.clone()));
-            v.extend(b.self_attn.weights().into_iter().map(|(n, t)| (format!("{pre}.self_attn.{n}"), t.clone())));
-            v.push((format!("{pre}.post_attention_layernorm.weight"), b.post_attention_layernorm.clone()));
-            match &b.mlp {
-                Ffn::Dense(e) => v.extend(e.weights().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t.clone()))),
-                Ffn::Moe(m) => {
-                    v.extend(m.weights().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t.clone())));
-                    v.extend(m.buffers().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t.clone())));
-                }
-            }
+            v.extend(b.named(&format!("model.layers.{i}")));
         }
         v.push(("model.norm.weight".to_string(), self.norm.clone()));
         v.push(("lm_head.weight".to_string(), self.lm_head.clone()));
@@ -204,24 +252,11 @@ impl DeepseekV3 {
         let mut blocks = Vec::with_capacity(self.layers.len());
         let mut moe_loads = Vec::new();
         for (i, blk) in self.layers.iter().enumerate() {
-            let (h, rstd1) = rms_norm(&x, &blk.input_layernorm, eps)?;
-            let (a, attn) = blk.self_attn.forward(&h, positions, mask)?;
-            let x2 = add(&x, &a)?;
-            let (h2, rstd2) = rms_norm(&x2, &blk.post_attention_layernorm, eps)?;
-            let flat = h2.reshape(&[b * s, d])?;
-            let (m, ffn) = match &blk.mlp {
-                Ffn::Dense(e) => {
-                    let (m, sv) = e.forward(&flat)?;
-                    (m, FfnSaved::Dense(sv))
-                }
-                Ffn::Moe(moe) => {
-                    let (m, sv) = moe.forward(&flat, s)?;
-                    moe_loads.push((i, sv.routing.load.clone()));
-                    (m, FfnSaved::Moe(Box::new(sv)))
-                }
-            };
-            let next = add(&x2, &m.reshape(&[b, s, d])?)?;
-            blocks.push(BlockSaved { x, rstd1, attn, x2, rstd2, ffn });
+            let (next, bs) = blk.forward(&x, positions, mask, eps)?;
+            if let FfnSaved::Moe(m) = &bs.ffn {
+                moe_loads.push((i, m.routing.load.clone()));
+            }
+            blocks.push(bs);
             x = next;
         }
         let (hf, rstd) = rms_norm(&x, &self.norm, eps)?;
@@ -231,28 +266,29 @@ impl DeepseekV3 {
 
     /// Backward from `dlogits [B, S, vocab]`: every parameter's gradient by HF name.
     pub fn backward(&self, sv: &ModelSaved, dlogits: &Tensor, grads: &mut Grads) -> Result<()> {
+        self.backward_with_hidden(sv, dlogits, None, grads)
+    }
+
+    /// [`DeepseekV3::backward`] plus an extra gradient `[B, S, hidden]` on the last block's output
+    /// (the hidden state MTP reads).
+    pub fn backward_with_hidden(
+        &self,
+        sv: &ModelSaved,
+        dlogits: &Tensor,
+        d_hidden: Option<&Tensor>,
+        grads: &mut Grads,
+    ) -> Result<()> {
         let d = self.cfg.hidden_size;
         let (b, s) = (dlogits.dim(0), dlogits.dim(1));
         let (dhf, d_head) = linear_backward(&sv.hf, &self.lm_head, dlogits)?;
         grads.accumulate("lm_head.weight", &d_head)?;
         let (mut dx, d_norm) = rms_norm_backward(&sv.x, &self.norm, &sv.rstd, &dhf)?;
         grads.accumulate("model.norm.weight", &d_norm)?;
+        if let Some(extra) = d_hidden {
+            dx = add(&dx, extra)?;
+        }
         for (i, (blk, bs)) in self.layers.iter().zip(&sv.blocks).enumerate().rev() {
-            let pre = format!("model.layers.{i}");
-            let dm = dx.reshape(&[b * s, d])?;
-            let dh2 = match (&blk.mlp, &bs.ffn) {
-                (Ffn::Dense(e), FfnSaved::Dense(f)) => e.backward(f, &dm, grads, &format!("{pre}.mlp"))?,
-                (Ffn::Moe(m), FfnSaved::Moe(f)) => m.backward(f, &dm, grads, &format!("{pre}.mlp"))?,
-                _ => unreachable!("forward saves the block's own kind"),
-            };
-            let (dx2n, d_post) =
-                rms_norm_backward(&bs.x2, &blk.post_attention_layernorm, &bs.rstd2, &dh2.reshape(&[b, s, d])?)?;
-            grads.accumulate(&format!("{pre}.post_attention_layernorm.weight"), &d_post)?;
-            let dx2 = add(&dx, &dx2n)?;
-            let dh = blk.self_attn.backward(&bs.attn, &dx2, grads, &format!("{pre}.self_attn"))?;
-            let (dxn, d_in) = rms_norm_backward(&bs.x, &blk.input_layernorm, &bs.rstd1, &dh)?;
-            grads.accumulate(&format!("{pre}.input_layernorm.weight"), &d_in)?;
-            dx = add(&dx2, &dxn)?;
+            dx = blk.backward(bs, &dx, grads, &format!("model.layers.{i}"))?;
         }
         let de = embedding_backward(&sv.ids, self.cfg.vocab_size, &dx.reshape(&[b * s, d])?)?;
         grads.accumulate("model.embed_tokens.weight", &de)?;
