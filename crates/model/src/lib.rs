@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod generate;
+pub mod mtp;
 
 pub use config::DeepseekV3Config;
 pub use generate::{Generation, SamplingParams};

@@ -1,0 +1,164 @@
+//! Multi-Token Prediction (DeepSeek-V3 §2.2), depth 1: at position i the module combines the main
+//! model's last hidden state `h_i` with the embedding of token `t_{i+1}` and predicts `t_{i+2}`:
+//! `h'_i = eh_proj([enorm(emb(t_{i+1})) ; hnorm(h_i)])` (embedding first), `h = Block(h')`,
+//! `logits = shared_head.head(shared_head.norm(h))`. Loss `λ · CE` (λ = 0.3, then 0.1 in V3).
+//! Stored as layer `num_hidden_layers`: `enorm`, `hnorm`, `eh_proj`, the block's weights,
+//! `shared_head.norm`, `shared_head.head`, `embed_tokens`.
+
+use optim::{Grads, Params};
+use tensor::ops::attention::AttnMask;
+use tensor::ops::index::{embedding, embedding_backward};
+use tensor::ops::matmul::{linear, linear_backward};
+use tensor::ops::norm::{rms_norm, rms_norm_backward};
+use tensor::ops::shape::{cat, narrow, narrow_backward, split_last};
+use tensor::{DType, Device, Tensor};
+
+use crate::{Block, BlockSaved, DeepseekV3Config, Ffn, ModelError, ModelSaved, Result};
+
+/// One MTP module.
+#[derive(Clone, Debug)]
+pub struct Mtp {
+    pub enorm: Tensor,
+    pub hnorm: Tensor,
+    /// `[hidden, 2·hidden]`.
+    pub eh_proj: Tensor,
+    pub block: Block,
+    pub norm: Tensor,
+    pub head: Tensor,
+    pub embed_tokens: Tensor,
+}
+
+/// What [`Mtp::forward`] keeps for [`Mtp::backward`].
+pub struct MtpSaved {
+    next_ids: Vec<u32>,
+    e: Tensor,
+    re: Tensor,
+    h: Tensor,
+    rh: Tensor,
+    c: Tensor,
+    block: BlockSaved,
+    y: Tensor,
+    ry: Tensor,
+    yn: Tensor,
+    full: Vec<usize>,
+}
+
+impl Mtp {
+    /// Random weights (norms 1).
+    pub fn init(cfg: &DeepseekV3Config, std: f64, seed: u64, dt: DType, dev: &Device) -> Result<Mtp> {
+        let d = cfg.hidden_size;
+        let ones = || Tensor::full(&[d], 1.0, dt, dev);
+        Ok(Mtp {
+            enorm: ones()?,
+            hnorm: ones()?,
+            eh_proj: Tensor::randn(&[d, 2 * d], std, seed, dt, dev)?,
+            block: Block {
+                input_layernorm: ones()?,
+                self_attn: mla::Mla::init(cfg.mla(), std, seed + 1, dt, dev)?,
+                post_attention_layernorm: ones()?,
+                mlp: Ffn::Moe(moe_router::Moe::init(cfg.moe(), std, seed + 2, dt, dev)?),
+            },
+            norm: ones()?,
+            head: Tensor::randn(&[cfg.vocab_size, d], std, seed + 3, dt, dev)?,
+            embed_tokens: Tensor::randn(&[cfg.vocab_size, d], std, seed + 4, dt, dev)?,
+        })
+    }
+
+    /// Load `model.layers.{layer}.…`.
+    pub fn load(cfg: &DeepseekV3Config, p: &Params, layer: usize) -> Result<Mtp> {
+        let pre = format!("model.layers.{layer}");
+        let get = |n: &str| {
+            let name = format!("{pre}.{n}");
+            p.get(&name).cloned().ok_or(ModelError::MissingWeight(name))
+        };
+        Ok(Mtp {
+            enorm: get("enorm.weight")?,
+            hnorm: get("hnorm.weight")?,
+            eh_proj: get("eh_proj.weight")?,
+            block: Block {
+                input_layernorm: get("input_layernorm.weight")?,
+                self_attn: mla::Mla::load(cfg.mla(), p, &format!("{pre}.self_attn"))?,
+                post_attention_layernorm: get("post_attention_layernorm.weight")?,
+                mlp: Ffn::Moe(moe_router::Moe::load(cfg.moe(), p, &format!("{pre}.mlp"))?),
+            },
+            norm: get("shared_head.norm.weight")?,
+            head: get("shared_head.head.weight")?,
+            embed_tokens: get("embed_tokens.weight")?,
+        })
+    }
+
+    /// `(HF name, tensor)` under `model.layers.{layer}`.
+    pub fn named(&self, layer: usize) -> Vec<(String, Tensor)> {
+        let pre = format!("model.layers.{layer}");
+        let mut v = vec![
+            (format!("{pre}.enorm.weight"), self.enorm.clone()),
+            (format!("{pre}.hnorm.weight"), self.hnorm.clone()),
+            (format!("{pre}.eh_proj.weight"), self.eh_proj.clone()),
+        ];
+        v.extend(self.block.named(&pre));
+        v.push((format!("{pre}.shared_head.norm.weight"), self.norm.clone()));
+        v.push((format!("{pre}.shared_head.head.weight"), self.head.clone()));
+        v.push((format!("{pre}.embed_tokens.weight"), self.embed_tokens.clone()));
+        v
+    }
+
+    /// MTP logits `[B, S−1, vocab]` (position i predicts `t_{i+2}`) from the main forward's saved
+    /// state, the token ids `[B·S]` and positions.
+    pub fn forward(
+        &self,
+        main: &ModelSaved,
+        ids: &[u32],
+        (b, s): (usize, usize),
+        positions: &[u32],
+        eps: f64,
+    ) -> Result<(Tensor, MtpSaved)> {
+        if s < 2 {
+            return Err(ModelError::Input("MTP needs sequences of at least 2 tokens".into()));
+        }
+        let d = self.enorm.dim(0);
+        let next_ids: Vec<u32> = (0..b).flat_map(|r| ids[r * s + 1..(r + 1) * s].to_vec()).collect();
+        let pos: Vec<u32> = (0..b).flat_map(|r| positions[r * s..r * s + s - 1].to_vec()).collect();
+        let e = embedding(&next_ids, &self.embed_tokens)?.reshape(&[b, s - 1, d])?;
+        let h = narrow(&main.x, 1, 0, s - 1)?;
+        let (en, re) = rms_norm(&e, &self.enorm, eps)?;
+        let (hn, rh) = rms_norm(&h, &self.hnorm, eps)?;
+        let c = cat(&[en, hn], 2)?;
+        let hp = linear(&c, &self.eh_proj)?;
+        let (y, block) = self.block.forward(&hp, &pos, &AttnMask::causal(), eps)?;
+        let (yn, ry) = rms_norm(&y, &self.norm, eps)?;
+        let logits = linear(&yn, &self.head)?;
+        let full = main.x.shape().clone();
+        Ok((logits, MtpSaved { next_ids, e, re, h, rh, c, block, y, ry, yn, full }))
+    }
+
+    /// Backward of [`Mtp::forward`]: gradients under `model.layers.{layer}.…`; returns the
+    /// gradient on the main model's last hidden state `[B, S, hidden]` for
+    /// [`crate::DeepseekV3::backward_with_hidden`].
+    pub fn backward(&self, sv: &MtpSaved, dlogits: &Tensor, grads: &mut Grads, layer: usize) -> Result<Tensor> {
+        let pre = format!("model.layers.{layer}");
+        let d = self.enorm.dim(0);
+        let (dyn_, d_head) = linear_backward(&sv.yn, &self.head, dlogits)?;
+        grads.accumulate(&format!("{pre}.shared_head.head.weight"), &d_head)?;
+        let (dy, d_norm) = rms_norm_backward(&sv.y, &self.norm, &sv.ry, &dyn_)?;
+        grads.accumulate(&format!("{pre}.shared_head.norm.weight"), &d_norm)?;
+        let dhp = self.block.backward(&sv.block, &dy, grads, &pre)?;
+        let (dc, d_eh) = linear_backward(&sv.c, &self.eh_proj, &dhp)?;
+        grads.accumulate(&format!("{pre}.eh_proj.weight"), &d_eh)?;
+        let parts = split_last(&dc, &[d, d])?;
+        let (de, d_en) = rms_norm_backward(&sv.e, &self.enorm, &sv.re, &parts[0])?;
+        grads.accumulate(&format!("{pre}.enorm.weight"), &d_en)?;
+        let (dh, d_hn) = rms_norm_backward(&sv.h, &self.hnorm, &sv.rh, &parts[1])?;
+        grads.accumulate(&format!("{pre}.hnorm.weight"), &d_hn)?;
+        let n = sv.next_ids.len();
+        let d_emb = embedding_backward(&sv.next_ids, self.embed_tokens.dim(0), &de.reshape(&[n, d])?)?;
+        grads.accumulate(&format!("{pre}.embed_tokens.weight"), &d_emb)?;
+        Ok(narrow_backward(&dh, &sv.full, 1, 0)?)
+    }
+}
+
+/// MTP targets for ids `[B·S]`: position i (of S−1) predicts `t_{i+2}`; the last is ignored.
+pub fn mtp_targets(ids: &[u32], b: usize, s: usize, ignore_index: i64) -> Vec<i64> {
+    (0..b)
+        .flat_map(|r| (0..s - 1).map(move |i| if i + 2 < s { ids[r * s + i + 2] as i64 } else { ignore_index }))
+        .collect()
+}
