@@ -162,3 +162,10 @@ pub fn mtp_targets(ids: &[u32], b: usize, s: usize, ignore_index: i64) -> Vec<i6
         .flat_map(|r| (0..s - 1).map(move |i| if i + 2 < s { ids[r * s + i + 2] as i64 } else { ignore_index }))
         .collect()
 }
+
+/// The weighted MTP loss `λ · CE(mtp_logits, t_{i+2})` and its gradient with respect to the MTP
+/// logits `[B, S−1, vocab]`.
+pub fn mtp_loss(logits: &Tensor, ids: &[u32], (b, s): (usize, usize), lambda: f64) -> Result<(f64, Tensor)> {
+    let (loss, d) = crate::lm_loss(logits, &mtp_targets(ids, b, s, -100), -100)?;
+    Ok((lambda * loss, tensor::ops::elementwise::scale(&d, lambda)?))
+}

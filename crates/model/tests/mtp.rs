@@ -23,8 +23,15 @@ fn cfg() -> DeepseekV3Config {
 }
 
 #[test]
-fn mtp_targets_skip_two() {
+fn mtp_targets_skip_two_and_loss_is_weighted() {
     assert_eq!(mtp_targets(&[1, 2, 3, 4, 5, 6, 7, 8], 2, 4, -100), vec![3, 4, -100, 7, 8, -100]);
+    let logits = Tensor::randn(&[2, 3, 9], 1.0, 1, DType::F64, &Device::Cpu).unwrap();
+    let ids = [1, 2, 3, 4, 5, 6, 7, 8];
+    let (l1, d1) = model::mtp::mtp_loss(&logits, &ids, (2, 4), 1.0).unwrap();
+    let (l3, d3) = model::mtp::mtp_loss(&logits, &ids, (2, 4), 0.3).unwrap();
+    assert!((l3 - 0.3 * l1).abs() < 1e-12);
+    let (a, b) = (d1.to_vec_f64().unwrap(), d3.to_vec_f64().unwrap());
+    assert!(a.iter().zip(&b).all(|(x, y)| (0.3 * x - y).abs() < 1e-12));
 }
 
 #[test]
