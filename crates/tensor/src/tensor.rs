@@ -91,7 +91,8 @@ impl CpuStorage {
         }
     }
 
-    fn len(&self) -> usize {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
         match self {
             CpuStorage::F32(v) => v.len(),
             CpuStorage::F64(v) => v.len(),
@@ -359,11 +360,4 @@ fn cpu_storage_slice<T: Element>(s: &CpuStorage) -> Option<&[T]> {
         CpuStorage::BF16(v) => v,
     };
     any.downcast_ref::<Vec<T>>().map(|v| v.as_slice())
-}
-
-impl CpuStorage {
-    /// Number of elements.
-    pub fn numel(&self) -> usize {
-        self.len()
-    }
 }

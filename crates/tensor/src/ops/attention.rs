@@ -32,7 +32,7 @@ impl AttnMask {
     fn allowed(&self, b: usize, t_len: usize, q_pos: usize, j: usize) -> bool {
         (!self.causal || j <= q_pos)
             && self.key_padding.as_ref().is_none_or(|m| m[b * t_len + j])
-            && self.segment_ids.as_ref().is_none_or(|s| s[b * t_len + j] == s[b * t_len + q_pos.min(t_len - 1)])
+            && self.segment_ids.as_ref().is_none_or(|s| s[b * t_len + j] == s[b * t_len + q_pos])
     }
 }
 
