@@ -98,6 +98,10 @@ pub struct DeepseekV3Config {
     pub topk_method: String,
     #[serde(default)]
     pub attention_bias: bool,
+    /// α of the sequence-wise balance loss (V3 eq. 17–20; DeepSeek's `aux_loss_alpha`). Used in
+    /// training only; 0 turns it off.
+    #[serde(default)]
+    pub aux_loss_alpha: f64,
     /// FP8 checkpoints: `{quant_method: fp8, fmt: e4m3, weight_block_size: [128, 128], …}`.
     pub quantization_config: Option<serde_json::Value>,
 }
@@ -169,6 +173,9 @@ impl DeepseekV3Config {
         if !self.qk_rope_head_dim.is_multiple_of(2) || self.qk_rope_head_dim == 0 {
             return bad("qk_rope_head_dim", format!("{} must be even and > 0", self.qk_rope_head_dim));
         }
+        if !(self.aux_loss_alpha >= 0.0 && self.aux_loss_alpha.is_finite()) {
+            return bad("aux_loss_alpha", format!("{} must be finite and ≥ 0", self.aux_loss_alpha));
+        }
         if !self.rope_interleave {
             return bad("rope_interleave", "false is not supported (DeepSeek checkpoints interleave)".into());
         }
@@ -233,7 +240,7 @@ impl DeepseekV3Config {
                 "group_limited_greedy" => TopkMethod::GroupLimitedGreedy,
                 _ => TopkMethod::NoauxTc,
             },
-            seq_aux_alpha: 0.0,
+            seq_aux_alpha: self.aux_loss_alpha,
         }
     }
 }

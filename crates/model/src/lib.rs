@@ -150,6 +150,9 @@ pub struct ModelSaved {
     rstd: Tensor,
     /// Per MoE layer (by layer index): the routed rows per expert of this batch.
     pub moe_loads: Vec<(usize, Vec<usize>)>,
+    /// Sum over MoE layers of the sequence-wise balance loss (0 unless `aux_loss_alpha > 0`;
+    /// its gradient is added by [`DeepseekV3::backward`]).
+    pub balance_loss: f64,
 }
 
 /// The DeepSeek-V3 causal language model.
@@ -252,17 +255,19 @@ impl DeepseekV3 {
         let mut x = embedding(ids, &self.embed_tokens)?.reshape(&[b, s, d])?;
         let mut blocks = Vec::with_capacity(self.layers.len());
         let mut moe_loads = Vec::new();
+        let mut balance_loss = 0.0;
         for (i, blk) in self.layers.iter().enumerate() {
             let (next, bs) = blk.forward(&x, positions, mask, eps)?;
             if let FfnSaved::Moe(m) = &bs.ffn {
                 moe_loads.push((i, m.routing.load.clone()));
+                balance_loss += m.routing.balance_loss;
             }
             blocks.push(bs);
             x = next;
         }
         let (hf, rstd) = rms_norm(&x, &self.norm, eps)?;
         let logits = linear(&hf, &self.lm_head)?;
-        Ok((logits, ModelSaved { ids: ids.to_vec(), blocks, x, hf, rstd, moe_loads }))
+        Ok((logits, ModelSaved { ids: ids.to_vec(), blocks, x, hf, rstd, moe_loads, balance_loss }))
     }
 
     /// Backward from `dlogits [B, S, vocab]`: every parameter's gradient by HF name.

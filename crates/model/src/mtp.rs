@@ -103,13 +103,15 @@ impl Mtp {
     }
 
     /// MTP logits `[B, S−1, vocab]` (position i predicts `t_{i+2}`) from the main forward's saved
-    /// state, the token ids `[B·S]` and positions.
+    /// state, the token ids `[B·S]`, positions and the main forward's attention `mask` (its
+    /// padding and packed-segment parts are narrowed to the first S−1 positions).
     pub fn forward(
         &self,
         main: &ModelSaved,
         ids: &[u32],
         (b, s): (usize, usize),
         positions: &[u32],
+        mask: &AttnMask,
         eps: f64,
     ) -> Result<(Tensor, MtpSaved)> {
         if s < 2 {
@@ -124,7 +126,15 @@ impl Mtp {
         let (hn, rh) = rms_norm(&h, &self.hnorm, eps)?;
         let c = cat(&[en, hn], 2)?;
         let hp = linear(&c, &self.eh_proj)?;
-        let (y, block) = self.block.forward(&hp, &pos, &AttnMask::causal(), eps)?;
+        fn first<T: Copy>(v: &[T], b: usize, s: usize) -> Vec<T> {
+            (0..b).flat_map(|r| v[r * s..r * s + s - 1].to_vec()).collect()
+        }
+        let mask = AttnMask {
+            causal: mask.causal,
+            key_padding: mask.key_padding.as_ref().map(|v| first(v, b, s)),
+            segment_ids: mask.segment_ids.as_ref().map(|v| first(v, b, s)),
+        };
+        let (y, block) = self.block.forward(&hp, &pos, &mask, eps)?;
         let (yn, ry) = rms_norm(&y, &self.norm, eps)?;
         let logits = linear(&yn, &self.head)?;
         let full = main.x.shape().clone();
@@ -163,9 +173,26 @@ pub fn mtp_targets(ids: &[u32], b: usize, s: usize, ignore_index: i64) -> Vec<i6
         .collect()
 }
 
+/// MTP targets from next-token targets `[B·S]` (`t[i]` = the token after i, or `ignore_index`
+/// across a document boundary, on masked or padded tokens): position i (of S−1) predicts
+/// `t[i+1]` when `t[i]` is kept, so a prediction never crosses a packed document's end.
+pub fn mtp_targets_packed(targets: &[i64], b: usize, s: usize, ignore_index: i64) -> Vec<i64> {
+    (0..b)
+        .flat_map(|r| {
+            let t = &targets[r * s..(r + 1) * s];
+            (0..s - 1).map(move |i| if t[i] == ignore_index { ignore_index } else { t[i + 1] })
+        })
+        .collect()
+}
+
 /// The weighted MTP loss `λ · CE(mtp_logits, t_{i+2})` and its gradient with respect to the MTP
 /// logits `[B, S−1, vocab]`.
 pub fn mtp_loss(logits: &Tensor, ids: &[u32], (b, s): (usize, usize), lambda: f64) -> Result<(f64, Tensor)> {
-    let (loss, d) = crate::lm_loss(logits, &mtp_targets(ids, b, s, -100), -100)?;
+    mtp_loss_with_targets(logits, &mtp_targets(ids, b, s, -100), lambda)
+}
+
+/// `λ · CE(mtp_logits, targets)` (targets `[B·(S−1)]`, −100 ignored) and its gradient.
+pub fn mtp_loss_with_targets(logits: &Tensor, targets: &[i64], lambda: f64) -> Result<(f64, Tensor)> {
+    let (loss, d) = crate::lm_loss(logits, targets, -100)?;
     Ok((lambda * loss, tensor::ops::elementwise::scale(&d, lambda)?))
 }

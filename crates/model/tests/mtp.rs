@@ -62,7 +62,7 @@ fn joint_gradients_match_finite_differences() {
     let inputs: Vec<Tensor> = train.iter().map(|(_, t)| t.clone()).collect();
     let (m, t) = build(&inputs);
     let (_, sv) = m.forward(&ids, b, s, &pos, &AttnMask::causal()).unwrap();
-    let (_, msv) = t.forward(&sv, &ids, (b, s), &pos, 1e-6).unwrap();
+    let (_, msv) = t.forward(&sv, &ids, (b, s), &pos, &AttnMask::causal(), 1e-6).unwrap();
     let mut grads = Grads::default();
     let dh = t.backward(&msv, &scale(&r2, lambda).unwrap(), &mut grads, layer).unwrap();
     m.backward_with_hidden(&sv, &r, Some(&dh), &mut grads).unwrap();
@@ -76,7 +76,7 @@ fn joint_gradients_match_finite_differences() {
         let (m, t) = build(xs);
         let e = |e: model::ModelError| tensor::TensorError::Arg { op: "mtp", detail: e.to_string() };
         let (y, sv) = m.forward(&ids, b, s, &pos, &AttnMask::causal()).map_err(e)?;
-        let (y2, _) = t.forward(&sv, &ids, (b, s), &pos, 1e-6).map_err(e)?;
+        let (y2, _) = t.forward(&sv, &ids, (b, s), &pos, &AttnMask::causal(), 1e-6).map_err(e)?;
         Ok(project(&y, &r)? + lambda * project(&y2, &r2)?)
     };
     let rep = check(f, &inputs, &analytic, &GradCheck { max_per_input: 4, ..GradCheck::default() }).unwrap();

@@ -1,9 +1,9 @@
 //! Elementwise arithmetic with NumPy broadcasting, and the reduction that undoes broadcasting in
 //! the backward pass.
 
-use ndarray::{ArrayViewD, Axis, IxDyn};
 use rayon::prelude::*;
 
+use super::strided::{broadcast_strides, for_each_row};
 use super::{PAR_MIN, host, out, same_device, same_dtype, sl, with_float};
 use crate::error::shape_err;
 use crate::{Float, Result, Shape, Tensor};
@@ -62,11 +62,13 @@ fn binary(op: &'static str, kind: Bin, a: &Tensor, b: &Tensor) -> Result<Tensor>
                 .for_each(|(o, (&x, &y))| *o = f(x, y));
             v
         } else {
-            let va = ArrayViewD::from_shape(IxDyn(a.shape()), xa).expect("contiguous");
-            let vb = ArrayViewD::from_shape(IxDyn(b.shape()), xb).expect("contiguous");
-            let va = va.broadcast(IxDyn(&shape)).expect("checked by broadcast_shape");
-            let vb = vb.broadcast(IxDyn(&shape)).expect("checked by broadcast_shape");
-            va.iter().zip(vb.iter()).map(|(&x, &y)| f(x, y)).collect()
+            let (sa, sb) = (broadcast_strides(a.shape(), &shape), broadcast_strides(b.shape(), &shape));
+            let (la, lb) = (sa.last().copied().unwrap_or(0), sb.last().copied().unwrap_or(0));
+            let mut v = Vec::with_capacity(shape.iter().product());
+            for_each_row(&shape, [&sa, &sb], |[oa, ob], len| {
+                v.extend((0..len).map(|i| f(xa[oa + i * la], xb[ob + i * lb])));
+            });
+            v
         };
         out(v, &shape, dt, &dev)
     })
@@ -129,19 +131,20 @@ pub fn reduce_to(g: &Tensor, target: &[usize]) -> Result<Tensor> {
     }
     let dev = g.device().clone();
     let hg = host(g)?;
+    // Each gradient element adds into the target element it was broadcast from.
+    let st = broadcast_strides(target, g.shape());
+    let last = st.last().copied().unwrap_or(0);
     with_float!(g.dtype(), T, {
-        let mut a = ArrayViewD::from_shape(IxDyn(g.shape()), sl::<T>(&hg)).expect("contiguous").to_owned();
-        let extra = g.rank() - target.len();
-        for _ in 0..extra {
-            a = a.sum_axis(Axis(0));
-        }
-        for (i, &t) in target.iter().enumerate() {
-            if t == 1 && a.shape()[i] != 1 {
-                a = a.sum_axis(Axis(i)).insert_axis(Axis(i));
+        let src = sl::<T>(&hg);
+        let mut acc = vec![T::zero(); target.iter().product()];
+        let mut i = 0;
+        for_each_row(g.shape(), [&st], |[o], len| {
+            for (j, &x) in src[i..i + len].iter().enumerate() {
+                acc[o + j * last] += x;
             }
-        }
-        let v: Vec<T> = a.iter().copied().collect();
-        out(v, target, g.dtype(), &dev)
+            i += len;
+        });
+        out(acc, target, g.dtype(), &dev)
     })
 }
 

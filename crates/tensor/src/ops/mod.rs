@@ -17,6 +17,7 @@ pub mod reduce;
 pub mod rope;
 pub mod shape;
 pub mod softmax;
+pub(crate) mod strided;
 
 use crate::{DType, Device, Result, Tensor, TensorError};
 

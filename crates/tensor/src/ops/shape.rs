@@ -1,7 +1,6 @@
 //! Copying shape ops: permute (transpose), narrow (slice), concatenate — with backward passes.
 
-use ndarray::{ArrayViewD, Axis, IxDyn, Slice};
-
+use super::strided::{broadcast_strides, contiguous_strides, gather};
 use super::{host, out, same_device, same_dtype, sl, with_float};
 use crate::error::shape_err;
 use crate::{Result, Tensor};
@@ -14,9 +13,10 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     }
     let hx = host(x)?;
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
+    let cs = contiguous_strides(x.shape());
+    let strides: Vec<usize> = perm.iter().map(|&p| cs[p]).collect();
     with_float!(x.dtype(), T, {
-        let a = ArrayViewD::from_shape(IxDyn(x.shape()), sl::<T>(&hx)).expect("contiguous");
-        let v: Vec<T> = a.permuted_axes(IxDyn(perm)).iter().copied().collect();
+        let v: Vec<T> = gather(sl::<T>(&hx), &shape, &strides);
         out(v, &shape, x.dtype(), x.device())
     })
 }
@@ -40,9 +40,9 @@ pub fn broadcast_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
         return Err(shape_err("broadcast_to", format!("cannot broadcast to {shape:?}"), &[x.shape()]));
     }
     let hx = host(x)?;
+    let strides = broadcast_strides(x.shape(), shape);
     with_float!(x.dtype(), T, {
-        let a = ArrayViewD::from_shape(IxDyn(x.shape()), sl::<T>(&hx)).expect("contiguous");
-        let v: Vec<T> = a.broadcast(IxDyn(shape)).expect("checked").iter().copied().collect();
+        let v: Vec<T> = gather(sl::<T>(&hx), shape, &strides);
         out(v, shape, x.dtype(), x.device())
     })
 }
@@ -71,9 +71,16 @@ pub fn narrow(x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor
     let hx = host(x)?;
     let mut shape = x.shape().clone();
     shape[dim] = len;
+    let outer: usize = x.shape()[..dim].iter().product();
+    let inner: usize = x.shape()[dim + 1..].iter().product();
+    let full = x.shape()[dim];
     with_float!(x.dtype(), T, {
-        let a = ArrayViewD::from_shape(IxDyn(x.shape()), sl::<T>(&hx)).expect("contiguous");
-        let v: Vec<T> = a.slice_axis(Axis(dim), Slice::from(start..start + len)).iter().copied().collect();
+        let src = sl::<T>(&hx);
+        let mut v: Vec<T> = Vec::with_capacity(outer * len * inner);
+        for o in 0..outer {
+            let base = (o * full + start) * inner;
+            v.extend_from_slice(&src[base..base + len * inner]);
+        }
         out(v, &shape, x.dtype(), x.device())
     })
 }

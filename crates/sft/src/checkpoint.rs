@@ -1,0 +1,104 @@
+//! Resumable checkpoints: `OUT/checkpoint-NNNNNN/` holds the model in the Hugging Face layout
+//! (`config.json`, `model.safetensors`, MTP included), `optimizer.safetensors` and
+//! `trainer_state.json`, plus whatever the caller adds (a tokenizer). The directory is written
+//! under a temporary name and renamed, so a checkpoint either exists whole or not at all; a run
+//! killed at any moment resumes from the newest complete one.
+
+use std::path::{Path, PathBuf};
+
+use model::checkpoint::load_mtp;
+use model::{DeepseekV3, DeepseekV3Config};
+use serde::{Deserialize, Serialize};
+use tensor::{DType, Device};
+
+use crate::trainer::{LmTrainer, TrainConfig};
+use crate::{Result, SftError, io};
+
+const PREFIX: &str = "checkpoint-";
+
+/// The trainer's own state beside the weights.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    pub step: usize,
+    pub train: TrainConfig,
+    /// Caller state (data position, seeds, metrics so far …).
+    pub extra: serde_json::Value,
+}
+
+/// The checkpoint directories under `out`, oldest first, as `(step, path)`.
+pub fn list_checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    if !out.exists() {
+        return Ok(Vec::new());
+    }
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(out).map_err(io(out))? {
+        let e = e.map_err(io(out))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(step) = name.strip_prefix(PREFIX).and_then(|n| n.parse::<usize>().ok())
+            && e.path().join("trainer_state.json").exists()
+        {
+            v.push((step, e.path()));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// The newest complete checkpoint under `out`.
+pub fn latest_checkpoint(out: &Path) -> Result<Option<(usize, PathBuf)>> {
+    Ok(list_checkpoints(out)?.pop())
+}
+
+/// Write `trainer` (and `extra`, and the files `write_more` adds to the directory) as
+/// `out/checkpoint-{step}`, atomically; keep the newest `keep` checkpoints.
+pub fn save_checkpoint(
+    trainer: &LmTrainer,
+    out: &Path,
+    extra: serde_json::Value,
+    keep: usize,
+    write_more: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let dst = out.join(format!("{PREFIX}{:06}", trainer.step));
+    let tmp = out.join(format!(".tmp-{PREFIX}{:06}", trainer.step));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    trainer.model.save_pretrained_with_mtp(&tmp, &trainer.mtp)?;
+    trainer.opt.save(&tmp.join("optimizer.safetensors"))?;
+    write_more(&tmp)?;
+    let state = TrainerState { step: trainer.step, train: trainer.cfg.clone(), extra };
+    let text = serde_json::to_string_pretty(&state).map_err(|e| state_err(&tmp, e))?;
+    optim::atomic_write(&tmp.join("trainer_state.json"), text.as_bytes())?;
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst).map_err(io(&dst))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+    let all = list_checkpoints(out)?;
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+        std::fs::remove_dir_all(old).map_err(io(old))?;
+    }
+    Ok(dst)
+}
+
+fn state_err(path: &Path, e: impl std::fmt::Display) -> SftError {
+    SftError::State { path: path.display().to_string(), detail: e.to_string() }
+}
+
+/// Rebuild a trainer from a checkpoint directory: weights, MTP, optimizer state and step.
+/// Returns the caller's `extra` state too.
+pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<(LmTrainer, serde_json::Value)> {
+    let path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| state_err(&path, e))?;
+    let model = DeepseekV3::from_pretrained(dir, DType::F32, device)?;
+    let mtp = load_mtp(dir, DType::F32, device)?;
+    let mut cfg: DeepseekV3Config = model.cfg.clone();
+    cfg.num_nextn_predict_layers = 0;
+    let model = DeepseekV3 { cfg, ..model };
+    let mut t = LmTrainer::new(model, mtp, state.train)?;
+    let p = t.params()?;
+    t.opt.load(&dir.join("optimizer.safetensors"), &p, device)?;
+    t.step = state.step;
+    Ok((t, state.extra))
+}

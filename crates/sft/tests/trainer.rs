@@ -1,0 +1,180 @@
+//! The LM trainer: packing equivalence, learning, balancing, MTP, checkpoints and resume.
+
+use model::DeepseekV3Config;
+use sft::checkpoint::{list_checkpoints, load_checkpoint};
+use sft::trainer::IGNORE;
+use sft::{LmBatch, LmTrainer, SftError, TrainConfig, init_scaled, latest_checkpoint, save_checkpoint};
+use tensor::Device;
+
+fn cfg(alpha: f64) -> DeepseekV3Config {
+    DeepseekV3Config::from_json(
+        &format!(
+            r#"{{"vocab_size": 24, "hidden_size": 32, "intermediate_size": 64, "moe_intermediate_size": 16,
+      "num_hidden_layers": 2, "num_attention_heads": 2, "n_shared_experts": 1, "n_routed_experts": 4,
+      "routed_scaling_factor": 1.0, "kv_lora_rank": 16, "q_lora_rank": null, "qk_rope_head_dim": 8, "v_head_dim": 8,
+      "qk_nope_head_dim": 8, "n_group": 2, "topk_group": 1, "num_experts_per_tok": 2, "first_k_dense_replace": 1,
+      "rope_theta": 10000.0, "max_position_embeddings": 64, "aux_loss_alpha": {alpha}}}"#
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+fn trainer(alpha: f64, tc: TrainConfig) -> LmTrainer {
+    let c = cfg(alpha);
+    let (m, mtp) = init_scaled(&c, 1, 0.3, 3, &Device::Cpu).unwrap();
+    LmTrainer::new(m, mtp, tc).unwrap()
+}
+
+/// Rows of documents → a batch (next-token targets inside each document).
+fn batch(rows: &[Vec<Vec<u32>>]) -> LmBatch {
+    let s = rows[0].iter().map(Vec::len).sum::<usize>();
+    let mut b =
+        LmBatch { ids: vec![], targets: vec![], positions: vec![], segment_ids: Some(vec![]), b: rows.len(), s };
+    for row in rows {
+        for (k, doc) in row.iter().enumerate() {
+            for (i, &t) in doc.iter().enumerate() {
+                b.ids.push(t);
+                b.targets.push(doc.get(i + 1).map_or(IGNORE, |&n| n as i64));
+                b.positions.push(i as u32);
+                b.segment_ids.as_mut().unwrap().push(k as u32);
+            }
+        }
+    }
+    b
+}
+
+fn doc(seed: u32, n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (seed * 7 + i * 5 + i * i) % 24).collect()
+}
+
+#[test]
+fn packed_documents_train_exactly_like_separate_rows() {
+    // Property: packing two documents into one row with segment ids (attention, positions and
+    // both the next-token and MTP targets stay inside each document) gives the loss and every
+    // gradient of the same two documents as separate rows.
+    let t = trainer(0.0, TrainConfig::default());
+    let (a, b) = (doc(1, 9), doc(2, 9));
+    let packed = batch(&[vec![a.clone(), b.clone()]]);
+    let separate = batch(&[vec![a], vec![b]]);
+    let (sp, gp, _) = t.loss_and_grads(&packed).unwrap();
+    let (ss, gs, _) = t.loss_and_grads(&separate).unwrap();
+    assert_eq!(sp.tokens, ss.tokens);
+    assert!((sp.loss - ss.loss).abs() < 1e-5 * ss.loss, "{} vs {}", sp.loss, ss.loss);
+    assert!(ss.mtp_loss > 0.0);
+    assert!((sp.mtp_loss - ss.mtp_loss).abs() < 1e-5 * ss.mtp_loss, "{} vs {}", sp.mtp_loss, ss.mtp_loss);
+    let mut n = 0;
+    for (name, g) in gs.iter() {
+        let (x, y) = (gp.get(name).unwrap().to_vec::<f32>().unwrap(), g.to_vec::<f32>().unwrap());
+        let num: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+        let den: f32 = y.iter().map(|b| b * b).sum::<f32>().sqrt();
+        assert!(num <= 1e-4 * den + 1e-7, "{name}: |Δ| {num} vs |g| {den}");
+        n += 1;
+    }
+    assert!(n > 30, "{n} gradients compared");
+}
+
+#[test]
+fn cross_document_attention_would_change_the_loss() {
+    // The segment mask matters: the same packed row without segment ids lets the second
+    // document see the first, which changes its loss (so the test above can fail).
+    let t = trainer(0.0, TrainConfig::default());
+    let packed = batch(&[vec![doc(1, 9), doc(2, 9)]]);
+    let mut open = packed.clone();
+    open.segment_ids = None;
+    let (a, _, _) = t.loss_and_grads(&packed).unwrap();
+    let (b, _, _) = t.loss_and_grads(&open).unwrap();
+    assert!((a.loss - b.loss).abs() > 1e-4, "{} vs {}", a.loss, b.loss);
+}
+
+#[test]
+fn loss_falls_and_bias_balancing_runs() {
+    let tc = TrainConfig { lr: 1e-2, warmup_steps: 2, total_steps: 40, bias_update_speed: 0.01, ..Default::default() };
+    let mut t = trainer(1e-3, tc);
+    let data = batch(&[vec![doc(1, 12), doc(3, 12)], vec![doc(5, 12), doc(7, 12)]]);
+    let bias0 =
+        t.params().unwrap().get("model.layers.1.mlp.gate.e_score_correction_bias").unwrap().to_vec::<f32>().unwrap();
+    let first = t.step(&data).unwrap();
+    assert!(first.balance_loss > 0.0 && first.mtp_loss > 0.0 && first.grad_norm > 0.0);
+    let mut last = first.clone();
+    for _ in 0..39 {
+        last = t.step(&data).unwrap();
+    }
+    assert_eq!(last.step, 40);
+    assert!(last.loss < 0.3 * first.loss, "loss {} → {}", first.loss, last.loss);
+    assert!(last.mtp_loss < 0.5 * first.mtp_loss, "mtp {} → {}", first.mtp_loss, last.mtp_loss);
+    let bias =
+        t.params().unwrap().get("model.layers.1.mlp.gate.e_score_correction_bias").unwrap().to_vec::<f32>().unwrap();
+    assert_ne!(bias, bias0, "the aux-loss-free update moved the bias");
+    // Biases move by ±γ per step: bounded by 40 γ.
+    assert!(bias.iter().all(|b| b.abs() <= 0.4 + 1e-6), "{bias:?}");
+}
+
+#[test]
+fn resume_from_a_checkpoint_continues_bit_identically() {
+    let dir = std::env::temp_dir().join(format!("sft-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tc = TrainConfig { lr: 5e-3, warmup_steps: 1, total_steps: 10, ..Default::default() };
+    let data = batch(&[vec![doc(1, 10), doc(2, 6)], vec![doc(4, 16)]]);
+    let mut t = trainer(1e-3, tc);
+    for _ in 0..3 {
+        t.step(&data).unwrap();
+    }
+    save_checkpoint(&t, &dir, serde_json::json!({"cursor": 3}), 2, |_| Ok(())).unwrap();
+    let straight: Vec<f64> = (0..3).map(|_| t.step(&data).unwrap().loss).collect();
+    let (latest, path) = latest_checkpoint(&dir).unwrap().unwrap();
+    assert_eq!(latest, 3);
+    let (mut r, extra) = load_checkpoint(&path, &Device::Cpu).unwrap();
+    assert_eq!(extra["cursor"], 3);
+    assert_eq!(r.step, 3);
+    let resumed: Vec<f64> = (0..3).map(|_| r.step(&data).unwrap().loss).collect();
+    assert_eq!(straight, resumed);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn checkpoints_are_whole_or_absent_and_old_ones_pruned() {
+    let dir = std::env::temp_dir().join(format!("sft-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut t = trainer(0.0, TrainConfig::default());
+    let data = batch(&[vec![doc(1, 8)]]);
+    for _ in 0..3 {
+        t.step(&data).unwrap();
+        save_checkpoint(&t, &dir, serde_json::Value::Null, 2, |d| {
+            std::fs::write(d.join("extra.txt"), "x")
+                .map_err(|e| SftError::Io { path: d.display().to_string(), source: e })
+        })
+        .unwrap();
+    }
+    let steps: Vec<usize> = list_checkpoints(&dir).unwrap().iter().map(|c| c.0).collect();
+    assert_eq!(steps, [2, 3]);
+    assert!(dir.join("checkpoint-000003/extra.txt").exists());
+    assert!(dir.join("checkpoint-000003/config.json").exists());
+    // A checkpoint killed mid-write (no trainer_state.json, or still under its temporary name)
+    // is not a candidate for resuming.
+    std::fs::create_dir_all(dir.join("checkpoint-000009")).unwrap();
+    std::fs::create_dir_all(dir.join(".tmp-checkpoint-000010")).unwrap();
+    assert_eq!(latest_checkpoint(&dir).unwrap().unwrap().0, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_settings_and_batches_name_the_field() {
+    let e = LmTrainer::new(
+        init_scaled(&cfg(0.0), 0, 0.3, 0, &Device::Cpu).unwrap().0,
+        vec![],
+        TrainConfig { lr: -1.0, ..Default::default() },
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("field lr"), "{e}");
+    let t = trainer(0.0, TrainConfig::default());
+    let mut b = batch(&[vec![doc(1, 8)]]);
+    b.ids[3] = 99;
+    let e = t.loss_and_grads(&b).err().unwrap().to_string();
+    assert!(e.contains("field ids") && e.contains("99"), "{e}");
+    let mut b = batch(&[vec![doc(1, 8)]]);
+    b.targets.pop();
+    let e = t.loss_and_grads(&b).err().unwrap().to_string();
+    assert!(e.contains("field targets"), "{e}");
+}
