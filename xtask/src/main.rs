@@ -6,7 +6,8 @@
 //! - `test`: everything CI checks — rustfmt, clippy (with and without `cuda`), the kernels,
 //!   the workspace tests (with `cuda` compiled in; GPU tests skip without a GPU), rustdoc.
 //! - `bench gemm`: our CPU GEMM next to OpenBLAS (numpy) on the same sizes, with the ratio.
-//! - `gpu-bundle`: build the CUDA test binaries and examples into `.gpu/` for the GPU machine.
+//! - `gpu-bundle`: build the CUDA test binaries and the GEMM examples (tensor bf16/f32, fp8
+//!   block-scaled) into `.gpu/` for the GPU machine.
 //! - `train`: the main job (the R1 pipeline in miniature).
 
 use std::path::{Path, PathBuf};
@@ -189,10 +190,12 @@ fn gpu_bundle() -> Result<()> {
             n += 1;
         }
     }
-    run(cargo().args(["build", "--release", "-p", "tensor", "--features", "cuda", "--example", "gemm"]))?;
-    std::fs::copy(root().join("target/release/examples/gemm"), out.join("gemm"))?;
-    let _ = Command::new("strip").arg(out.join("gemm")).status();
-    eprintln!("bundled {n} test binaries and the gemm example into {}", out.display());
+    for (pkg, example) in [("tensor", "gemm"), ("fp8", "fp8_gemm_gpu")] {
+        run(cargo().args(["build", "--release", "-p", pkg, "--features", "cuda", "--example", example]))?;
+        std::fs::copy(root().join("target/release/examples").join(example), out.join(example))?;
+        let _ = Command::new("strip").arg(out.join(example)).status();
+    }
+    eprintln!("bundled {n} test binaries and the gemm / fp8_gemm_gpu examples into {}", out.display());
     Ok(())
 }
 

@@ -11,7 +11,8 @@
 //! and dequantisers, [`gemm`](mod@gemm) the CPU reference block-scaled GEMM with an emulated
 //! limited-precision accumulator (the promotion experiment), and [`linear`] the tensor-level
 //! pieces: checkpoint weight dequantisation and an FP8 linear layer with a straight-through
-//! backward.
+//! backward. With the `cuda` feature, the `cuda` module runs the block-scaled GEMM on the GPU
+//! through cuBLASLt's 1×128 / 128×128 scaling modes.
 //!
 //! ```
 //! use fp8::{Accumulation, ScaleFormat, gemm, quantize_act, quantize_weight};
@@ -27,6 +28,8 @@
 //! ```
 
 pub mod convert;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod gemm;
 pub mod linear;
 pub mod quant;
@@ -58,6 +61,9 @@ pub enum Fp8Error {
     /// A bad argument value.
     #[error("{field}: invalid value {value} ({detail})")]
     Arg { field: String, value: String, detail: String },
+    /// A GPU (CUDA driver / cuBLASLt) failure, naming the operation and the shapes.
+    #[error("{op} ({shape}): {detail}")]
+    Gpu { op: String, shape: String, detail: String },
     /// An error from the tensor engine.
     #[error(transparent)]
     Tensor(#[from] tensor::TensorError),
