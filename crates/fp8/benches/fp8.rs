@@ -1,10 +1,12 @@
 //! FP8 (DeepSeek-V3 §3.3) CPU throughput: 1×128 activation quantise, 128×128 weight quantise,
 //! dequantise, and the reference block-scaled GEMM (fp32 promotion and the emulated 14-bit
-//! accumulator). `cargo bench -p fp8`
+//! accumulator), and the FP8 training linear (Fprop, then Fprop + Dgrad + Wgrad) next to the f32
+//! linear at a cpu-small shape. `cargo bench -p fp8`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fp8::{Accumulation, ScaleFormat, gemm, quantize_act, quantize_weight};
+use fp8::{Accumulation, ScaleFormat, fp8_linear_bwd, fp8_linear_fwd, gemm, quantize_act, quantize_weight};
 use std::hint::black_box;
+use tensor::ops::matmul::{linear, linear_backward};
 use tensor::{DType, Device, Tensor};
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
@@ -46,5 +48,27 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// DeepSeek-V3 §3.3 training linear at the cpu-small dense-MLP shape: 2048 tokens, 256 → 512.
+fn bench_linear(c: &mut Criterion) {
+    let (m, k, n) = (2048, 256, 512);
+    let x = Tensor::randn(&[m, k], 1.0, 4, DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::randn(&[n, k], 0.05, 5, DType::F32, &Device::Cpu).unwrap();
+    let dy = Tensor::randn(&[m, n], 1.0, 6, DType::F32, &Device::Cpu).unwrap();
+    let mut g = c.benchmark_group("linear_train_2048x256x512");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+    g.bench_function("fp8_fwd", |b| b.iter(|| fp8_linear_fwd(black_box(&x), black_box(&w)).unwrap()));
+    g.bench_function("fp8_fwd_bwd", |b| {
+        b.iter(|| {
+            let (y, sv) = fp8_linear_fwd(black_box(&x), black_box(&w)).unwrap();
+            (y, fp8_linear_bwd(&sv, black_box(&dy)).unwrap())
+        })
+    });
+    g.bench_function("f32_fwd_bwd", |b| {
+        b.iter(|| (linear(black_box(&x), &w).unwrap(), linear_backward(&x, &w, black_box(&dy)).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_linear);
 criterion_main!(benches);

@@ -14,6 +14,7 @@
 use crate::convert::e4m3_table;
 use crate::quant::{BlockQuant, ScaleFormat, quantize_act, quantize_weight};
 use crate::{Fp8Error, Result};
+use tensor::ops::matmul::matmul;
 use tensor::{DType, Device, Tensor};
 
 /// How partial sums are accumulated.
@@ -55,9 +56,8 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Block-scaled FP8 GEMM `C = A · Bᵀ` (row-major `[a.rows, b.rows]`); both operands are `[*, K]`
-/// and must use the same block width along K.
-pub fn gemm(a: &BlockQuant, b: &BlockQuant, acc: Accumulation) -> Result<Vec<f32>> {
+/// The operands of `C = A · Bᵀ` share K and the block width along K.
+fn check_operands(a: &BlockQuant, b: &BlockQuant) -> Result<()> {
     if a.cols != b.cols {
         return Err(Fp8Error::Shape {
             field: "gemm.b (inner dimension K)".into(),
@@ -72,6 +72,13 @@ pub fn gemm(a: &BlockQuant, b: &BlockQuant, acc: Accumulation) -> Result<Vec<f32
             detail: format!("K block width must match gemm.a.block {:?}", a.block),
         });
     }
+    Ok(())
+}
+
+/// Block-scaled FP8 GEMM `C = A · Bᵀ` (row-major `[a.rows, b.rows]`); both operands are `[*, K]`
+/// and must use the same block width along K.
+pub fn gemm(a: &BlockQuant, b: &BlockQuant, acc: Accumulation) -> Result<Vec<f32>> {
+    check_operands(a, b)?;
     if let Accumulation::Limited { mantissa_bits, .. } = acc
         && !(1..=23).contains(&mantissa_bits)
     {
@@ -113,6 +120,48 @@ pub fn gemm(a: &BlockQuant, b: &BlockQuant, acc: Accumulation) -> Result<Vec<f32
                 }
             }
             c[i * n + j] = if matches!(acc, Accumulation::Limited { promote: false, .. }) { lim } else { acc32 };
+        }
+    }
+    Ok(c)
+}
+
+/// The same product as [`gemm`] with [`Accumulation::Fp32`], organised for speed: per 128-wide
+/// K block, the decoded E4M3 operands go through the tensor engine's f32 GEMM (products of two
+/// E4M3 values are exact in f32; the in-block sum is fp32), then the block's partial product is
+/// promoted, `C += P_kb · s_a · s_b`, into the fp32 accumulator (DeepSeek-V3 §3.3). Only the order
+/// of the fp32 additions inside a block differs from the scalar reference, so the two agree to
+/// f32 rounding. This is the GEMM of [`crate::linear::fp8_linear_fwd`] and its backward.
+pub fn gemm_promoted(a: &BlockQuant, b: &BlockQuant) -> Result<Vec<f32>> {
+    check_operands(a, b)?;
+    let (m, n, k, bk) = (a.rows, b.rows, a.cols, a.block.1);
+    let mut c = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return Ok(c);
+    }
+    let lut = e4m3_table();
+    let block_of = |q: &BlockQuant, rows: usize, k0: usize, k1: usize| -> Vec<f32> {
+        let mut v = Vec::with_capacity(rows * (k1 - k0));
+        for r in 0..rows {
+            v.extend(q.data[r * k + k0..r * k + k1].iter().map(|x| lut[x.to_bits() as usize]));
+        }
+        v
+    };
+    for kb in 0..k.div_ceil(bk) {
+        let (k0, k1) = (kb * bk, ((kb + 1) * bk).min(k));
+        let pa = Tensor::from_vec(block_of(a, m, k0, k1), &[m, k1 - k0])?;
+        let pb = Tensor::from_vec(block_of(b, n, k0, k1), &[n, k1 - k0])?;
+        let p = matmul(&pa, &pb, false, true)?;
+        let p = p.cpu_slice::<f32>().ok_or_else(|| Fp8Error::Arg {
+            field: "gemm_promoted.partial".into(),
+            value: format!("{:?}", p.dtype()),
+            detail: "expected an f32 CPU tensor".into(),
+        })?;
+        let sb: Vec<f32> = (0..n).map(|j| b.scale_at(j, k0)).collect();
+        for (i, (crow, prow)) in c.chunks_exact_mut(n).zip(p.chunks_exact(n)).enumerate() {
+            let sa = a.scale_at(i, k0);
+            for ((cv, &pv), &sbj) in crow.iter_mut().zip(prow).zip(&sb) {
+                *cv += pv * (sa * sbj);
+            }
         }
     }
     Ok(c)

@@ -9,10 +9,12 @@
 //! Conversions go through the [`float8`] crate ([`F8E4M3`], [`F8E5M2`]); [`convert`] adds the
 //! saturating quantiser cast and a 256-entry decode table. [`quant`] holds the block quantisers
 //! and dequantisers, [`gemm`](mod@gemm) the CPU reference block-scaled GEMM with an emulated
-//! limited-precision accumulator (the promotion experiment), and [`linear`] the tensor-level
-//! pieces: checkpoint weight dequantisation and an FP8 linear layer with a straight-through
-//! backward. With the `cuda` feature, the `cuda` module runs the block-scaled GEMM on the GPU
-//! through cuBLASLt's 1×128 / 128×128 scaling modes.
+//! limited-precision accumulator (the promotion experiment) plus a faster equivalent
+//! ([`gemm_promoted`]), and [`linear`] the tensor-level pieces: checkpoint weight
+//! dequantisation, an FP8 linear layer with a straight-through backward, and FP8 training of a
+//! model's linear layers ([`LinearPrecision`], [`linear_with`]: Fprop, Dgrad and Wgrad on E4M3).
+//! With the `cuda` feature, the `cuda` module runs the block-scaled GEMM on the GPU through
+//! cuBLASLt's 1×128 / 128×128 scaling modes.
 //!
 //! ```
 //! use fp8::{Accumulation, ScaleFormat, gemm, quantize_act, quantize_weight};
@@ -35,8 +37,11 @@ pub mod linear;
 pub mod quant;
 
 pub use float8::{F8E4M3, F8E5M2};
-pub use gemm::{Accumulation, PromotionReport, gemm, promotion_experiment};
-pub use linear::{dequantize_weight, fp8_linear, fp8_linear_backward};
+pub use gemm::{Accumulation, PromotionReport, gemm, gemm_promoted, promotion_experiment};
+pub use linear::{
+    Fp8LinearSaved, LinearPrecision, LinearSaved, dequantize_weight, fp8_linear, fp8_linear_backward, fp8_linear_bwd,
+    fp8_linear_fwd, linear_with, linear_with_backward,
+};
 pub use quant::{BlockQuant, ScaleFormat, quantize_act, quantize_blocks, quantize_weight};
 
 /// Largest finite E4M3 magnitude (DeepSeek-V3 §3.3 uses E4M3 for every GEMM operand).

@@ -1,11 +1,26 @@
-//! Tensor-level FP8 pieces (DeepSeek-V3 §3.3): checkpoint weight dequantisation and an FP8
-//! linear layer `y = x · wᵀ` with a straight-through backward.
+//! Tensor-level FP8 pieces (DeepSeek-V3 §3.3): checkpoint weight dequantisation, an FP8
+//! linear layer `y = x · wᵀ` with a straight-through backward, and the FP8 training linear.
+//!
+//! FP8 training (§3.3, Figure 6): the three GEMMs of a linear layer run on E4M3 operands with
+//! fine-grained scales and fp32 promotion every 128 products ([`gemm_promoted`]); the master
+//! weight, its gradient and the layer's input/output stay f32.
+//!
+//! ```text
+//! Fprop  y  [M,N] = x  [M,K] · wᵀ      x: 1×128 tiles (per token)   w: 128×128 blocks
+//! Dgrad  dx [M,K] = dy [M,N] · w       dy: 1×128 tiles (per token)  w: the same blocks, transposed
+//! Wgrad  dw [N,K] = dyᵀ [N,M] · x      dy and x: 128×1 tiles (per channel, 128 tokens) —
+//!                                      x is the FP8 activation saved by Fprop, dequantised and
+//!                                      re-tiled (§3.5.2, "transposed GEMM operations")
+//! ```
+//! [`LinearPrecision`] switches a model's linear layers between the f32 engine and this path
+//! through [`linear_with`] / [`linear_with_backward`].
 
-use crate::gemm::{Accumulation, gemm};
-use crate::quant::{ScaleFormat, quantize_act, quantize_weight};
+use crate::gemm::{Accumulation, gemm, gemm_promoted};
+use crate::quant::{BlockQuant, ScaleFormat, quantize_act, quantize_weight};
 use crate::{BLOCK, Fp8Error, Result};
 use float8::F8E4M3;
-use tensor::Tensor;
+use tensor::ops::matmul::{linear, linear_backward};
+use tensor::{DType, Device, Tensor};
 
 /// Dequantise a released-checkpoint weight: `fp8` holds the E4M3 bytes of `name`, row-major
 /// `shape = [out, in]`; `scale_inv` (`<name>_scale_inv`, f32 or bf16) is
@@ -48,10 +63,16 @@ fn dims2(field: &str, t: &Tensor) -> Result<(usize, usize)> {
 }
 
 fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    // 32×32 tiles keep both the reads and the writes in cache.
+    const T: usize = 32;
     let mut t = vec![0f32; x.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = x[r * cols + c];
+    for r0 in (0..rows).step_by(T) {
+        for c0 in (0..cols).step_by(T) {
+            for r in r0..(r0 + T).min(rows) {
+                for c in c0..(c0 + T).min(cols) {
+                    t[c * rows + r] = x[r * cols + c];
+                }
+            }
         }
     }
     t
@@ -89,4 +110,125 @@ pub fn fp8_linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tenso
     let qxt = quantize_act("x", &transpose(&xv, m, k), k, m, ScaleFormat::Fp32)?;
     let dw = gemm(&qdyt, &qxt, Accumulation::Fp32)?;
     Ok((Tensor::from_vec(dx, &[m, k])?, Tensor::from_vec(dw, &[n, k])?))
+}
+
+/// The arithmetic of a model's linear layers (DeepSeek-V3 §3.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LinearPrecision {
+    /// The tensor engine's f32 `linear` / `linear_backward`, unchanged.
+    #[default]
+    F32,
+    /// Fprop, Dgrad and Wgrad on E4M3 operands with fine-grained scales and fp32 promotion
+    /// ([`fp8_linear_fwd`], [`fp8_linear_bwd`]); weights and gradients stay f32.
+    Fp8,
+}
+
+/// What [`fp8_linear_fwd`] keeps for [`fp8_linear_bwd`]: the input in FP8 (1×128 tiles, as §3.3
+/// caches activations for the backward) and the quantised weight (128×128 blocks), reused by
+/// Dgrad through its exact block transpose.
+#[derive(Clone, Debug)]
+pub struct Fp8LinearSaved {
+    qx: BlockQuant,
+    qw: BlockQuant,
+    x_shape: Vec<usize>,
+    x_meta: (DType, Device),
+    w_meta: (DType, Device),
+}
+
+impl Fp8LinearSaved {
+    /// The saved activation `[M, K]` (M = tokens), E4M3 in 1×128 tiles.
+    pub fn activation(&self) -> &BlockQuant {
+        &self.qx
+    }
+
+    /// The quantised weight `[N, K]`, E4M3 in 128×128 blocks.
+    pub fn weight(&self) -> &BlockQuant {
+        &self.qw
+    }
+}
+
+/// A tensor `[.., K]` of rank ≥ 2 as `(M, K)` rows, checked against `k`.
+fn rows_of(field: &str, t: &Tensor, k: usize) -> Result<usize> {
+    if t.rank() < 2 || t.dim(-1) != k {
+        let mut expected = t.shape().clone();
+        if let Some(last) = expected.last_mut() {
+            *last = k;
+        }
+        return Err(Fp8Error::Shape { field: field.into(), expected, got: t.shape().clone() });
+    }
+    Ok(t.shape()[..t.rank() - 1].iter().product())
+}
+
+/// Row-major `[rows, cols]` f32 as a tensor of `shape` with `meta`'s dtype and device.
+fn to_tensor(v: Vec<f32>, shape: &[usize], meta: &(DType, Device)) -> Result<Tensor> {
+    Ok(Tensor::from_vec(v, shape)?.to_dtype(meta.0)?.to_device(&meta.1)?)
+}
+
+/// FP8 training linear, forward (DeepSeek-V3 §3.3 Fprop): `y [.., N] = x [.., K] · w [N, K]ᵀ`
+/// with `x` quantised in 1×128 tiles, `w` in 128×128 blocks, and the block-scaled GEMM with
+/// fp32 promotion. `y` has `x`'s dtype and device. Returns what [`fp8_linear_bwd`] needs.
+pub fn fp8_linear_fwd(x: &Tensor, w: &Tensor) -> Result<(Tensor, Fp8LinearSaved)> {
+    let (n, k) = dims2("w", w)?;
+    let m = rows_of("x", x, k)?;
+    let qx = quantize_act("x", &x.to_vec::<f32>()?, m, k, ScaleFormat::Fp32)?;
+    let qw = quantize_weight("w", &w.to_vec::<f32>()?, n, k, ScaleFormat::Fp32)?;
+    let mut shape = x.shape().clone();
+    *shape.last_mut().expect("rank >= 2") = n;
+    let x_meta = (x.dtype(), x.device().clone());
+    let y = to_tensor(gemm_promoted(&qx, &qw)?, &shape, &x_meta)?;
+    let saved = Fp8LinearSaved { qx, qw, x_shape: x.shape().clone(), x_meta, w_meta: (w.dtype(), w.device().clone()) };
+    Ok((y, saved))
+}
+
+/// FP8 training linear, backward (DeepSeek-V3 §3.3 Dgrad and Wgrad), straight-through (the
+/// quantisers count as identity): returns `(dx [.., K], dw [N, K])`.
+///
+/// Dgrad `dx = dy · w`: `dy` in 1×128 tiles along N, the forward's weight blocks transposed.
+/// Wgrad `dw = dyᵀ · x`: the reduction runs over tokens, so `dy` and the saved FP8 activation
+/// are quantised in 128×1 tiles (per channel, 128 tokens); the activation is dequantised from
+/// its 1×128 tiles and re-quantised (the "transposed GEMM" re-tiling of §3.5.2).
+pub fn fp8_linear_bwd(sv: &Fp8LinearSaved, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (m, k, n) = (sv.qx.rows, sv.qx.cols, sv.qw.rows);
+    let mut want = sv.x_shape.clone();
+    *want.last_mut().expect("rank >= 2") = n;
+    if dy.shape() != &want {
+        return Err(Fp8Error::Shape { field: "dy".into(), expected: want, got: dy.shape().clone() });
+    }
+    let dyv = dy.to_vec::<f32>()?;
+    let qdy = quantize_act("dy", &dyv, m, n, ScaleFormat::Fp32)?;
+    let dx = gemm_promoted(&qdy, &sv.qw.transpose())?;
+    let qdyt = quantize_act("dy (128x1 tiles)", &transpose(&dyv, m, n), n, m, ScaleFormat::Fp32)?;
+    let qxt = quantize_act("x (128x1 tiles)", &transpose(&sv.qx.dequantize(), m, k), k, m, ScaleFormat::Fp32)?;
+    let dw = gemm_promoted(&qdyt, &qxt)?;
+    Ok((to_tensor(dx, &sv.x_shape, &sv.x_meta)?, to_tensor(dw, &[n, k], &sv.w_meta)?))
+}
+
+/// What [`linear_with`] saved beyond its inputs: nothing in f32, the FP8 operands in FP8.
+#[derive(Clone, Debug)]
+pub enum LinearSaved {
+    /// [`LinearPrecision::F32`]: the backward reads the caller's `x` and `w`.
+    F32,
+    /// [`LinearPrecision::Fp8`]: the forward's quantised operands.
+    Fp8(Box<Fp8LinearSaved>),
+}
+
+/// `y = x · wᵀ` (`w` is `[out, in]`) in precision `p`: the tensor engine's `linear` for
+/// [`LinearPrecision::F32`], [`fp8_linear_fwd`] for [`LinearPrecision::Fp8`] (§3.3).
+pub fn linear_with(p: LinearPrecision, x: &Tensor, w: &Tensor) -> Result<(Tensor, LinearSaved)> {
+    match p {
+        LinearPrecision::F32 => Ok((linear(x, w)?, LinearSaved::F32)),
+        LinearPrecision::Fp8 => {
+            let (y, s) = fp8_linear_fwd(x, w)?;
+            Ok((y, LinearSaved::Fp8(Box::new(s))))
+        }
+    }
+}
+
+/// Backward of [`linear_with`]: `(dx, dw)` — `linear_backward` after an f32 forward,
+/// [`fp8_linear_bwd`] after an FP8 one (`x` and `w` are then not read).
+pub fn linear_with_backward(x: &Tensor, w: &Tensor, saved: &LinearSaved, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    match saved {
+        LinearSaved::F32 => Ok(linear_backward(x, w, dy)?),
+        LinearSaved::Fp8(s) => fp8_linear_bwd(s, dy),
+    }
 }

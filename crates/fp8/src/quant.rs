@@ -8,6 +8,7 @@
 use crate::convert::e4m3_saturating;
 use crate::{AMAX_FLOOR, BLOCK, E4M3_MAX, Fp8Error, Result};
 use float8::F8E4M3;
+use rayon::prelude::*;
 
 /// How a block scale is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,10 +48,13 @@ impl BlockQuant {
 
     /// Dequantise to f32, row-major `[rows, cols]`: each element is `fp8 · scale_inv` of its block.
     pub fn dequantize(&self) -> Vec<f32> {
+        let lut = crate::convert::e4m3_table();
+        let sc = self.cols.div_ceil(self.block.1);
         let mut out = Vec::with_capacity(self.data.len());
         for r in 0..self.rows {
-            for c in 0..self.cols {
-                out.push(self.data[r * self.cols + c].to_f32() * self.scale_at(r, c));
+            let srow = &self.scale_inv[(r / self.block.0) * sc..(r / self.block.0 + 1) * sc];
+            for (c, q) in self.data[r * self.cols..(r + 1) * self.cols].iter().enumerate() {
+                out.push(lut[q.to_bits() as usize] * srow[c / self.block.1]);
             }
         }
         out
@@ -127,25 +131,39 @@ pub fn quantize_blocks(
     let (sr, sc) = (rows.div_ceil(block.0), cols.div_ceil(block.1));
     let mut scale_inv = vec![0f32; sr * sc];
     let mut data = vec![F8E4M3::from_bits(0); rows * cols];
-    for bi in 0..sr {
-        let (r0, r1) = (bi * block.0, ((bi + 1) * block.0).min(rows));
-        for bj in 0..sc {
-            let (c0, c1) = (bj * block.1, ((bj + 1) * block.1).min(cols));
-            let mut amax = 0f32;
-            for r in r0..r1 {
-                for &v in &x[r * cols + c0..r * cols + c1] {
-                    amax = amax.max(v.abs());
-                }
-            }
-            let s = block_scale(amax, fmt);
-            scale_inv[bi * sc + bj] = s;
-            for r in r0..r1 {
-                for c in c0..c1 {
-                    data[r * cols + c] = e4m3_saturating(x[r * cols + c] / s);
-                }
-            }
-        }
+    if n == 0 {
+        return Ok(BlockQuant { rows, cols, block, data, scale_inv });
     }
+    // One task per row of blocks (independent outputs); rows of tiles are grouped so that a task
+    // holds at least ~16k elements.
+    let group = 16_384usize.div_ceil(block.0 * cols).max(1);
+    let per_task = group * block.0 * cols;
+    data.par_chunks_mut(per_task).zip(scale_inv.par_chunks_mut(group * sc)).enumerate().for_each(
+        |(t, (dchunk, schunk))| {
+            let base = t * group * block.0;
+            for (gi, srow) in schunk.chunks_mut(sc).enumerate() {
+                let r0 = base + gi * block.0;
+                let r1 = (r0 + block.0).min(rows);
+                for (bj, sv) in srow.iter_mut().enumerate() {
+                    let (c0, c1) = (bj * block.1, ((bj + 1) * block.1).min(cols));
+                    let mut amax = 0f32;
+                    for r in r0..r1 {
+                        for &v in &x[r * cols + c0..r * cols + c1] {
+                            amax = amax.max(v.abs());
+                        }
+                    }
+                    let s = block_scale(amax, fmt);
+                    *sv = s;
+                    for r in r0..r1 {
+                        let dst = &mut dchunk[(r - base) * cols + c0..(r - base) * cols + c1];
+                        for (d, &v) in dst.iter_mut().zip(&x[r * cols + c0..r * cols + c1]) {
+                            *d = e4m3_saturating(v / s);
+                        }
+                    }
+                }
+            }
+        },
+    );
     Ok(BlockQuant { rows, cols, block, data, scale_inv })
 }
 

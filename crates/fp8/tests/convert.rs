@@ -119,3 +119,30 @@ proptest! {
         }
     }
 }
+
+/// The bit-level saturating cast equals the `float8` cast (after the clamp) on every f32 of
+/// magnitude up to 2⁹ (both signs, every bit pattern with a stride of 7, plus every exact E4M3
+/// value and every midpoint between neighbouring codes ± one f32 ulp).
+#[test]
+fn e4m3_saturating_matches_float8_cast() {
+    let reference = |x: f32| F8E4M3::from_f32(x.clamp(-448.0, 448.0)).to_bits();
+    let check = |x: f32| assert_eq!(e4m3_saturating(x).to_bits(), reference(x), "x = {x:e} ({:#x})", x.to_bits());
+    for bits in (0..=512f32.to_bits()).step_by(7) {
+        check(f32::from_bits(bits));
+        check(-f32::from_bits(bits));
+    }
+    let mut codes: Vec<f64> = (0..=0x7Eu8).map(decode_e4m3).collect();
+    codes.push(decode_e4m3(0x7E) + 32.0);
+    for w in codes.windows(2) {
+        for v in [w[0], (w[0] + w[1]) / 2.0] {
+            let x = v as f32;
+            for y in [x, f32::from_bits(x.to_bits() + 1), f32::from_bits(x.to_bits().saturating_sub(1))] {
+                check(y);
+                check(-y);
+            }
+        }
+    }
+    for x in [0.0f32, -0.0, 1e-30, -1e-30, 448.0, 464.0, 465.0, 1e30, -1e30, f32::MIN_POSITIVE] {
+        check(x);
+    }
+}

@@ -9,15 +9,18 @@
 //! HF names: `q_a_proj` (W_DQ), `q_a_layernorm`, `q_b_proj` (W_UQ) — or `q_proj` when
 //! `q_lora_rank` is null — `kv_a_proj_with_mqa` (W_DKV), `kv_a_layernorm`, `kv_b_proj` (W_UKV),
 //! `o_proj`. [`Mla::forward`] / [`Mla::backward`] train; [`cache`] holds the latent KV cache and
-//! the naive and absorbed decode paths.
+//! the naive and absorbed decode paths. [`Mla::precision`] runs the five projections of the
+//! training path in FP8 (DeepSeek-V3 §3.3, [`fp8::linear_with`]); the norms, RoPE and the
+//! attention core stay in f32, and so does decoding.
 
 pub mod cache;
 
+pub use fp8::LinearPrecision;
+use fp8::{LinearSaved, linear_with, linear_with_backward};
 use optim::{Grads, Params};
 use serde::{Deserialize, Serialize};
 use tensor::ops::attention::{AttnMask, attention, attention_backward};
 use tensor::ops::elementwise::add;
-use tensor::ops::matmul::{linear, linear_backward};
 use tensor::ops::norm::{rms_norm, rms_norm_backward};
 use tensor::ops::rope::{RopeTable, Yarn, rope, rope_backward};
 use tensor::ops::shape::{broadcast_to, broadcast_to_backward, cat, permute, split_last};
@@ -30,6 +33,8 @@ pub enum MlaError {
     Tensor(#[from] tensor::TensorError),
     #[error(transparent)]
     Optim(#[from] optim::OptimError),
+    #[error(transparent)]
+    Fp8(#[from] fp8::Fp8Error),
     #[error("config field {field}: {detail}")]
     Config { field: &'static str, detail: String },
     #[error("missing weight {0:?}")]
@@ -110,10 +115,24 @@ pub struct Mla {
     pub kv_b_proj: Tensor,
     pub o_proj: Tensor,
     pub rope: RopeTable,
+    /// Arithmetic of the projections in [`Mla::forward`] / [`Mla::backward`] (DeepSeek-V3 §3.3);
+    /// [`LinearPrecision::F32`] after `init` / `load`.
+    pub precision: LinearPrecision,
 }
 
 /// The low-rank query path's saved activations: `(q_a_proj output, normed c_q, its rstd)`.
 type QSaved = Option<(Tensor, Tensor, Tensor)>;
+
+/// What each projection's [`linear_with`] kept (FP8 operands in FP8 mode).
+struct LinSaved {
+    /// `q_a_proj`, or `q_proj` when direct.
+    q_first: LinearSaved,
+    /// `q_b_proj` (low-rank path only).
+    q_b: Option<LinearSaved>,
+    kv_a: LinearSaved,
+    kv_b: LinearSaved,
+    o: LinearSaved,
+}
 
 /// What [`Mla::forward`] keeps for [`Mla::backward`].
 pub struct MlaSaved {
@@ -128,6 +147,7 @@ pub struct MlaSaved {
     p: Tensor,
     attn_out: Tensor,
     positions: Vec<u32>,
+    lin: LinSaved,
 }
 
 impl Mla {
@@ -152,6 +172,7 @@ impl Mla {
             kv_a_layernorm: Tensor::full(&[cfg.kv_lora_rank], 1.0, dtype, dev)?,
             kv_b_proj: r(h * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank, 5)?,
             o_proj: r(cfg.hidden_size, h * cfg.v_head_dim, 6)?,
+            precision: LinearPrecision::F32,
             cfg,
         })
     }
@@ -178,6 +199,7 @@ impl Mla {
             kv_a_layernorm: get("kv_a_layernorm")?,
             kv_b_proj: get("kv_b_proj")?,
             o_proj: get("o_proj")?,
+            precision: LinearPrecision::F32,
             cfg,
         })
     }
@@ -204,42 +226,82 @@ impl Mla {
     /// Queries `[B, S, H, qk_head_dim]` with RoPE applied to the `q_pe` part, plus what the
     /// backward needs of the low-rank path.
     fn queries(&self, x: &Tensor, positions: &[u32]) -> Result<(Tensor, QSaved)> {
+        let (q, saved, _, _) = self.queries_with(x, positions, LinearPrecision::F32)?;
+        Ok((q, saved))
+    }
+
+    /// [`Mla::queries`] with projections in precision `p`, plus what each projection kept.
+    fn queries_with(
+        &self,
+        x: &Tensor,
+        positions: &[u32],
+        p: LinearPrecision,
+    ) -> Result<(Tensor, QSaved, LinearSaved, Option<LinearSaved>)> {
         let c = &self.cfg;
         let (b, s) = (x.dim(0), x.dim(1));
-        let (q, saved) = match &self.q {
+        let (q, saved, l1, l2) = match &self.q {
             QProj::LowRank { q_a_proj, q_a_layernorm, q_b_proj } => {
-                let qa = linear(x, q_a_proj)?;
+                let (qa, l1) = linear_with(p, x, q_a_proj)?;
                 let (cq, rstd) = rms_norm(&qa, q_a_layernorm, c.rms_norm_eps)?;
-                (linear(&cq, q_b_proj)?, Some((qa, cq, rstd)))
+                let (q, l2) = linear_with(p, &cq, q_b_proj)?;
+                (q, Some((qa, cq, rstd)), l1, Some(l2))
             }
-            QProj::Direct { q_proj } => (linear(x, q_proj)?, None),
+            QProj::Direct { q_proj } => {
+                let (q, l1) = linear_with(p, x, q_proj)?;
+                (q, None, l1, None)
+            }
         };
         let q = q.reshape(&[b, s, c.num_attention_heads, c.qk_head_dim()])?;
         let parts = split_last(&q, &[c.qk_nope_head_dim, c.qk_rope_head_dim])?;
         let q_pe = rope(&parts[1], positions, &self.rope)?;
-        Ok((cat(&[parts[0].clone(), q_pe], 3)?, saved))
+        Ok((cat(&[parts[0].clone(), q_pe], 3)?, saved, l1, l2))
     }
 
     /// The compressed KV of `x [B, S, D]`: `(c_kv before the norm, normed c_kv, its rstd,
     /// roped k_pe [B, S, 1, rope])` — the normed latent and k_pe are what the cache keeps.
+    /// The projection is f32 (the decode paths); training uses [`Mla::precision`].
     pub fn compress_kv(&self, x: &Tensor, positions: &[u32]) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let ((ckv, ckv_n, rstd, k_pe), _) = self.compress_kv_with(x, positions, LinearPrecision::F32)?;
+        Ok((ckv, ckv_n, rstd, k_pe))
+    }
+
+    /// [`Mla::compress_kv`] with `kv_a_proj_with_mqa` in precision `p`, plus what it kept.
+    #[allow(clippy::type_complexity)]
+    fn compress_kv_with(
+        &self,
+        x: &Tensor,
+        positions: &[u32],
+        p: LinearPrecision,
+    ) -> Result<((Tensor, Tensor, Tensor, Tensor), LinearSaved)> {
         let c = &self.cfg;
         let (b, s) = (x.dim(0), x.dim(1));
-        let kv = linear(x, &self.kv_a_proj_with_mqa)?;
+        let (kv, lin) = linear_with(p, x, &self.kv_a_proj_with_mqa)?;
         let parts = split_last(&kv, &[c.kv_lora_rank, c.qk_rope_head_dim])?;
         let k_pe = rope(&parts[1].reshape(&[b, s, 1, c.qk_rope_head_dim])?, positions, &self.rope)?;
         let (ckv_n, rstd) = rms_norm(&parts[0], &self.kv_a_layernorm, c.rms_norm_eps)?;
-        Ok((parts[0].clone(), ckv_n, rstd, k_pe))
+        Ok(((parts[0].clone(), ckv_n, rstd, k_pe), lin))
     }
 
     /// Per-head keys and values `[B, T, H, qk]`, `[B, T, H, v]` from the normed latent and k_pe.
     fn expand_kv(&self, ckv_n: &Tensor, k_pe: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v, _) = self.expand_kv_with(ckv_n, k_pe, LinearPrecision::F32)?;
+        Ok((k, v))
+    }
+
+    /// [`Mla::expand_kv`] with `kv_b_proj` in precision `p`, plus what it kept.
+    fn expand_kv_with(
+        &self,
+        ckv_n: &Tensor,
+        k_pe: &Tensor,
+        p: LinearPrecision,
+    ) -> Result<(Tensor, Tensor, LinearSaved)> {
         let c = &self.cfg;
         let (b, t, h) = (ckv_n.dim(0), ckv_n.dim(1), c.num_attention_heads);
-        let kvb = linear(ckv_n, &self.kv_b_proj)?.reshape(&[b, t, h, c.qk_nope_head_dim + c.v_head_dim])?;
+        let (kvb, lin) = linear_with(p, ckv_n, &self.kv_b_proj)?;
+        let kvb = kvb.reshape(&[b, t, h, c.qk_nope_head_dim + c.v_head_dim])?;
         let parts = split_last(&kvb, &[c.qk_nope_head_dim, c.v_head_dim])?;
         let k_pe_h = broadcast_to(k_pe, &[b, t, h, c.qk_rope_head_dim])?;
-        Ok((cat(&[parts[0].clone(), k_pe_h], 3)?, parts[1].clone()))
+        Ok((cat(&[parts[0].clone(), k_pe_h], 3)?, parts[1].clone(), lin))
     }
 
     /// Training / prefill forward: `x [B, S, hidden]`, `positions` (B·S, per token: packed
@@ -247,16 +309,30 @@ impl Mla {
     pub fn forward(&self, x: &Tensor, positions: &[u32], mask: &AttnMask) -> Result<(Tensor, MlaSaved)> {
         let c = &self.cfg;
         let (b, s, h) = (x.dim(0), x.dim(1), c.num_attention_heads);
-        let (q, qa) = self.queries(x, positions)?;
-        let (ckv, ckv_n, rstd_kv, k_pe) = self.compress_kv(x, positions)?;
-        let (k, v) = self.expand_kv(&ckv_n, &k_pe)?;
+        let prec = self.precision;
+        let (q, qa, q_first, q_b) = self.queries_with(x, positions, prec)?;
+        let ((ckv, ckv_n, rstd_kv, k_pe), kv_a) = self.compress_kv_with(x, positions, prec)?;
+        let (k, v, kv_b) = self.expand_kv_with(&ckv_n, &k_pe, prec)?;
         let bhsd = [0, 2, 1, 3];
         let (q, k, v) = (permute(&q, &bhsd)?, permute(&k, &bhsd)?, permute(&v, &bhsd)?);
         let (o, p) = attention(&q, &k, &v, c.softmax_scale(), mask)?;
         let attn_out = permute(&o, &bhsd)?.reshape(&[b, s, h * c.v_head_dim])?;
-        let y = linear(&attn_out, &self.o_proj)?;
-        let saved =
-            MlaSaved { x: x.clone(), qa, ckv, ckv_n, rstd_kv, q, k, v, p, attn_out, positions: positions.to_vec() };
+        let (y, o) = linear_with(prec, &attn_out, &self.o_proj)?;
+        let lin = LinSaved { q_first, q_b, kv_a, kv_b, o };
+        let saved = MlaSaved {
+            x: x.clone(),
+            qa,
+            ckv,
+            ckv_n,
+            rstd_kv,
+            q,
+            k,
+            v,
+            p,
+            attn_out,
+            positions: positions.to_vec(),
+            lin,
+        };
         Ok((y, saved))
     }
 
@@ -269,7 +345,8 @@ impl Mla {
         let mut acc = |n: &str, g: &Tensor| grads.accumulate(&format!("{prefix}.{n}"), g);
         let bhsd = [0, 2, 1, 3];
 
-        let (d_attn, d_o_proj) = linear_backward(&sv.attn_out, &self.o_proj, dy)?;
+        let lin = &sv.lin;
+        let (d_attn, d_o_proj) = linear_with_backward(&sv.attn_out, &self.o_proj, &lin.o, dy)?;
         acc("o_proj.weight", &d_o_proj)?;
         let d_o = permute(&d_attn.reshape(&[b, s, h, vd])?, &bhsd)?;
         let (dq, dk, dv) = attention_backward(&sv.q, &sv.k, &sv.v, &sv.p, c.softmax_scale(), &d_o)?;
@@ -279,34 +356,34 @@ impl Mla {
         let dks = split_last(&dk, &[nope, rd])?;
         let dk_pe = rope_backward(&broadcast_to_backward(&dks[1], &[b, s, 1, rd])?, &sv.positions, &self.rope)?;
         let dkvb = cat(&[dks[0].clone(), dv], 3)?.reshape(&[b, s, h * (nope + vd)])?;
-        let (dckv_n, d_kv_b) = linear_backward(&sv.ckv_n, &self.kv_b_proj, &dkvb)?;
+        let (dckv_n, d_kv_b) = linear_with_backward(&sv.ckv_n, &self.kv_b_proj, &lin.kv_b, &dkvb)?;
         acc("kv_b_proj.weight", &d_kv_b)?;
         let (dckv, d_kv_ln) = rms_norm_backward(&sv.ckv, &self.kv_a_layernorm, &sv.rstd_kv, &dckv_n)?;
         acc("kv_a_layernorm.weight", &d_kv_ln)?;
         let dkv = cat(&[dckv, dk_pe.reshape(&[b, s, rd])?], 2)?;
-        let (dx_kv, d_kv_a) = linear_backward(&sv.x, &self.kv_a_proj_with_mqa, &dkv)?;
+        let (dx_kv, d_kv_a) = linear_with_backward(&sv.x, &self.kv_a_proj_with_mqa, &lin.kv_a, &dkv)?;
         acc("kv_a_proj_with_mqa.weight", &d_kv_a)?;
 
         // Queries.
         let dqs = split_last(&dq, &[nope, rd])?;
         let dq_pe = rope_backward(&dqs[1], &sv.positions, &self.rope)?;
         let dq = cat(&[dqs[0].clone(), dq_pe], 3)?.reshape(&[b, s, h * c.qk_head_dim()])?;
-        let dx_q = match (&self.q, &sv.qa) {
-            (QProj::LowRank { q_a_proj, q_a_layernorm, q_b_proj }, Some((qa, cq, rstd))) => {
-                let (dcq, d_qb) = linear_backward(cq, q_b_proj, &dq)?;
+        let dx_q = match (&self.q, &sv.qa, &lin.q_b) {
+            (QProj::LowRank { q_a_proj, q_a_layernorm, q_b_proj }, Some((qa, cq, rstd)), Some(l_qb)) => {
+                let (dcq, d_qb) = linear_with_backward(cq, q_b_proj, l_qb, &dq)?;
                 acc("q_b_proj.weight", &d_qb)?;
                 let (dqa, d_qln) = rms_norm_backward(qa, q_a_layernorm, rstd, &dcq)?;
                 acc("q_a_layernorm.weight", &d_qln)?;
-                let (dx, d_qa) = linear_backward(&sv.x, q_a_proj, &dqa)?;
+                let (dx, d_qa) = linear_with_backward(&sv.x, q_a_proj, &lin.q_first, &dqa)?;
                 acc("q_a_proj.weight", &d_qa)?;
                 dx
             }
-            (QProj::Direct { q_proj }, _) => {
-                let (dx, d_q) = linear_backward(&sv.x, q_proj, &dq)?;
+            (QProj::Direct { q_proj }, _, _) => {
+                let (dx, d_q) = linear_with_backward(&sv.x, q_proj, &lin.q_first, &dq)?;
                 acc("q_proj.weight", &d_q)?;
                 dx
             }
-            (QProj::LowRank { .. }, None) => unreachable!("forward saves the low-rank path"),
+            (QProj::LowRank { .. }, _, _) => unreachable!("forward saves the low-rank path"),
         };
         Ok(add(&dx_kv, &dx_q)?)
     }

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod mtp;
 
 pub use config::DeepseekV3Config;
+pub use fp8::LinearPrecision;
 pub use generate::{Generation, SamplingParams};
 
 use mla::{Mla, MlaSaved};
@@ -221,6 +222,21 @@ impl DeepseekV3 {
             layers,
             cfg,
         })
+    }
+
+    /// Run the linear layers of every block — the MLA projections and the routed, shared and
+    /// dense experts — in precision `p` (DeepSeek-V3 §3.3 FP8 training); the embedding, the
+    /// output head, the MoE gate, the norms and the attention core keep their precision.
+    /// [`DeepseekV3::init`] and [`DeepseekV3::load`] start in [`LinearPrecision::F32`], so set it
+    /// again after a reload.
+    pub fn set_linear_precision(&mut self, p: LinearPrecision) {
+        for blk in &mut self.layers {
+            blk.self_attn.precision = p;
+            match &mut blk.mlp {
+                Ffn::Dense(e) => e.precision = p,
+                Ffn::Moe(m) => m.set_linear_precision(p),
+            }
+        }
     }
 
     /// Every parameter by HF name (trainable weights, then the MoE biases as buffers).

@@ -11,18 +11,20 @@
 //! unpermute with the combine weights); no token is dropped. [`Moe::backward`] gives gradients
 //! for the input, every expert and the gate weight (through the selected scores; none into the
 //! bias or through the choice). [`balance`] holds the auxiliary-loss-free bias update and the
-//! sequence-wise balance loss.
+//! sequence-wise balance loss. [`Expert::precision`] runs an expert's three projections in FP8
+//! (DeepSeek-V3 §3.3, [`fp8::linear_with`]); the gate stays in f32.
 
 pub mod balance;
 mod gate;
 
 pub use gate::{GateSaved, Routing, ScoringFunc, TopkMethod};
 
+pub use fp8::LinearPrecision;
+use fp8::{LinearSaved, linear_with, linear_with_backward};
 use optim::{Grads, Params};
 use tensor::ops::activation::{swiglu, swiglu_backward};
 use tensor::ops::elementwise::{add, mul};
 use tensor::ops::index::{index_add, index_select};
-use tensor::ops::matmul::{linear, linear_backward};
 use tensor::ops::reduce::sum_dim;
 use tensor::ops::shape::{cat, narrow};
 use tensor::{DType, Device, Tensor};
@@ -34,6 +36,8 @@ pub enum MoeError {
     Tensor(#[from] tensor::TensorError),
     #[error(transparent)]
     Optim(#[from] optim::OptimError),
+    #[error(transparent)]
+    Fp8(#[from] fp8::Fp8Error),
     #[error("config field {field}: {detail}")]
     Config { field: &'static str, detail: String },
     #[error("missing weight {0:?}")]
@@ -98,6 +102,9 @@ pub struct Expert {
     pub gate_proj: Tensor,
     pub up_proj: Tensor,
     pub down_proj: Tensor,
+    /// Arithmetic of the three projections (DeepSeek-V3 §3.3); [`LinearPrecision::F32`] after
+    /// `init` / `load`.
+    pub precision: LinearPrecision,
 }
 
 /// What [`Expert::forward`] keeps for [`Expert::backward`].
@@ -106,6 +113,8 @@ pub struct ExpertSaved {
     g: Tensor,
     u: Tensor,
     h: Tensor,
+    /// What the gate, up and down projections kept.
+    lin: [LinearSaved; 3],
 }
 
 impl Expert {
@@ -115,6 +124,7 @@ impl Expert {
             gate_proj: Tensor::randn(&[inter, d], std, seed, dt, dev)?,
             up_proj: Tensor::randn(&[inter, d], std, seed + 1, dt, dev)?,
             down_proj: Tensor::randn(&[d, inter], std, seed + 2, dt, dev)?,
+            precision: LinearPrecision::F32,
         })
     }
 
@@ -124,24 +134,31 @@ impl Expert {
             let name = format!("{prefix}.{n}.weight");
             p.get(&name).cloned().ok_or(MoeError::MissingWeight(name))
         };
-        Ok(Expert { gate_proj: get("gate_proj")?, up_proj: get("up_proj")?, down_proj: get("down_proj")? })
+        Ok(Expert {
+            gate_proj: get("gate_proj")?,
+            up_proj: get("up_proj")?,
+            down_proj: get("down_proj")?,
+            precision: LinearPrecision::F32,
+        })
     }
 
     /// `down(silu(gate·x) ⊙ up·x)` for `x [tokens, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, ExpertSaved)> {
-        let g = linear(x, &self.gate_proj)?;
-        let u = linear(x, &self.up_proj)?;
+        let p = self.precision;
+        let (g, lg) = linear_with(p, x, &self.gate_proj)?;
+        let (u, lu) = linear_with(p, x, &self.up_proj)?;
         let h = swiglu(&g, &u)?;
-        let y = linear(&h, &self.down_proj)?;
-        Ok((y, ExpertSaved { x: x.clone(), g, u, h }))
+        let (y, ld) = linear_with(p, &h, &self.down_proj)?;
+        Ok((y, ExpertSaved { x: x.clone(), g, u, h, lin: [lg, lu, ld] }))
     }
 
     /// Backward of [`Expert::forward`]: weight gradients under `{prefix}.…`, returns `dx`.
     pub fn backward(&self, s: &ExpertSaved, dy: &Tensor, grads: &mut Grads, prefix: &str) -> Result<Tensor> {
-        let (dh, d_down) = linear_backward(&s.h, &self.down_proj, dy)?;
+        let [lg, lu, ld] = &s.lin;
+        let (dh, d_down) = linear_with_backward(&s.h, &self.down_proj, ld, dy)?;
         let (dg, du) = swiglu_backward(&s.g, &s.u, &dh)?;
-        let (dx1, d_gate) = linear_backward(&s.x, &self.gate_proj, &dg)?;
-        let (dx2, d_up) = linear_backward(&s.x, &self.up_proj, &du)?;
+        let (dx1, d_gate) = linear_with_backward(&s.x, &self.gate_proj, lg, &dg)?;
+        let (dx2, d_up) = linear_with_backward(&s.x, &self.up_proj, lu, &du)?;
         grads.accumulate(&format!("{prefix}.gate_proj.weight"), &d_gate)?;
         grads.accumulate(&format!("{prefix}.up_proj.weight"), &d_up)?;
         grads.accumulate(&format!("{prefix}.down_proj.weight"), &d_down)?;
@@ -239,6 +256,14 @@ impl Moe {
             v.extend(s.weights().map(|(n, t)| (format!("shared_experts.{n}"), t)));
         }
         v
+    }
+
+    /// Set the precision of every expert's projections, routed and shared (DeepSeek-V3 §3.3);
+    /// the gate stays in f32.
+    pub fn set_linear_precision(&mut self, p: LinearPrecision) {
+        for e in self.experts.iter_mut().chain(self.shared_experts.as_mut()) {
+            e.precision = p;
+        }
     }
 
     /// Non-gradient state: `("gate.e_score_correction_bias", bias)`.
