@@ -113,7 +113,9 @@ impl Record {
                     completion: cx.messages(c, "completion")?,
                 },
                 (Some(p), _) => {
-                    return Err(cx.field("prompt", format!("expected a string or a list of messages, got {}", show(&p))));
+                    return Err(
+                        cx.field("prompt", format!("expected a string or a list of messages, got {}", show(&p)))
+                    );
                 }
                 (None, _) => unreachable!("checked by contains_key"),
             }

@@ -12,6 +12,7 @@
 //! the rest; `Split` cuts them into `seq_len` chunks, each packed as its own segment (the token after a cut is
 //! not predicted from the chunk before it).
 
+use crate::Tokenizer;
 use crate::error::{Result, invalid};
 
 /// Target value ignored by the loss (PyTorch's `-100`).
@@ -39,6 +40,19 @@ impl TokenDoc {
         let mut mask = vec![false; prompt.len()];
         mask.resize(ids.len(), true);
         Self { ids, loss_mask: Some(mask) }
+    }
+
+    /// Tokenise a whole document, loss on every token (pretraining; corpus texts already end in `<eos>`).
+    pub fn encode(tok: &Tokenizer, text: &str) -> Result<Self> {
+        Ok(Self::new(tok.encode(text)?))
+    }
+
+    /// Tokenise `prompt`, then `completion` followed by `<eos>`, with the loss on the completion and `<eos>`
+    /// only (SFT; e.g. a pair from [`Record::sft_pair`](crate::Record::sft_pair)).
+    pub fn encode_sft(tok: &Tokenizer, prompt: &str, completion: &str) -> Result<Self> {
+        let mut c = tok.encode(completion)?;
+        c.push(tok.eos_id());
+        Ok(Self::prompt_completion(&tok.encode(prompt)?, &c))
     }
 
     fn is_loss(&self, j: usize) -> bool {

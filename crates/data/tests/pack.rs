@@ -142,3 +142,23 @@ fn bad_inputs_are_errors() {
     assert!(e.contains("loss_mask"), "{e}");
     assert!(Batch::stack(&[]).is_err());
 }
+
+#[test]
+fn encode_sft_masks_the_prompt_and_ends_with_eos() {
+    let tok = data::Tokenizer::project();
+    let p = data::tasks::Problem::parse("7-3+2+0").unwrap();
+    let d = TokenDoc::encode_sft(&tok, &p.prompt, &p.cot).unwrap();
+    let n_prompt = tok.encode(&p.prompt).unwrap().len();
+    let mask = d.loss_mask.clone().unwrap();
+    assert_eq!(d.ids.len(), n_prompt + tok.encode(&p.cot).unwrap().len() + 1);
+    assert!(mask[..n_prompt].iter().all(|m| !m) && mask[n_prompt..].iter().all(|&m| m));
+    assert_eq!(*d.ids.last().unwrap(), tok.eos_id());
+    assert_eq!(tok.decode(&d.ids).unwrap(), format!("{}{}", p.prompt, p.completion()));
+    // Packed: targets start at the first completion token ("<think>") and end with <eos>.
+    let s = &pack(&[d], 64, tok.pad_id(), Overflow::Truncate).unwrap()[0];
+    let first = s.targets.iter().position(|&t| t != IGNORE_INDEX).unwrap();
+    assert_eq!(first, n_prompt - 1);
+    assert_eq!(s.targets[first], i64::from(tok.token_id("<think>").unwrap()));
+    assert_eq!(s.loss_tokens(), mask.iter().filter(|&&m| m).count());
+    assert!(TokenDoc::encode(&tok, "a ≠ b").is_err());
+}
