@@ -6,9 +6,10 @@
 //! - `test`: everything CI checks — rustfmt, clippy (with and without `cuda`), the kernels,
 //!   the workspace tests (with `cuda` compiled in; GPU tests skip without a GPU), rustdoc.
 //! - `bench gemm`: our CPU GEMM next to OpenBLAS (numpy) on the same sizes, with the ratio.
+//! - `bench cpu-small`: our `cpu-small` training step next to PyTorch + transformers, with the ratio.
 //! - `gpu-bundle`: build the CUDA test binaries and the GEMM examples (tensor bf16/f32, fp8
 //!   block-scaled) into `.gpu/` for the GPU machine.
-//! - `train`: the main job (the R1 pipeline in miniature).
+//! - `train`: the main job (the R1 pipeline in miniature; today: pretraining the base model).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,7 +32,7 @@ enum Cmd {
     Test,
     /// Side-by-side benchmarks.
     Bench {
-        /// What to compare: `gemm`.
+        /// What to compare: `gemm` or `cpu-small`.
         what: String,
     },
     /// Build CUDA test binaries and examples into .gpu/ for the GPU machine.
@@ -133,11 +134,7 @@ fn bench(what: &str) -> Result<()> {
     match what {
         "gemm" => {
             run(cargo().args(["build", "--release", "-p", "tensor", "--example", "gemm"]))?;
-            let venv = root().join(".venv-bench");
-            if !venv.join("bin/python").exists() {
-                run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-                run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "numpy"]))?;
-            }
+            let venv = bench_venv(&["numpy"])?;
             let ours = Command::new(root().join("target/release/examples/gemm")).output()?;
             let peer = Command::new(venv.join("bin/python")).arg(root().join("benches/gemm_numpy.py")).output()?;
             if !ours.status.success() || !peer.status.success() {
@@ -167,8 +164,60 @@ fn bench(what: &str) -> Result<()> {
             }
             Ok(())
         }
-        other => bail!("unknown bench {other:?} (known: gemm)"),
+        "cpu-small" => cpu_small(),
+        other => bail!("unknown bench {other:?} (known: gemm, cpu-small)"),
     }
+}
+
+/// A Python environment for the peers (numpy; torch + transformers for the model benches).
+fn bench_venv(packages: &[&str]) -> Result<PathBuf> {
+    let venv = root().join(".venv-bench");
+    if !venv.join("bin/python").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new(venv.join("bin/python"))
+                .args(["-c", &format!("import {p}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("installing {missing:?} into {} (torch is large)", venv.display());
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet"]).args(&missing))?;
+    }
+    Ok(venv)
+}
+
+/// The `cpu-small` training step (benchmarks.md): ours (`model` example `smoke --bench`) and
+/// PyTorch + transformers' `DeepseekV3ForCausalLM` (benches/cpu_small_peer.py) in one run.
+fn cpu_small() -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "model", "--example", "smoke"]))?;
+    let venv = bench_venv(&["torch", "transformers"])?;
+    let json = |o: &std::process::Output, who: &str| -> Result<serde_json::Value> {
+        if !o.status.success() {
+            bail!("{who} failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let text = String::from_utf8_lossy(&o.stdout);
+        let line = text.lines().rev().find(|l| l.starts_with('{')).context("no JSON line")?;
+        Ok(serde_json::from_str(line)?)
+    };
+    let ours =
+        json(&Command::new(root().join("target/release/examples/smoke")).args(["--bench", "5"]).output()?, "r1")?;
+    let peer = json(
+        &Command::new(venv.join("bin/python")).arg(root().join("benches/cpu_small_peer.py")).args(["5"]).output()?,
+        "peer",
+    )?;
+    let (a, b) = (ours["tokens_per_s"].as_f64().unwrap_or(0.0), peer["tokens_per_s"].as_f64().unwrap_or(0.0));
+    println!("cpu-small training step (batch 8 × 256, AdamW, f32), median of 5 steps after 2 warm-up");
+    println!("r1:   {ours}");
+    println!("peer: {peer}");
+    println!("{:>12} {:>12} {:>7}", "r1 tok/s", "peer tok/s", "ratio");
+    println!("{a:>12.0} {b:>12.0} {:>7.2}", a / b);
+    Ok(())
 }
 
 fn gpu_bundle() -> Result<()> {
@@ -216,6 +265,15 @@ fn main() -> Result<()> {
     }
 }
 
-fn train(_args: &[String]) -> Result<()> {
-    bail!("the training pipeline is not built yet")
+/// The main job: build the `r1` binary (release; with CUDA when `--device cuda…` is asked for)
+/// and run `r1 train` with the given arguments (default output `runs/pretrain`).
+fn train(args: &[String]) -> Result<()> {
+    let cuda = args.iter().any(|a| a.starts_with("cuda")) || args.iter().any(|a| a.starts_with("--device=cuda"));
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "r1"]);
+    if cuda {
+        build.args(["--features", "cuda"]);
+    }
+    run(&mut build)?;
+    run(Command::new(root().join("target/release/r1")).arg("train").args(args).current_dir(root()))
 }

@@ -1,6 +1,8 @@
 //! Training smoke on the `cpu-small` configuration (shared/docs/benchmarks.md): a fixed synthetic
 //! token stream, batch 8 × 256, AdamW lr 1e-3, 100 steps; prints the loss every 10 steps and the
-//! training throughput. `cargo run --release -p model --example smoke [-- STEPS]`
+//! training throughput. `cargo run --release -p model --example smoke [-- STEPS]`;
+//! `-- --bench N` instead prints one JSON line with the median step time of N steps after two
+//! warm-up steps (the r1 side of `cargo xtask bench cpu-small`).
 
 use std::time::Instant;
 
@@ -16,12 +18,16 @@ const CPU_SMALL: &str = r#"{"vocab_size": 512, "hidden_size": 256, "intermediate
   "norm_topk_prob": true, "tie_word_embeddings": false, "rope_theta": 10000.0, "max_position_embeddings": 512}"#;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let steps: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(100);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let bench = args.first().is_some_and(|a| a == "--bench");
+    let steps: usize = args.iter().find_map(|s| s.parse().ok()).unwrap_or(if bench { 5 } else { 100 });
     let cfg = DeepseekV3Config::from_json(CPU_SMALL, "cpu-small")?;
     let mut m = DeepseekV3::init(cfg.clone(), 0.02, 0, DType::F32, &Device::Cpu)?;
     let n_params: usize =
         m.named_parameters().iter().filter(|(n, _)| !n.contains("bias")).map(|(_, t)| t.numel()).sum();
-    println!("cpu-small: {n_params} parameters");
+    if !bench {
+        println!("cpu-small: {n_params} parameters");
+    }
     let (b, s) = (8, 256);
     // A fixed stream with learnable structure: each row follows t' = (5t + row) mod 512 with a
     // deterministic "noise" token every 7th position.
@@ -43,7 +49,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
     let mut opt = AdamW::new(AdamWConfig::default());
     let t0 = Instant::now();
-    for step in 0..steps {
+    let mut times = Vec::new();
+    let total = if bench { steps + 2 } else { steps };
+    for step in 0..total {
+        let ts = Instant::now();
         let (logits, saved) = m.forward(&ids, b, s, &pos, &AttnMask::causal())?;
         let (loss, dl) = lm_loss(&logits, &targets, -100)?;
         let mut grads = Grads::default();
@@ -54,6 +63,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         opt.step(&mut p, &grads, 1e-3)?;
         m = DeepseekV3::load(cfg.clone(), &p)?;
+        if bench {
+            if step >= 2 {
+                times.push(ts.elapsed().as_secs_f64());
+            }
+            if step + 1 == total {
+                times.sort_by(f64::total_cmp);
+                let med = times[times.len() / 2];
+                println!(
+                    "{{\"who\": \"r1\", \"threads\": {}, \"params\": {n_params}, \"step_s\": {med:.4}, \"tokens_per_s\": {:.1}, \"loss\": {loss:.4}}}",
+                    rayon::current_num_threads(),
+                    (b * s) as f64 / med
+                );
+            }
+            continue;
+        }
         if step % 10 == 0 || step + 1 == steps {
             let el = t0.elapsed().as_secs_f64();
             println!("step {step:>4}  loss {loss:.4}  {:.0} tokens/s", ((step + 1) * b * s) as f64 / el);

@@ -1,5 +1,5 @@
 //! `r1`: the command-line facade. One subcommand per pipeline stage; each lives in its own module under
-//! `cli/` (today: `rewards`, `logits`, `generate`; `train` joins later).
+//! `cli/` (`train`, `generate`, `logits`, `rewards`).
 
 mod cli;
 
@@ -21,6 +21,8 @@ enum Command {
     Logits(cli::logits::LogitsArgs),
     /// Sample continuations of token-id prompts over the latent KV cache.
     Generate(cli::generate::GenerateArgs),
+    /// Run the recipe: pretrain the miniature base model (later: the R1 stages).
+    Train(cli::train::TrainArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +30,6 @@ fn main() -> anyhow::Result<()> {
         Command::Rewards(args) => cli::rewards::run(args),
         Command::Logits(args) => cli::logits::run(args),
         Command::Generate(args) => cli::generate::run(args),
+        Command::Train(args) => cli::train::run(args),
     }
 }

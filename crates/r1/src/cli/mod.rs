@@ -3,3 +3,4 @@
 pub mod generate;
 pub mod logits;
 pub mod rewards;
+pub mod train;
