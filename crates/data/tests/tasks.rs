@@ -229,3 +229,19 @@ fn cold_start_records_are_clean_training_problems() {
         assert_eq!(r.extra["answer"], p.answer);
     }
 }
+
+#[test]
+fn grade_and_fields() {
+    let p = Problem::parse("7-3+2+0").unwrap();
+    let full = |strict, any| data::tasks::Grade { strict, any_final_number: any };
+    assert_eq!(p.grade(&p.completion()), full(true, true));
+    assert_eq!(p.grade("7-3=4, 4+2=6, 6+0=6, so 6<eos>"), full(false, true));
+    assert_eq!(p.grade("<answer>6</answer> or 5"), full(true, false));
+    assert_eq!(p.grade("<answer>5</answer>"), full(false, false));
+    let f = p.fields();
+    assert_eq!(f["answer"], "6");
+    // The fields are a rewards::Sample.
+    let set = WeightedRewards::from_specs(&["accuracy"]).unwrap();
+    assert_eq!(set.score(&p.cot, &f).unwrap().total, 1.0);
+    assert_eq!(set.score("<answer>\n5\n</answer>", &f).unwrap().total, 0.0);
+}
