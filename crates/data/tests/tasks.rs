@@ -245,3 +245,28 @@ fn grade_and_fields() {
     assert_eq!(set.score(&p.cot, &f).unwrap().total, 1.0);
     assert_eq!(set.score("<answer>\n5\n</answer>", &f).unwrap().total, 0.0);
 }
+
+#[test]
+fn corpus_batch_packs_whole_documents() {
+    let tok = Tokenizer::project();
+    let corpus = Corpus::new(ChainTask::new(4).unwrap(), CorpusMix::default()).unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let b = corpus.batch(&tok, &mut rng, 4, 128).unwrap();
+    assert_eq!((b.batch, b.seq_len, b.ids.len()), (4, 128, 512));
+    let mut rng2 = StdRng::seed_from_u64(3);
+    assert_eq!(corpus.batch(&tok, &mut rng2, 4, 128).unwrap(), b, "deterministic");
+    for row in 0..4 {
+        let r = row * 128..(row + 1) * 128;
+        let (ids, segs) = (&b.ids[r.clone()], &b.segment_ids[r]);
+        let n_seg = *segs.iter().max().unwrap();
+        assert!(n_seg >= 2, "several documents per sequence");
+        // Every segment decodes to one whole document: a prompt through <eos>.
+        for s in 1..=n_seg {
+            let doc: Vec<u32> = ids.iter().zip(segs).filter(|(_, g)| **g == s).map(|(i, _)| *i).collect();
+            let text = tok.decode(&doc).unwrap();
+            assert!(text.starts_with("Q: ") && text.ends_with("<eos>"), "{text:?}");
+            assert_eq!(text.matches("<eos>").count(), 1);
+        }
+    }
+    assert!(corpus.batch(&tok, &mut rng, 0, 128).is_err());
+}
