@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Modules: [`tokenizer`] (the project's character tokenizer over Hugging Face `tokenizers`), [`chat`] (messages
-//! and the chat template), [`jsonl`] (datasets), [`pack`] (packing), [`tasks`] (the bounded chain, the
+//! and the chat template), [`jsonl`] (datasets), [`pack`](mod@pack) (packing), [`tasks`] (the bounded chain, the
 //! pretraining corpus, answer extractors), [`split`] (seeded stable hashing).
 
 pub mod chat;

@@ -229,3 +229,44 @@ fn cold_start_records_are_clean_training_problems() {
         assert_eq!(r.extra["answer"], p.answer);
     }
 }
+
+#[test]
+fn grade_and_fields() {
+    let p = Problem::parse("7-3+2+0").unwrap();
+    let full = |strict, any| data::tasks::Grade { strict, any_final_number: any };
+    assert_eq!(p.grade(&p.completion()), full(true, true));
+    assert_eq!(p.grade("7-3=4, 4+2=6, 6+0=6, so 6<eos>"), full(false, true));
+    assert_eq!(p.grade("<answer>6</answer> or 5"), full(true, false));
+    assert_eq!(p.grade("<answer>5</answer>"), full(false, false));
+    let f = p.fields();
+    assert_eq!(f["answer"], "6");
+    // The fields are a rewards::Sample.
+    let set = WeightedRewards::from_specs(&["accuracy"]).unwrap();
+    assert_eq!(set.score(&p.cot, &f).unwrap().total, 1.0);
+    assert_eq!(set.score("<answer>\n5\n</answer>", &f).unwrap().total, 0.0);
+}
+
+#[test]
+fn corpus_batch_packs_whole_documents() {
+    let tok = Tokenizer::project();
+    let corpus = Corpus::new(ChainTask::new(4).unwrap(), CorpusMix::default()).unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let b = corpus.batch(&tok, &mut rng, 4, 128).unwrap();
+    assert_eq!((b.batch, b.seq_len, b.ids.len()), (4, 128, 512));
+    let mut rng2 = StdRng::seed_from_u64(3);
+    assert_eq!(corpus.batch(&tok, &mut rng2, 4, 128).unwrap(), b, "deterministic");
+    for row in 0..4 {
+        let r = row * 128..(row + 1) * 128;
+        let (ids, segs) = (&b.ids[r.clone()], &b.segment_ids[r]);
+        let n_seg = *segs.iter().max().unwrap();
+        assert!(n_seg >= 2, "several documents per sequence");
+        // Every segment decodes to one whole document: a prompt through <eos>.
+        for s in 1..=n_seg {
+            let doc: Vec<u32> = ids.iter().zip(segs).filter(|(_, g)| **g == s).map(|(i, _)| *i).collect();
+            let text = tok.decode(&doc).unwrap();
+            assert!(text.starts_with("Q: ") && text.ends_with("<eos>"), "{text:?}");
+            assert_eq!(text.matches("<eos>").count(), 1);
+        }
+    }
+    assert!(corpus.batch(&tok, &mut rng, 0, 128).is_err());
+}

@@ -11,6 +11,7 @@ use crate::chat::{Message, apply_chat_template};
 use crate::error::{Result, invalid};
 use crate::jsonl::Record;
 use crate::split::is_test;
+use crate::tasks::{any_final_number, strict_answer};
 use crate::tokenizer::{ANSWER, ANSWER_END, EOS, THINK, THINK_END};
 
 /// Smallest level (operands).
@@ -129,10 +130,36 @@ impl Problem {
         format!("{}{EOS}", self.cot)
     }
 
+    /// The fields reward functions read (`rewards::Sample` is this map): `answer`, plus `expr` and `level`.
+    pub fn fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("answer".into(), self.answer.clone().into());
+        m.insert("expr".into(), self.expr.clone().into());
+        m.insert("level".into(), self.level.into());
+        m
+    }
+
+    /// Grade a completion (its `<eos>`, if any, is ignored): strict = the integer inside `<answer>` is right;
+    /// lenient = the last integer in the text is right.
+    pub fn grade(&self, completion: &str) -> Grade {
+        let c = completion.strip_suffix(EOS).unwrap_or(completion);
+        let v = self.value();
+        Grade { strict: strict_answer(c) == Some(v), any_final_number: any_final_number(c) == Some(v) }
+    }
+
     /// A prompt/completion record (completion = the clean CoT, no `<eos>`) with the gold `answer` field.
     pub fn record(&self) -> Record {
         Record::prompt_completion(self.prompt.clone(), self.cot.clone()).with("answer", self.answer.clone())
     }
+}
+
+/// How a completion fares against a problem (`docs/miniature.md`'s two accuracies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Grade {
+    /// The integer inside `<answer>…</answer>` equals the answer.
+    pub strict: bool,
+    /// The last integer in the completion equals the answer.
+    pub any_final_number: bool,
 }
 
 impl std::fmt::Display for Step {

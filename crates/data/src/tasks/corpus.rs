@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use super::chain::{ChainTask, Problem};
 use crate::error::{Result, invalid};
 use crate::jsonl::Record;
+use crate::pack::{Batch, Overflow, Packer, TokenDoc};
+use crate::tokenizer::Tokenizer;
 use crate::tokenizer::{ANSWER, ANSWER_END, EOS, THINK, THINK_END};
 
 /// Proportions of the corpus (weights; each group is normalised on its own).
@@ -168,6 +170,22 @@ impl Corpus {
         let kind = self.kind(rng);
         let text = format!("{}{}{EOS}", p.prompt, kind.completion(&p, rng));
         Ok(Document { text, kind })
+    }
+
+    /// A pretraining batch: fresh documents, tokenised and greedily packed until `n_seqs` sequences of `seq_len`
+    /// are full (a document longer than `seq_len` is truncated); the partly filled last sequence is discarded.
+    pub fn batch<R: Rng + ?Sized>(&self, tok: &Tokenizer, rng: &mut R, n_seqs: usize, seq_len: usize) -> Result<Batch> {
+        if n_seqs == 0 {
+            return invalid("n_seqs", 0, "must be at least 1");
+        }
+        let mut packer = Packer::new(seq_len, tok.pad_id(), Overflow::Truncate)?;
+        let mut seqs = Vec::with_capacity(n_seqs);
+        while seqs.len() < n_seqs {
+            let doc = self.document(rng)?;
+            seqs.extend(packer.push(&TokenDoc::encode(tok, &doc.text)?)?);
+        }
+        seqs.truncate(n_seqs);
+        Batch::stack(&seqs)
     }
 
     /// `n` documents from a generator seeded with `seed`.

@@ -9,7 +9,7 @@
 pub mod chain;
 pub mod corpus;
 
-pub use chain::{ChainTask, Problem};
+pub use chain::{ChainTask, Grade, Problem};
 pub use corpus::{Corpus, CorpusMix, DocKind, Document, cold_start_records};
 
 use crate::tokenizer::{ANSWER, ANSWER_END};
