@@ -9,6 +9,7 @@
 //! - `bench cpu-small`: our `cpu-small` training step next to PyTorch + transformers, with the ratio.
 //! - `gpu-bundle`: build the CUDA test binaries and the GEMM examples (tensor bf16/f32, fp8
 //!   block-scaled) into `.gpu/` for the GPU machine.
+//! - `fp8-gap`: FP8 vs f32 training of the cpu-small model on the chain corpus (loss gap).
 //! - `train`: the main job (the R1 pipeline in miniature; today: pretraining the base model).
 
 use std::path::{Path, PathBuf};
@@ -37,10 +38,16 @@ enum Cmd {
     },
     /// Build CUDA test binaries and examples into .gpu/ for the GPU machine.
     GpuBundle,
+    /// FP8 vs f32 training on the cpu-small model over the chain corpus: the loss gap.
+    Fp8Gap {
+        /// Steps per run.
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+    },
     /// Run the training pipeline.
     Train {
         /// Extra arguments for the trainer.
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
@@ -261,8 +268,58 @@ fn main() -> Result<()> {
         Cmd::Test => test(),
         Cmd::Bench { what } => bench(&what),
         Cmd::GpuBundle => gpu_bundle(),
+        Cmd::Fp8Gap { steps } => fp8_gap(steps),
         Cmd::Train { args } => train(&args),
     }
+}
+
+/// Train `configs/fp8-gap-cpu-small.json` twice from the same seed — f32, then FP8 linears —
+/// and print the training-loss curves and the held-out loss of each, with the relative gaps.
+fn fp8_gap(steps: usize) -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "r1"]))?;
+    let cfg = root().join("configs/fp8-gap-cpu-small.json");
+    let mut res = Vec::new();
+    for (name, extra) in [("f32", None), ("fp8", Some("--fp8"))] {
+        let out = root().join(format!("runs/fp8-gap-{name}"));
+        let mut c = Command::new(root().join("target/release/r1"));
+        c.arg("train").arg("--config").arg(&cfg).arg("--out").arg(&out).args(["--fresh", "--steps"]);
+        c.arg(steps.to_string()).args(extra);
+        let t0 = std::time::Instant::now();
+        run(&mut c)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+        let curve: Vec<(u64, f64)> = metrics
+            .lines()
+            .filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                Some((v["step"].as_u64()?, v["loss"].as_f64()?))
+            })
+            .collect();
+        let ev: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json"))?)?;
+        res.push((name, curve, ev["heldout_loss"].as_f64().unwrap_or(f64::NAN), secs));
+    }
+    let gap = |a: f64, b: f64| 100.0 * (b - a) / a;
+    println!("cpu-small model on the chain corpus, {steps} steps, batch 8 × 128, same seed");
+    println!("{:>6} {:>10} {:>10} {:>9}", "step", "f32", "fp8", "gap %");
+    for ((s, a), (_, b)) in res[0].1.iter().zip(&res[1].1) {
+        if s % 20 == 0 || *s as usize == steps {
+            println!("{s:>6} {a:>10.4} {b:>10.4} {:>+9.3}", gap(*a, *b));
+        }
+    }
+    let tail = |c: &[(u64, f64)]| {
+        let k = c.len().min(5);
+        c[c.len() - k..].iter().map(|x| x.1).sum::<f64>() / k as f64
+    };
+    let (ta, tb) = (tail(&res[0].1), tail(&res[1].1));
+    println!("mean train loss over the last 5 logged steps: f32 {ta:.4}  fp8 {tb:.4}  gap {:+.3}%", gap(ta, tb));
+    println!(
+        "held-out next-token loss: f32 {:.4}  fp8 {:.4}  gap {:+.3}%",
+        res[0].2,
+        res[1].2,
+        gap(res[0].2, res[1].2)
+    );
+    println!("wall time: f32 {:.0} s, fp8 {:.0} s", res[0].3, res[1].3);
+    Ok(())
 }
 
 /// The main job: build the `r1` binary (release; with CUDA when `--device cuda…` is asked for)

@@ -73,6 +73,30 @@ fn train_writes_artifacts_and_resumes_after_kill_9() {
         serde_json::from_str(&std::fs::read_to_string(fin.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg_json["num_nextn_predict_layers"], 1);
     assert!(fin.join("tokenizer.json").exists());
+    // `r1 generate` on the saved checkpoint takes text and prints text (the tokenizer is there).
+    let o = Command::new(env!("CARGO_BIN_EXE_r1"))
+        .args(["generate", "--model"])
+        .arg(&fin)
+        .args(["--prompt", "Q: 1+2+3-4\nA: ", "--prompt", "Q: 9-9\nA: <think>", "--temperature", "0"])
+        .args(["--max-new-tokens", "12"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        let n = l["tokens"].as_array().unwrap().len();
+        assert!((1..=12).contains(&n));
+        assert!(l["text"].as_str().is_some_and(|t| !t.is_empty()), "{l}");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_r1"))
+        .args(["generate", "--model"])
+        .arg(&fin)
+        .args(["--prompt", "Q: 1+2\nA: €"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "a character outside the vocabulary is an error");
 
     // The interrupted run: SIGKILL once the first checkpoint exists, then run again.
     let b = dir("killed");

@@ -1,5 +1,6 @@
 //! The training step (forward and backward of the whole model, MTP included) and its settings.
 
+use fp8::LinearPrecision;
 use model::mtp::{Mtp, mtp_loss_with_targets, mtp_targets_packed};
 use model::{DeepseekV3, Ffn, lm_loss};
 use moe_router::balance::{max_vio, update_bias};
@@ -31,6 +32,10 @@ pub struct TrainConfig {
     pub mtp_lambda: f64,
     /// γ of the aux-loss-free bias update (V3: 0.001; 0 = off).
     pub bias_update_speed: f64,
+    /// FP8 training (V3 §3.3): every MLA projection and expert GEMM — forward, activation
+    /// gradient, weight gradient — on E4M3 operands with 1×128 / 128×128 scales; master weights,
+    /// optimizer state, embedding, head, gate, norms and attention core stay f32.
+    pub fp8: bool,
 }
 
 impl Default for TrainConfig {
@@ -46,6 +51,7 @@ impl Default for TrainConfig {
             max_grad_norm: 1.0,
             mtp_lambda: 0.3,
             bias_update_speed: 0.001,
+            fp8: false,
         }
     }
 }
@@ -184,7 +190,22 @@ impl LmTrainer {
     pub fn new(model: DeepseekV3, mtp: Vec<Mtp>, cfg: TrainConfig) -> Result<LmTrainer> {
         cfg.validate()?;
         let opt = AdamW::new(cfg.adamw());
-        Ok(LmTrainer { model, mtp, opt, cfg, step: 0 })
+        let mut t = LmTrainer { model, mtp, opt, cfg, step: 0 };
+        t.apply_precision();
+        Ok(t)
+    }
+
+    /// Put every linear layer (model and MTP) in the configured precision.
+    fn apply_precision(&mut self) {
+        let p = if self.cfg.fp8 { LinearPrecision::Fp8 } else { LinearPrecision::F32 };
+        self.model.set_linear_precision(p);
+        for m in &mut self.mtp {
+            m.block.self_attn.precision = p;
+            match &mut m.block.mlp {
+                Ffn::Dense(e) => e.precision = p,
+                Ffn::Moe(moe) => moe.set_linear_precision(p),
+            }
+        }
     }
 
     /// Every parameter (model, then MTP) by HF name.

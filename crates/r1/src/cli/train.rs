@@ -23,6 +23,9 @@ pub struct TrainArgs {
     /// `cpu`, or `cuda` / `cuda:N` (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Train the linear layers in FP8 (DeepSeek-V3 §3.3; sets `train.fp8`).
+    #[arg(long)]
+    pub fp8: bool,
     /// Start over even if `--out` holds checkpoints (default: resume from the newest).
     #[arg(long)]
     pub fresh: bool,
@@ -63,6 +66,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = args.seed {
         cfg.seed = s;
+    }
+    if args.fp8 {
+        cfg.train.fp8 = true;
     }
     if args.print_config {
         println!("{}", serde_json::to_string_pretty(&cfg)?);

@@ -85,6 +85,7 @@ impl Default for PretrainConfig {
                 max_grad_norm: 1.0,
                 mtp_lambda: 0.3,
                 bias_update_speed: 0.001,
+                fp8: false,
             },
             rows: 8,
             seq_len: 128,
