@@ -52,7 +52,15 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
             .x_label_area_size(40)
             .y_label_area_size(64)
             .build_cartesian_2d(x0..x1, (y0 * 0.9..y1 * 1.1).log_scale())?;
-        chart.configure_mesh().x_desc(x_label).y_desc(y_label).label_style(("sans-serif", 14)).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.2}"))
+            .label_style(("sans-serif", 14))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
         for s in series {
             let c = s.color;
             let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.1.is_finite() && p.1 > 0.0).collect();
