@@ -10,6 +10,11 @@
 //! cuBLASLt's heuristic is timed; "default" is its first choice, "best" the fastest. Errors are
 //! ‖Δ‖/‖ref‖ over 32 sampled rows against f64 products: of the dequantised FP8 operands (`rel_err`),
 //! of the f32 inputs (`rel_err_vs_f32_inputs`, the total FP8 error), and for bf16 of its inputs.
+//!
+//! Search (`search_*` fields, row-major bf16 output): with a [`SEARCH_WORKSPACE`] workspace, the
+//! heuristic's candidates plus every configuration [`GemmPlan::enumerate`] finds, each timed with
+//! the same protocol; the fastest one's error is checked like the others. `tune_*`: what
+//! [`GemmPlan::tune`] (5 timed launches per candidate) selects from the same candidates.
 
 use std::time::Instant;
 
@@ -24,6 +29,10 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 const WARMUP: usize = 3;
 const REPS: usize = 20;
 const SAMPLE_ROWS: usize = 32;
+/// Workspace for the search (8× the default).
+const SEARCH_WORKSPACE: usize = 256 << 20;
+/// At most this many enumerated configurations are timed.
+const SEARCH_LIMIT: usize = 1500;
 
 /// Median seconds of one product: `REPS` launches back to back, an event between each.
 fn time(g: &GpuGemm, mut launch: impl FnMut() -> fp8::Result<()>) -> Res<f64> {
@@ -111,12 +120,56 @@ fn rel_err(y: &[f32], rows: &[usize], n: usize, k: usize, a: &(dyn Fn(usize, usi
     (num / den).sqrt()
 }
 
+/// The search: heuristic with a larger workspace, then every enumerated configuration. Returns
+/// the JSON fields; leaves `g` with the search workspace.
+fn search(g: &mut GpuGemm, ga: &GpuFp8, gb: &GpuFp8, check: &dyn Fn(&[f32]) -> f64) -> Res<String> {
+    g.resize_workspace(SEARCH_WORKSPACE)?;
+    let g = &*g;
+    let (m, n) = (ga.rows, gb.rows);
+    let mut y = g.alloc_out(m, n, OutType::Bf16)?;
+    let mut plan = g.plan(ga, gb, OutType::Bf16)?;
+    let heuristic = plan.candidates();
+    eprintln!("search: heuristic with a {} MiB workspace ({heuristic} candidates)", SEARCH_WORKSPACE >> 20);
+    let (t_heur, _, _) = sweep(g, &mut plan, |p| p.run(g, ga, gb, &mut y))?;
+    let t0 = Instant::now();
+    let added = plan.enumerate(g, SEARCH_LIMIT)?;
+    eprintln!("search: {added} more configurations in {:.1} s; timing all", t0.elapsed().as_secs_f64());
+    let mut times: Vec<(f64, usize)> = Vec::new();
+    for i in 0..plan.candidates() {
+        plan.select(i)?;
+        let p = &plan;
+        match time(g, || p.run(g, ga, gb, &mut y)) {
+            Ok(t) => times.push((t, i)),
+            Err(e) => eprintln!("  candidate {i} failed: {e}"),
+        }
+    }
+    times.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for &(t, i) in times.iter().take(10) {
+        eprintln!("  top: {:.1} TFLOP/s {:?}", flops(&plan) / t / 1e12, plan.algo_info(i));
+    }
+    let &(t_best, i_best) = times.first().ok_or("no candidate ran")?;
+    plan.select(i_best)?;
+    let mut yb = g.alloc_out(m, n, OutType::Bf16)?;
+    plan.run(g, ga, gb, &mut yb)?;
+    let err = check(&yb.to_host_f32(g.stream())?);
+    let info = plan.algo_info(i_best);
+    let (i_tune, t_tune) = plan.tune(g, ga, gb, &mut y, 5)?;
+    let f = flops(&plan);
+    Ok(format!(
+        "\"search_heuristic_256mib_tflops\":{:.0},\"search_candidates\":{},\"search_best_tflops\":{:.0},\"search_best_algo\":\"{info:?}\",\"search_rel_err\":{err:.3e},\"tune_index\":{i_tune},\"tune_tflops\":{:.0}",
+        f / t_heur / 1e12,
+        times.len(),
+        f / t_best / 1e12,
+        f / t_tune / 1e12
+    ))
+}
+
 fn main() -> Res<()> {
     let mut sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     if sizes.is_empty() {
         sizes = vec![4096, 8192];
     }
-    let g = GpuGemm::new(0)?;
+    let mut g = GpuGemm::new(0)?;
     eprintln!("{}", g.describe()?);
     for n in sizes {
         let (m, k) = (n, n);
@@ -180,6 +233,9 @@ fn main() -> Res<()> {
         let wbf: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
         let e_bf16 = rel_err(&ybh, &rows, n, k, &|r, t| xb[r * k + t].to_f32() as f64, &wbf);
         let (_, _, _, fp8_best, fp8_info, _) = &fp8[0];
+        let check = |y: &[f32]| rel_err(y, &rows, n, k, &|r, t| deq_x[r * k + t] as f64, &deq_w);
+        let searched = search(&mut g, &ga, &gb, &check)?;
+        g.resize_workspace(fp8::cuda::WORKSPACE_BYTES)?;
 
         let fields: Vec<String> = fp8
             .iter()
@@ -193,7 +249,7 @@ fn main() -> Res<()> {
             })
             .collect();
         println!(
-            "{{\"n\":{n},\"fp8_block_tflops\":{fp8_best:.0},{},\"fp8_best_algo\":\"{fp8_info:?}\",\"bf16_default_tflops\":{:.0},\"bf16_best_tflops\":{:.0},{},\"bf16_rel_err\":{e_bf16:.3e}}}",
+            "{{\"n\":{n},\"fp8_block_tflops\":{fp8_best:.0},{},\"fp8_best_algo\":\"{fp8_info:?}\",\"bf16_default_tflops\":{:.0},\"bf16_best_tflops\":{:.0},{},\"bf16_rel_err\":{e_bf16:.3e},{searched}}}",
             fields.join(","),
             2.0 * (n as f64).powi(3) / tb_def / 1e12,
             2.0 * (n as f64).powi(3) / tb_best / 1e12,

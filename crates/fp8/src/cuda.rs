@@ -17,6 +17,10 @@
 //! (`L4` = K/128 rounded up to a multiple of 4, the column stride cuBLAS requires.) [`GpuGemm`]
 //! uploads [`BlockQuant`] operands into these layouts; a [`GemmPlan`] holds the descriptors and
 //! the heuristic's candidate algorithms for one shape, so repeated products only launch.
+//! [`GemmPlan::enumerate`] adds every configuration cuBLASLt accepts beyond the heuristic's
+//! (algorithm ids × tiles × stages × cluster shapes × CTA swizzling, each checked by
+//! `cublasLtMatmulAlgoCheck`), and [`GemmPlan::tune`] times the candidates once and keeps the
+//! fastest.
 //!
 //! Shapes: K and N must be multiples of 128 and M a multiple of 16; anything else is an error.
 
@@ -26,15 +30,18 @@ use std::sync::Arc;
 
 use cudarc::cublaslt::result as ltr;
 use cudarc::cublaslt::sys::{
-    self as lt, cublasComputeType_t, cublasLtMatmulAlgoConfigAttributes_t as AlgoAttr,
-    cublasLtMatmulDescAttributes_t as Attr, cublasLtMatmulMatrixScale_t as ScaleMode, cudaDataType_t as Dt,
+    self as lt, cublasComputeType_t, cublasLtClusterShape_t as Cluster, cublasLtMatmulAlgoCapAttributes_t as Cap,
+    cublasLtMatmulAlgoConfigAttributes_t as AlgoAttr, cublasLtMatmulDescAttributes_t as Attr,
+    cublasLtMatmulMatrixScale_t as ScaleMode, cudaDataType_t as Dt,
 };
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use crate::{BLOCK, BlockQuant, Fp8Error, Result};
 
-/// cuBLASLt workspace (NVIDIA's recommendation for Hopper: 32 MiB).
+/// Default cuBLASLt workspace (NVIDIA's recommendation for Hopper: 32 MiB); see
+/// [`GpuGemm::with_workspace`] for another size.
 pub const WORKSPACE_BYTES: usize = 32 << 20;
 /// Heuristic candidates requested per plan.
 pub const MAX_ALGOS: usize = 16;
@@ -206,11 +213,16 @@ impl GpuGemm {
 
     /// Open device `ordinal`: a stream, a cuBLASLt handle and a [`WORKSPACE_BYTES`] workspace.
     pub fn new(ordinal: usize) -> Result<GpuGemm> {
+        GpuGemm::with_workspace(ordinal, WORKSPACE_BYTES)
+    }
+
+    /// [`GpuGemm::new`] with a workspace of `bytes` (plans offer cuBLASLt at most this much).
+    pub fn with_workspace(ordinal: usize, bytes: usize) -> Result<GpuGemm> {
         let shape = format!("device {ordinal}");
         let ctx = CudaContext::new(ordinal).map_err(|e| gpu_err("CudaContext::new", &shape, e))?;
         let stream = ctx.new_stream().map_err(|e| gpu_err("new_stream", &shape, e))?;
         let handle = Handle(ltr::create_handle().map_err(|e| gpu_err("cublasLtCreate", &shape, e))?);
-        let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(|e| gpu_err("workspace", &shape, e))?;
+        let workspace = stream.alloc_zeros::<u8>(bytes.max(1)).map_err(|e| gpu_err("workspace", &shape, e))?;
         Ok(GpuGemm { stream, handle, workspace })
     }
 
@@ -222,6 +234,20 @@ impl GpuGemm {
         // SAFETY: a plain query of the loaded library.
         let v = unsafe { lt::cublasLtGetVersion() };
         Ok(format!("{name} (sm_{maj}{min}), cuBLASLt {v}"))
+    }
+
+    /// The workspace size in bytes.
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.len()
+    }
+
+    /// Replace the workspace by one of `bytes` (plans made before keep their algorithms; one
+    /// that needs more than the new size fails at launch).
+    pub fn resize_workspace(&mut self, bytes: usize) -> Result<()> {
+        self.synchronize()?;
+        let shape = format!("{bytes} bytes");
+        self.workspace = self.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(|e| gpu_err("workspace", &shape, e))?;
+        Ok(())
     }
 
     /// The stream every upload and GEMM runs on.
@@ -362,6 +388,66 @@ fn check_operands(a: &GpuFp8, b: &GpuFp8) -> Result<(usize, usize, usize)> {
     Ok((a.rows, b.rows, a.cols))
 }
 
+/// Cluster shapes [`GemmPlan::enumerate`] tries (cuBLASLt lists none per algorithm): auto and the
+/// shapes of up to 4 CTAs.
+pub const CLUSTER_SHAPES: &[Cluster] = &[
+    Cluster::CUBLASLT_CLUSTER_SHAPE_AUTO,
+    Cluster::CUBLASLT_CLUSTER_SHAPE_1x1x1,
+    Cluster::CUBLASLT_CLUSTER_SHAPE_2x1x1,
+    Cluster::CUBLASLT_CLUSTER_SHAPE_1x2x1,
+    Cluster::CUBLASLT_CLUSTER_SHAPE_2x2x1,
+    Cluster::CUBLASLT_CLUSTER_SHAPE_4x1x1,
+    Cluster::CUBLASLT_CLUSTER_SHAPE_1x4x1,
+];
+
+/// An algorithm capability that is an array of u32 (tile ids, stage ids) or a single u32 flag:
+/// the size is queried first, then read with exactly that size (cuBLASLt rejects any other).
+fn cap_u32s(algo: &lt::cublasLtMatmulAlgo_t, cap: Cap) -> Vec<u32> {
+    let mut size = 0usize;
+    // SAFETY: a size query (null buffer, 0 bytes) that writes only `size`.
+    let st = unsafe { lt::cublasLtMatmulAlgoCapGetAttribute(algo, cap, std::ptr::null_mut(), 0, &mut size) };
+    if st != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS || size == 0 || !size.is_multiple_of(4) {
+        return Vec::new();
+    }
+    let mut buf = vec![0u32; size / 4];
+    let mut written = 0usize;
+    // SAFETY: `buf` holds exactly `size` bytes.
+    let st = unsafe {
+        lt::cublasLtMatmulAlgoCapGetAttribute(algo, cap, buf.as_mut_ptr() as *mut c_void, size, &mut written)
+    };
+    if st != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        return Vec::new();
+    }
+    buf.truncate(written / 4);
+    buf
+}
+
+/// Median seconds of one `launch`: one warm-up, then `reps` launches enqueued back to back with a
+/// CUDA event between each.
+fn time_median(g: &GpuGemm, reps: usize, mut launch: impl FnMut() -> Result<()>) -> Result<f64> {
+    let err = |e| gpu_err("timing", "", e);
+    launch()?;
+    g.synchronize()?;
+    let ctx = g.stream.context();
+    let events: Vec<_> = (0..=reps)
+        .map(|_| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(err)?;
+    events[0].record(&g.stream).map_err(err)?;
+    for e in &events[1..] {
+        launch()?;
+        e.record(&g.stream).map_err(err)?;
+    }
+    g.synchronize()?;
+    let mut t: Vec<f64> = events
+        .windows(2)
+        .map(|w| w[0].elapsed_ms(&w[1]).map(|ms| ms as f64 / 1e3))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(err)?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Operands {
     Fp8Block,
@@ -381,10 +467,21 @@ pub struct AlgoInfo {
     pub split_k: u32,
     /// `CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID`.
     pub cluster: u32,
+    /// `CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING`.
+    pub swizzle: u32,
+    /// `CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME`.
+    pub reduction: u32,
     /// Workspace bytes the algorithm needs.
     pub workspace: usize,
     /// The heuristic's estimate of waves (`wavesCount`).
     pub waves: f32,
+}
+
+impl AlgoInfo {
+    /// The configuration alone (workspace and waves cleared), to compare candidates.
+    pub fn config(self) -> AlgoInfo {
+        AlgoInfo { workspace: 0, waves: 0.0, ..self }
+    }
 }
 
 /// Descriptors and candidate algorithms for one GEMM shape (see [`GpuGemm::plan`]).
@@ -467,7 +564,7 @@ impl GemmPlan {
             plan.set_scales(g, a, b)?;
         }
         let pref = Pref(ltr::create_matmul_pref().map_err(|e| gpu_err(op, &plan.shape, e))?);
-        let ws = WORKSPACE_BYTES as u64;
+        let ws = g.workspace_bytes() as u64;
         // SAFETY: `ws` is the u64 the attribute reads.
         let st = unsafe {
             lt::cublasLtMatmulPreferenceSetAttribute(
@@ -516,7 +613,158 @@ impl GemmPlan {
         self.desc.set(Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &pb, op, &self.shape)
     }
 
-    /// Number of candidate algorithms the heuristic returned.
+    /// Add every configuration cuBLASLt accepts for this plan that is not yet a candidate, at
+    /// most `limit`; returns how many were added. The search: each algorithm id for the plan's
+    /// types (`cublasLtMatmulAlgoGetIds`) × the tiles and stages it lists
+    /// (`cublasLtMatmulAlgoCapGetAttribute`) × [`CLUSTER_SHAPES`] × CTA swizzling off/on where
+    /// supported, split-K off, each validated by `cublasLtMatmulAlgoCheck` and kept when it needs
+    /// no more workspace than `g` has. (The inner-shape attribute selects pre-Hopper MMA shapes
+    /// and is left at its default.) The heuristic's candidates keep their indices.
+    pub fn enumerate(&mut self, g: &GpuGemm, limit: usize) -> Result<usize> {
+        let op = "cublasLt enumerate";
+        g.stream.context().bind_to_thread().map_err(|e| gpu_err(op, &self.shape, e))?;
+        let in_dt = match self.operands {
+            Operands::Fp8Block => Dt::CUDA_R_8F_E4M3,
+            Operands::Bf16 => Dt::CUDA_R_16BF,
+        };
+        let (ct, st, out) = (cublasComputeType_t::CUBLAS_COMPUTE_32F, Dt::CUDA_R_32F, self.out.dt());
+        let mut ids = vec![0i32; 256];
+        let mut n_ids = 0i32;
+        // SAFETY: `ids` holds the 256 entries requested.
+        let status = unsafe {
+            lt::cublasLtMatmulAlgoGetIds(g.handle.0, ct, st, in_dt, in_dt, out, out, 256, ids.as_mut_ptr(), &mut n_ids)
+        };
+        check(status, "cublasLtMatmulAlgoGetIds", &self.shape)?;
+        ids.truncate(n_ids.max(0) as usize);
+        let mut seen: Vec<AlgoInfo> = (0..self.algos.len()).map(|i| self.algo_info(i).config()).collect();
+        let mut added = 0;
+        for id in ids {
+            // SAFETY: an all-zero algorithm is a valid bit pattern for this plain C struct.
+            let mut base: lt::cublasLtMatmulAlgo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `base` is a live algorithm struct for Init to fill.
+            let status =
+                unsafe { lt::cublasLtMatmulAlgoInit(g.handle.0, ct, st, in_dt, in_dt, out, out, id, &mut base) };
+            if status != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                continue;
+            }
+            let tiles = cap_u32s(&base, Cap::CUBLASLT_ALGO_CAP_TILE_IDS);
+            let stages = cap_u32s(&base, Cap::CUBLASLT_ALGO_CAP_STAGES_IDS);
+            let swizzles = if cap_u32s(&base, Cap::CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT).first() == Some(&1) {
+                vec![0u32, 1]
+            } else {
+                vec![0]
+            };
+            let or_default = |v: Vec<u32>| if v.is_empty() { vec![0] } else { v };
+            for &tile in &or_default(tiles) {
+                for &stage in &or_default(stages.clone()) {
+                    for &cluster in CLUSTER_SHAPES {
+                        for &swizzle in &swizzles {
+                            let mut algo = base;
+                            let set = |algo: &mut lt::cublasLtMatmulAlgo_t, attr, v: &[u8]| {
+                                // SAFETY: `v` holds the attribute's size (u32, or u16 for the cluster shape).
+                                unsafe {
+                                    lt::cublasLtMatmulAlgoConfigSetAttribute(
+                                        algo,
+                                        attr,
+                                        v.as_ptr() as *const c_void,
+                                        v.len(),
+                                    )
+                                }
+                            };
+                            let ok = [
+                                set(&mut algo, AlgoAttr::CUBLASLT_ALGO_CONFIG_TILE_ID, &tile.to_ne_bytes()),
+                                set(&mut algo, AlgoAttr::CUBLASLT_ALGO_CONFIG_STAGES_ID, &stage.to_ne_bytes()),
+                                set(
+                                    &mut algo,
+                                    AlgoAttr::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID,
+                                    &(cluster as u16).to_ne_bytes(),
+                                ),
+                                set(&mut algo, AlgoAttr::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle.to_ne_bytes()),
+                                set(&mut algo, AlgoAttr::CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &1u32.to_ne_bytes()),
+                            ]
+                            .iter()
+                            .all(|s| *s == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+                            if !ok {
+                                continue;
+                            }
+                            // SAFETY: an all-zero heuristic result is a valid bit pattern.
+                            let mut r: lt::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
+                            // SAFETY: every descriptor is live; `r` receives the check's result.
+                            let status = unsafe {
+                                lt::cublasLtMatmulAlgoCheck(
+                                    g.handle.0,
+                                    self.desc.0,
+                                    self.a_layout.0,
+                                    self.b_layout.0,
+                                    self.d_layout.0,
+                                    self.d_layout.0,
+                                    &algo,
+                                    &mut r,
+                                )
+                            };
+                            if status != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                                || r.workspaceSize > g.workspace_bytes()
+                            {
+                                continue;
+                            }
+                            r.algo = algo;
+                            r.state = lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS;
+                            self.algos.push(r);
+                            let info = self.algo_info(self.algos.len() - 1).config();
+                            if seen.contains(&info) {
+                                self.algos.pop();
+                                continue;
+                            }
+                            seen.push(info);
+                            added += 1;
+                            if added >= limit {
+                                return Ok(added);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// Time every candidate with `launch` (one warm-up, then `reps` launches with a CUDA event
+    /// between each; the median interval), select the fastest and return its index and seconds.
+    /// A candidate whose launch fails is skipped; an error only if none runs.
+    pub fn tune_with(
+        &mut self,
+        g: &GpuGemm,
+        reps: usize,
+        mut launch: impl FnMut(&GemmPlan) -> Result<()>,
+    ) -> Result<(usize, f64)> {
+        let mut best: Option<(usize, f64)> = None;
+        for i in 0..self.algos.len() {
+            self.chosen = i;
+            if let Ok(t) = time_median(g, reps.max(1), || launch(self))
+                && best.is_none_or(|(_, b)| t < b)
+            {
+                best = Some((i, t));
+            }
+        }
+        let (i, t) = best.ok_or_else(|| gpu_err("GemmPlan::tune", &self.shape, "no candidate ran"))?;
+        self.chosen = i;
+        Ok((i, t))
+    }
+
+    /// [`GemmPlan::tune_with`] on these operands: times `y = a·bᵀ` for every candidate and keeps
+    /// the fastest (run [`GemmPlan::enumerate`] first to search beyond the heuristic).
+    pub fn tune(
+        &mut self,
+        g: &GpuGemm,
+        a: &GpuFp8,
+        b: &GpuFp8,
+        y: &mut GpuMatrix,
+        reps: usize,
+    ) -> Result<(usize, f64)> {
+        self.tune_with(g, reps, |p| p.run(g, a, b, y))
+    }
+
+    /// Number of candidate algorithms (the heuristic's, then any [`GemmPlan::enumerate`] added).
     pub fn candidates(&self) -> usize {
         self.algos.len()
     }
@@ -542,27 +790,31 @@ impl GemmPlan {
     /// Configuration of candidate `i`.
     pub fn algo_info(&self, i: usize) -> AlgoInfo {
         let Some(r) = self.algos.get(i) else { return AlgoInfo::default() };
-        let get = |attr: AlgoAttr| -> u32 {
-            let mut v = 0u32;
+        // cuBLASLt requires the attribute's exact size: 2 bytes for the cluster shape, else 4.
+        let get_sized = |attr: AlgoAttr, bytes: usize| -> u32 {
+            let mut v = [0u8; 4];
             let mut written = 0usize;
-            // SAFETY: reads at most 4 bytes into `v` (each of these attributes is 32-bit).
+            // SAFETY: reads at most `bytes` ≤ 4 bytes into `v`.
             let st = unsafe {
                 lt::cublasLtMatmulAlgoConfigGetAttribute(
                     &r.algo,
                     attr,
-                    &mut v as *mut u32 as *mut c_void,
-                    4,
+                    v.as_mut_ptr() as *mut c_void,
+                    bytes,
                     &mut written,
                 )
             };
-            if st == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS { v } else { u32::MAX }
+            if st == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS { u32::from_ne_bytes(v) } else { u32::MAX }
         };
+        let get = |attr: AlgoAttr| get_sized(attr, 4);
         AlgoInfo {
             id: get(AlgoAttr::CUBLASLT_ALGO_CONFIG_ID) as i32,
             tile: get(AlgoAttr::CUBLASLT_ALGO_CONFIG_TILE_ID),
             stages: get(AlgoAttr::CUBLASLT_ALGO_CONFIG_STAGES_ID),
             split_k: get(AlgoAttr::CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
-            cluster: get(AlgoAttr::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID),
+            cluster: u32::from(get_sized(AlgoAttr::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, 2) as u16),
+            swizzle: get(AlgoAttr::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
+            reduction: get(AlgoAttr::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
             workspace: r.workspaceSize,
             waves: r.wavesCount,
         }
@@ -626,11 +878,23 @@ impl GemmPlan {
     /// `D = op(Ā)·op(B̄)` with Ā = `pa`, B̄ = `pb`.
     fn launch(&self, g: &GpuGemm, pa: u64, pb: u64, pd: u64) -> Result<()> {
         let r = &self.algos[self.chosen];
+        if r.workspaceSize > g.workspace_bytes() {
+            return Err(gpu_err(
+                "cublasLtMatmul",
+                &self.shape,
+                format!(
+                    "the algorithm needs {} workspace bytes, the handle has {}",
+                    r.workspaceSize,
+                    g.workspace_bytes()
+                ),
+            ));
+        }
         let (alpha, beta) = (1f32, 0f32);
         let (pw, _gw) = g.workspace.device_ptr(&g.stream);
         g.stream.context().bind_to_thread().map_err(|e| gpu_err("cublasLtMatmul", &self.shape, e))?;
         // SAFETY: the layouts describe the operand buffers' extents (checked above); D also serves
-        // as C (beta = 0); the workspace holds WORKSPACE_BYTES ≥ the algorithm's request.
+        // as C (beta = 0); the workspace is at least the algorithm's request (the plan's preference
+        // or `enumerate`'s check).
         let st = unsafe {
             lt::cublasLtMatmul(
                 g.handle.0,
@@ -647,7 +911,7 @@ impl GemmPlan {
                 self.d_layout.0,
                 &r.algo,
                 pw as *mut c_void,
-                WORKSPACE_BYTES,
+                g.workspace_bytes(),
                 g.stream.cu_stream() as lt::cudaStream_t,
             )
         };
