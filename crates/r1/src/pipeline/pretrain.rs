@@ -74,19 +74,8 @@ impl Default for PretrainConfig {
             model: DeepseekV3Config::from_json(MINI_MODEL, "MINI_MODEL").expect("the embedded config is valid"),
             mtp_layers: 1,
             embed_std: 0.3,
-            train: TrainConfig {
-                lr: 2e-3,
-                warmup_steps: 50,
-                total_steps: 1200,
-                min_lr_ratio: 0.1,
-                beta1: 0.9,
-                beta2: 0.98,
-                weight_decay: 0.01,
-                max_grad_norm: 1.0,
-                mtp_lambda: 0.3,
-                bias_update_speed: 0.001,
-                fp8: false,
-            },
+            // AdamW 2e-3, β (0.9, 0.98), wd 0.01, warmup 50 → cosine to 10 %, clip 1, MTP λ 0.3, γ 0.001.
+            train: TrainConfig { total_steps: 1200, ..TrainConfig::default() },
             rows: 8,
             seq_len: 128,
             level: 4,
@@ -221,15 +210,7 @@ impl Stream {
             seqs.extend(packer.flush());
         }
         seqs.truncate(rows);
-        let b = data::Batch::stack(&seqs)?;
-        Ok(LmBatch {
-            ids: b.ids,
-            targets: b.targets,
-            positions: b.positions,
-            segment_ids: Some(b.segment_ids),
-            b: b.batch,
-            s: b.seq_len,
-        })
+        lm_batch(&seqs)
     }
 
     /// The batch of `step`: a pure function of `(seed, step)`.
@@ -264,19 +245,7 @@ impl Stream {
             seqs.extend(packer.push(&TokenDoc::new(t.clone()))?);
         }
         seqs.extend(packer.flush());
-        seqs.chunks(self.rows)
-            .map(|c| {
-                let b = data::Batch::stack(c)?;
-                Ok(LmBatch {
-                    ids: b.ids,
-                    targets: b.targets,
-                    positions: b.positions,
-                    segment_ids: Some(b.segment_ids),
-                    b: b.batch,
-                    s: b.seq_len,
-                })
-            })
-            .collect()
+        seqs.chunks(self.rows).map(lm_batch).collect()
     }
 
     fn max_test(&self) -> usize {
@@ -285,6 +254,19 @@ impl Stream {
         let all = 10f64 * 11f64.powi(t.level as i32 - 1) * 0.5;
         (all * t.test_fraction) as usize
     }
+}
+
+/// Packed sequences stacked into the trainer's batch.
+fn lm_batch(seqs: &[data::Packed]) -> Result<LmBatch> {
+    let b = data::Batch::stack(seqs)?;
+    Ok(LmBatch {
+        ids: b.ids,
+        targets: b.targets,
+        positions: b.positions,
+        segment_ids: Some(b.segment_ids),
+        b: b.batch,
+        s: b.seq_len,
+    })
 }
 
 /// Greedy answer accuracy of `model` on `problems` with `prefix` forced after the prompt.
@@ -331,7 +313,8 @@ pub fn answer_accuracy(
 /// (no thinking), and thinking forced.
 pub const MODES: [(&str, &str); 3] = [("free", ""), ("direct", "<answer>"), ("think", "<think>")];
 
-fn heldout_loss(t: &LmTrainer, batches: &[LmBatch]) -> Result<(f64, usize)> {
+/// Mean next-token loss over `batches` and the number of targets.
+fn mean_heldout_loss(t: &LmTrainer, batches: &[LmBatch]) -> Result<(f64, usize)> {
     let (mut sum, mut n) = (0.0, 0);
     for b in batches {
         let (s, k) = t.eval_loss(b)?;
@@ -476,7 +459,7 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: &Device, fresh: bool) -> Re
         let step = stats.step;
         let mut heldout_loss = None;
         if step % cfg.eval_every == 0 || step == total {
-            heldout_loss = Some(heldout_loss_of(&trainer, &heldout)?);
+            heldout_loss = Some(mean_heldout_loss(&trainer, &heldout)?.0);
         }
         if step % cfg.log_every == 0 || heldout_loss.is_some() {
             let tps = window_tokens as f64 / window_t.elapsed().as_secs_f64();
@@ -514,7 +497,7 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: &Device, fresh: bool) -> Re
     trainer.model.save_pretrained_with_mtp(&paths.final_model(), &trainer.mtp)?;
     stream.tok.save(paths.final_model().join("tokenizer.json"))?;
     // The held-out evaluation.
-    let (loss, n) = heldout_loss_counted(&trainer, &heldout)?;
+    let (loss, n) = mean_heldout_loss(&trainer, &heldout)?;
     let problems =
         stream.corpus.task.test_problems(cfg.eval_problems.min(stream.max_test()), cfg.seed.wrapping_add(29))?;
     let mut accuracy = Vec::new();
@@ -524,14 +507,6 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: &Device, fresh: bool) -> Re
     let ev = Evaluation { step: trainer.step, heldout_loss: loss, heldout_tokens: n, accuracy };
     optim::atomic_write(&paths.eval(), serde_json::to_string_pretty(&ev)?.as_bytes())?;
     Ok(ev)
-}
-
-fn heldout_loss_of(t: &LmTrainer, b: &[LmBatch]) -> Result<f64> {
-    Ok(heldout_loss(t, b)?.0)
-}
-
-fn heldout_loss_counted(t: &LmTrainer, b: &[LmBatch]) -> Result<(f64, usize)> {
-    heldout_loss(t, b)
 }
 
 /// Print the evaluation as a table.
