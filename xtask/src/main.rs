@@ -325,7 +325,8 @@ fn fp8_gap(steps: usize) -> Result<()> {
 /// The main job: build the `r1` binary (release; with CUDA when `--device cuda…` is asked for)
 /// and run `r1 train` with the given arguments (default output `runs/pretrain`).
 fn train(args: &[String]) -> Result<()> {
-    let cuda = args.iter().any(|a| a.starts_with("cuda")) || args.iter().any(|a| a.starts_with("--device=cuda"));
+    let cuda = args.windows(2).any(|w| w[0] == "--device" && w[1].starts_with("cuda"))
+        || args.iter().any(|a| a.starts_with("--device=cuda"));
     let mut build = cargo();
     build.args(["build", "--release", "-p", "r1"]);
     if cuda {

@@ -76,6 +76,16 @@ pub struct Block {
 }
 
 impl Block {
+    /// The arithmetic of the block's linear layers (attention projections and experts; the
+    /// gate, norms and attention core stay f32).
+    pub fn set_linear_precision(&mut self, p: LinearPrecision) {
+        self.self_attn.precision = p;
+        match &mut self.mlp {
+            Ffn::Dense(e) => e.precision = p,
+            Ffn::Moe(m) => m.set_linear_precision(p),
+        }
+    }
+
     /// `x + attn(norm(x))`, then `+ mlp(norm(·))`, for `x [B, S, hidden]`.
     fn forward(&self, x: &Tensor, positions: &[u32], mask: &AttnMask, eps: f64) -> Result<(Tensor, BlockSaved)> {
         let (b, s, d) = (x.dim(0), x.dim(1), x.dim(2));
@@ -231,11 +241,7 @@ impl DeepseekV3 {
     /// again after a reload.
     pub fn set_linear_precision(&mut self, p: LinearPrecision) {
         for blk in &mut self.layers {
-            blk.self_attn.precision = p;
-            match &mut blk.mlp {
-                Ffn::Dense(e) => e.precision = p,
-                Ffn::Moe(m) => m.set_linear_precision(p),
-            }
+            blk.set_linear_precision(p);
         }
     }
 

@@ -43,7 +43,32 @@ pub struct MtpSaved {
     full: Vec<usize>,
 }
 
+impl MtpSaved {
+    /// Routed tokens per expert of the module's MoE block for this batch (for the aux-loss-free
+    /// bias update), when the block is MoE.
+    pub fn moe_load(&self) -> Option<&[usize]> {
+        match &self.block.ffn {
+            crate::FfnSaved::Moe(m) => Some(&m.routing.load),
+            crate::FfnSaved::Dense(_) => None,
+        }
+    }
+
+    /// The block's sequence-wise balance loss (0 unless `aux_loss_alpha > 0`).
+    pub fn balance_loss(&self) -> f64 {
+        match &self.block.ffn {
+            crate::FfnSaved::Moe(m) => m.routing.balance_loss,
+            crate::FfnSaved::Dense(_) => 0.0,
+        }
+    }
+}
+
 impl Mtp {
+    /// The arithmetic of the module's linear layers (its block's attention projections and
+    /// experts; `eh_proj` and the head stay f32, as the main model's head does).
+    pub fn set_linear_precision(&mut self, p: fp8::LinearPrecision) {
+        self.block.set_linear_precision(p);
+    }
+
     /// Random weights (norms 1).
     pub fn init(cfg: &DeepseekV3Config, std: f64, seed: u64, dt: DType, dev: &Device) -> Result<Mtp> {
         let d = cfg.hidden_size;

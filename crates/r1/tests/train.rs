@@ -117,7 +117,7 @@ fn train_writes_artifacts_and_resumes_after_kill_9() {
     assert_eq!(resumed.len(), 40, "one metrics line per step, none duplicated");
     for ((s1, l1), (s2, l2)) in straight.iter().zip(&resumed) {
         assert_eq!(s1, s2);
-        assert!((l1 - l2).abs() <= 1e-5 * l1.abs(), "step {s1}: {l1} uninterrupted vs {l2} resumed");
+        assert_eq!(l1, l2, "step {s1}: uninterrupted vs resumed");
     }
 
     // Resuming into a directory that holds a different run is refused.
@@ -126,6 +126,12 @@ fn train_writes_artifacts_and_resumes_after_kill_9() {
     let o = train(&other, &b).output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("different configuration"));
+    // --fresh refuses to wipe a directory that is not a run.
+    let not_a_run = dir("not-a-run");
+    std::fs::write(not_a_run.join("precious.txt"), "x").unwrap();
+    let o = train(&cfg, &not_a_run).arg("--fresh").output().unwrap();
+    assert!(!o.status.success());
+    assert!(not_a_run.join("precious.txt").exists());
     // A malformed config names the problem.
     std::fs::write(&other, r#"{"rows": 0}"#).unwrap();
     let o = train(&other, &dir("bad")).output().unwrap();

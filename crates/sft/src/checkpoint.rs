@@ -60,8 +60,13 @@ pub fn save_checkpoint(
 ) -> Result<PathBuf> {
     let dst = out.join(format!("{PREFIX}{:06}", trainer.step));
     let tmp = out.join(format!(".tmp-{PREFIX}{:06}", trainer.step));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    // Half-written checkpoints of a killed run are never resumed from: clear them.
+    for e in std::fs::read_dir(out).map_err(io(out))? {
+        let p = e.map_err(io(out))?.path();
+        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!(".tmp-{PREFIX}"))) {
+            std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        }
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     trainer.model.save_pretrained_with_mtp(&tmp, &trainer.mtp)?;

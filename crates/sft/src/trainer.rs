@@ -66,10 +66,13 @@ impl TrainConfig {
         if self.total_steps == 0 {
             return bad("total_steps", "must be > 0".into());
         }
-        for (f, v) in [("beta1", self.beta1), ("beta2", self.beta2), ("min_lr_ratio", self.min_lr_ratio)] {
-            if !(0.0..=1.0).contains(&v) {
-                return bad(f, format!("{v} must be in [0, 1]"));
+        for (f, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(f, format!("{v} must be in [0, 1)"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad("min_lr_ratio", format!("{} must be in [0, 1]", self.min_lr_ratio));
         }
         for (f, v) in [
             ("weight_decay", self.weight_decay),
@@ -172,7 +175,8 @@ pub struct StepStats {
     pub tokens: usize,
 }
 
-/// `(layer index, routed tokens per expert)` of every MoE layer for one batch.
+/// `(layer index, routed tokens per expert)` of every MoE layer for one batch; the MTP module's
+/// block is layer `num_hidden_layers` (its checkpoint index).
 pub type MoeLoads = Vec<(usize, Vec<usize>)>;
 
 /// A model, its MTP modules and its optimizer.
@@ -200,11 +204,7 @@ impl LmTrainer {
         let p = if self.cfg.fp8 { LinearPrecision::Fp8 } else { LinearPrecision::F32 };
         self.model.set_linear_precision(p);
         for m in &mut self.mtp {
-            m.block.self_attn.precision = p;
-            match &mut m.block.mlp {
-                Ffn::Dense(e) => e.precision = p,
-                Ffn::Moe(moe) => moe.set_linear_precision(p),
-            }
+            m.set_linear_precision(p);
         }
     }
 
@@ -228,6 +228,8 @@ impl LmTrainer {
         self.model = DeepseekV3::load(cfg.clone(), p)?;
         self.mtp =
             (0..self.mtp.len()).map(|k| Mtp::load(&cfg, p, cfg.num_hidden_layers + k)).collect::<model::Result<_>>()?;
+        // A reload starts every linear layer in f32.
+        self.apply_precision();
         Ok(())
     }
 
@@ -241,10 +243,13 @@ impl LmTrainer {
         let (loss, dlogits) = lm_loss(&logits, &batch.targets, IGNORE)?;
         let mut grads = Grads::default();
         let mut mtp_loss = 0.0;
+        let (mut mtp_balance, mut mtp_load) = (0.0, None);
         let d_hidden = match self.mtp.first() {
             Some(m) if self.cfg.mtp_lambda > 0.0 && s >= 2 => {
                 let eps = self.model.cfg.rms_norm_eps;
                 let (ml, msv) = m.forward(&saved, &batch.ids, (b, s), &batch.positions, &mask, eps)?;
+                mtp_balance = msv.balance_loss();
+                mtp_load = msv.moe_load().map(<[usize]>::to_vec);
                 let t = mtp_targets_packed(&batch.targets, b, s, IGNORE);
                 if t.iter().any(|&x| x != IGNORE) {
                     let (l, dml) = mtp_loss_with_targets(&ml, &t, self.cfg.mtp_lambda)?;
@@ -262,13 +267,17 @@ impl LmTrainer {
             step: self.step + 1,
             loss,
             mtp_loss,
-            balance_loss: saved.balance_loss,
+            balance_loss: saved.balance_loss + mtp_balance,
             grad_norm: 0.0,
             lr: self.cfg.schedule().lr(self.step),
             max_vio: if vios.is_empty() { 0.0 } else { vios.iter().sum::<f64>() / vios.len() as f64 },
             tokens: batch.n_targets(),
         };
-        Ok((stats, grads, saved.moe_loads))
+        let mut loads = saved.moe_loads;
+        if let Some(l) = mtp_load {
+            loads.push((self.model.cfg.num_hidden_layers, l));
+        }
+        Ok((stats, grads, loads))
     }
 
     /// One optimisation step on `batch`.
@@ -283,8 +292,13 @@ impl LmTrainer {
         self.opt.step(&mut p, &grads, stats.lr)?;
         self.set_params(&p)?;
         if self.cfg.bias_update_speed > 0.0 {
+            let main = self.model.layers.len();
             for (layer, load) in &loads {
-                if let Ffn::Moe(moe) = &mut self.model.layers[*layer].mlp {
+                let ffn = match layer.checked_sub(main) {
+                    None => &mut self.model.layers[*layer].mlp,
+                    Some(k) => &mut self.mtp[k].block.mlp,
+                };
+                if let Ffn::Moe(moe) = ffn {
                     update_bias(moe, load, self.cfg.bias_update_speed)?;
                 }
             }

@@ -106,6 +106,9 @@ fn loss_falls_and_bias_balancing_runs() {
     let bias =
         t.params().unwrap().get("model.layers.1.mlp.gate.e_score_correction_bias").unwrap().to_vec::<f32>().unwrap();
     assert_ne!(bias, bias0, "the aux-loss-free update moved the bias");
+    let p = t.params().unwrap();
+    let mtp_bias = p.get("model.layers.2.mlp.gate.e_score_correction_bias").unwrap().to_vec::<f32>().unwrap();
+    assert!(mtp_bias.iter().any(|&b| b != 0.0), "the MTP module's MoE bias is balanced too: {mtp_bias:?}");
     // Biases move by ±γ per step: bounded by 40 γ.
     assert!(bias.iter().all(|b| b.abs() <= 0.4 + 1e-6), "{bias:?}");
 }
@@ -155,6 +158,10 @@ fn checkpoints_are_whole_or_absent_and_old_ones_pruned() {
     std::fs::create_dir_all(dir.join("checkpoint-000009")).unwrap();
     std::fs::create_dir_all(dir.join(".tmp-checkpoint-000010")).unwrap();
     assert_eq!(latest_checkpoint(&dir).unwrap().unwrap().0, 3);
+    // The next save clears the half-written temporary directory.
+    t.step(&data).unwrap();
+    save_checkpoint(&t, &dir, serde_json::Value::Null, 2, |_| Ok(())).unwrap();
+    assert!(!dir.join(".tmp-checkpoint-000010").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -177,4 +184,40 @@ fn bad_settings_and_batches_name_the_field() {
     b.targets.pop();
     let e = t.loss_and_grads(&b).err().unwrap().to_string();
     assert!(e.contains("field targets"), "{e}");
+}
+
+#[test]
+fn fp8_training_stays_fp8_across_steps_and_resume() {
+    use fp8::LinearPrecision::{F32, Fp8};
+    let precisions = |t: &LmTrainer| {
+        let mut v = vec![];
+        for b in &t.model.layers {
+            v.push(b.self_attn.precision);
+            if let model::Ffn::Moe(m) = &b.mlp {
+                v.extend(m.experts.iter().map(|e| e.precision));
+            }
+        }
+        for m in &t.mtp {
+            v.push(m.block.self_attn.precision);
+        }
+        v
+    };
+    let tc = TrainConfig { fp8: true, ..Default::default() };
+    let mut t = trainer(0.0, tc);
+    let data = batch(&[vec![doc(1, 10), doc(2, 6)]]);
+    assert!(precisions(&t).iter().all(|&p| p == Fp8));
+    let mut f = trainer(0.0, TrainConfig::default());
+    assert!(precisions(&f).iter().all(|&p| p == F32));
+    for _ in 0..3 {
+        let (a, b) = (t.step(&data).unwrap(), f.step(&data).unwrap());
+        // Every step runs in its own precision: the FP8 step's loss differs from the f32 one.
+        assert!(precisions(&t).iter().all(|&p| p == Fp8), "FP8 after step {}", a.step);
+        assert_ne!(a.loss, b.loss);
+    }
+    let dir = std::env::temp_dir().join(format!("sft-fp8-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = save_checkpoint(&t, &dir, serde_json::Value::Null, 1, |_| Ok(())).unwrap();
+    let (r, _) = load_checkpoint(&path, &Device::Cpu).unwrap();
+    assert!(precisions(&r).iter().all(|&p| p == Fp8));
+    let _ = std::fs::remove_dir_all(&dir);
 }

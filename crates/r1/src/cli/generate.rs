@@ -81,7 +81,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     for r in 0..prompts.len() {
         let mut line = serde_json::json!({"tokens": g.tokens[r], "logprobs": g.logprobs[r], "stopped": g.stopped[r]});
         if let Some(t) = &tok {
-            line["text"] = serde_json::Value::String(t.decode(&g.tokens[r])?);
+            // The text of the new tokens, without the stop token that ended them.
+            let n = g.tokens[r].len() - usize::from(g.stopped[r]);
+            line["text"] = serde_json::Value::String(t.decode(&g.tokens[r][..n])?);
         }
         println!("{line}");
     }

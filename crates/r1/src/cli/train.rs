@@ -39,7 +39,12 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
         "cpu" => Ok(Device::Cpu),
         #[cfg(feature = "cuda")]
         d if d == "cuda" || d.starts_with("cuda:") => {
-            let n = d.strip_prefix("cuda:").map(str::parse).transpose()?.unwrap_or(0);
+            let n = d
+                .strip_prefix("cuda:")
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--device {d:?}: {e} (expected cuda or cuda:N)"))?
+                .unwrap_or(0);
             if tensor::cuda::CudaBackend::try_default().is_none() {
                 anyhow::bail!("--device {d}: no CUDA driver on this machine");
             }
@@ -71,6 +76,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         cfg.train.fp8 = true;
     }
     if args.print_config {
+        cfg.model.vocab_size = data::Tokenizer::project().vocab_size();
         println!("{}", serde_json::to_string_pretty(&cfg)?);
         return Ok(());
     }

@@ -111,6 +111,9 @@ impl PretrainConfig {
                 bail!("pretraining config: field {field}: must be > 0");
             }
         }
+        if !(self.embed_std > 0.0 && self.embed_std.is_finite()) {
+            bail!("pretraining config: field embed_std: {} must be finite and > 0", self.embed_std);
+        }
         if self.mtp_layers > 1 {
             bail!("pretraining config: field mtp_layers: {} (depth 0 or 1 is supported)", self.mtp_layers);
         }
@@ -248,11 +251,13 @@ impl Stream {
         seqs.chunks(self.rows).map(lm_batch).collect()
     }
 
+    /// How many distinct held-out problems to ask for at most: a level has 10·11^(L−1) chains
+    /// (10 first digits, 11 `±d` choices per step), `test_fraction` of them held out; half of
+    /// that keeps the distinct-rejection sampling of `test_problems` quick.
     fn max_test(&self) -> usize {
-        // Distinct held-out expressions available at this level (≈ test_fraction of all chains).
         let t = &self.corpus.task;
-        let all = 10f64 * 11f64.powi(t.level as i32 - 1) * 0.5;
-        (all * t.test_fraction) as usize
+        let all = 10f64 * 11f64.powi(t.level as i32 - 1);
+        (0.5 * all * t.test_fraction) as usize
     }
 }
 
@@ -324,12 +329,13 @@ fn mean_heldout_loss(t: &LmTrainer, batches: &[LmBatch]) -> Result<(f64, usize)>
     Ok((sum / n.max(1) as f64, n))
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// One line of `metrics.jsonl`.
+#[derive(Serialize)]
 struct Metric {
-    step: usize,
     #[serde(flatten)]
-    stats: Option<StepStats>,
-    tokens_per_s: Option<f64>,
+    stats: StepStats,
+    tokens_per_s: f64,
+    /// Seconds since this process started training (restarts at 0 after a resume).
     elapsed_s: f64,
     heldout_loss: Option<f64>,
 }
@@ -393,22 +399,32 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: &Device, fresh: bool) -> Re
     cfg.validate()?;
     let paths = Paths { out: out.to_path_buf() };
     if fresh && out.exists() {
+        // Only a run directory (or an empty one) is wiped: `--out ~ --fresh` must not delete a home.
+        let empty = std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?.next().is_none();
+        if !empty && !paths.config().exists() {
+            bail!(
+                "--fresh: {} is not a training run directory (no run_config.json); refusing to delete it",
+                out.display()
+            );
+        }
         std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let cfg_text = serde_json::to_string_pretty(&cfg)?;
+    let cfg_json = serde_json::to_value(&cfg)?;
+    let cfg_text = serde_json::to_string_pretty(&cfg_json)?;
     let mut trainer = match latest_checkpoint(out)? {
         Some((step, dir)) => {
-            let saved = std::fs::read_to_string(paths.config()).unwrap_or_default();
-            if !saved.is_empty() && saved != cfg_text {
+            let (t, extra) = load_checkpoint(&dir, device)?;
+            // The checkpoint carries the whole run config: resuming under another one would mix runs.
+            if extra.get("config") != Some(&cfg_json) {
                 bail!(
-                    "{} holds a run with a different configuration ({}); pass --fresh to start over or use another --out",
+                    "{} holds a run with a different configuration (see {}); pass --fresh to start over or use another --out",
                     out.display(),
-                    paths.config().display()
+                    dir.join("trainer_state.json").display()
                 );
             }
             eprintln!("resuming from {} (step {step})", dir.display());
-            load_checkpoint(&dir, device)?.0
+            t
         }
         None => {
             let (m, mtp) = init_scaled(&cfg.model, cfg.mtp_layers, cfg.embed_std, cfg.seed, device)?;
@@ -426,7 +442,10 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: &Device, fresh: bool) -> Re
         }
         optim::atomic_write(&paths.metrics(), text.as_bytes())?;
     }
-    let mut log = std::fs::OpenOptions::new().append(true).open(paths.metrics())?;
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(paths.metrics())
+        .with_context(|| format!("opening {}", paths.metrics().display()))?;
     let heldout = stream.heldout(cfg.eval_docs)?;
     let n_params: usize = trainer.params()?.numel();
     let total = cfg.train.total_steps;
@@ -441,12 +460,11 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: &Device, fresh: bool) -> Re
             .progress_chars("=> "),
     );
     let t0 = Instant::now();
-    let start_step = trainer.step;
     let mut window_tokens = 0usize;
     let mut window_t = Instant::now();
     let save = |t: &LmTrainer| -> Result<()> {
         let tok = &stream.tok;
-        save_checkpoint(t, out, serde_json::json!({"seed": cfg.seed}), cfg.keep_checkpoints, |d| {
+        save_checkpoint(t, out, serde_json::json!({ "config": cfg_json }), cfg.keep_checkpoints, |d| {
             tok.save(d.join("tokenizer.json"))
                 .map_err(|e| sft::SftError::State { path: d.display().to_string(), detail: e.to_string() })
         })?;
@@ -464,15 +482,11 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: &Device, fresh: bool) -> Re
         if step % cfg.log_every == 0 || heldout_loss.is_some() {
             let tps = window_tokens as f64 / window_t.elapsed().as_secs_f64();
             (window_tokens, window_t) = (0, Instant::now());
-            let m = Metric {
-                step,
-                stats: Some(stats.clone()),
-                tokens_per_s: Some(tps),
-                elapsed_s: t0.elapsed().as_secs_f64(),
-                heldout_loss,
-            };
+            let m =
+                Metric { stats: stats.clone(), tokens_per_s: tps, elapsed_s: t0.elapsed().as_secs_f64(), heldout_loss };
             let v = serde_json::to_value(&m)?;
-            writeln!(log, "{}", serde_json::to_string(&v)?)?;
+            writeln!(log, "{}", serde_json::to_string(&v)?)
+                .with_context(|| format!("writing {}", paths.metrics().display()))?;
             metrics.push(v);
             bar.set_message(format!(
                 "loss {:.3} mtp {:.3} maxvio {:.2} {:.0} tok/s{}",
@@ -490,9 +504,6 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: &Device, fresh: bool) -> Re
         }
     }
     bar.finish();
-    if trainer.step == start_step && latest_checkpoint(out)?.is_none() {
-        save(&trainer)?;
-    }
     write_curve(&paths, &metrics)?;
     trainer.model.save_pretrained_with_mtp(&paths.final_model(), &trainer.mtp)?;
     stream.tok.save(paths.final_model().join("tokenizer.json"))?;
