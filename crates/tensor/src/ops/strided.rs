@@ -1,5 +1,5 @@
-//! Row-major strided iteration for the copying ops (permute, broadcast, narrow, broadcasting
-//! arithmetic): an odometer over every dimension but the last, and a tight inner loop (a
+//! Row-major strided iteration for the copying ops (permute, broadcast_to, broadcasting
+//! arithmetic, `reduce_to`; `narrow` copies contiguous runs directly): an odometer over every dimension but the last, and a tight inner loop (a
 //! `memcpy` when the innermost stride is 1). ndarray's dynamic-rank iterators cost a few
 //! nanoseconds per element; these loops cost a fraction of that.
 
