@@ -43,6 +43,9 @@ enum Cmd {
         /// Steps per run.
         #[arg(long, default_value_t = 200)]
         steps: usize,
+        /// Seed of both runs (initialisation and data).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Run the training pipeline.
     Train {
@@ -268,22 +271,22 @@ fn main() -> Result<()> {
         Cmd::Test => test(),
         Cmd::Bench { what } => bench(&what),
         Cmd::GpuBundle => gpu_bundle(),
-        Cmd::Fp8Gap { steps } => fp8_gap(steps),
+        Cmd::Fp8Gap { steps, seed } => fp8_gap(steps, seed),
         Cmd::Train { args } => train(&args),
     }
 }
 
 /// Train `configs/fp8-gap-cpu-small.json` twice from the same seed — f32, then FP8 linears —
 /// and print the training-loss curves and the held-out loss of each, with the relative gaps.
-fn fp8_gap(steps: usize) -> Result<()> {
+fn fp8_gap(steps: usize, seed: u64) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "r1"]))?;
     let cfg = root().join("configs/fp8-gap-cpu-small.json");
     let mut res = Vec::new();
     for (name, extra) in [("f32", None), ("fp8", Some("--fp8"))] {
-        let out = root().join(format!("runs/fp8-gap-{name}"));
+        let out = root().join(format!("runs/fp8-gap-{name}-seed{seed}"));
         let mut c = Command::new(root().join("target/release/r1"));
         c.arg("train").arg("--config").arg(&cfg).arg("--out").arg(&out).args(["--fresh", "--steps"]);
-        c.arg(steps.to_string()).args(extra);
+        c.arg(steps.to_string()).arg("--seed").arg(seed.to_string()).args(extra);
         let t0 = std::time::Instant::now();
         run(&mut c)?;
         let secs = t0.elapsed().as_secs_f64();
@@ -299,7 +302,7 @@ fn fp8_gap(steps: usize) -> Result<()> {
         res.push((name, curve, ev["heldout_loss"].as_f64().unwrap_or(f64::NAN), secs));
     }
     let gap = |a: f64, b: f64| 100.0 * (b - a) / a;
-    println!("cpu-small model on the chain corpus, {steps} steps, batch 8 × 128, same seed");
+    println!("cpu-small model on the chain corpus, {steps} steps, batch 8 × 128, seed {seed} for both runs");
     println!("{:>6} {:>10} {:>10} {:>9}", "step", "f32", "fp8", "gap %");
     for ((s, a), (_, b)) in res[0].1.iter().zip(&res[1].1) {
         if s % 20 == 0 || *s as usize == steps {

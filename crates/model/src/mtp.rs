@@ -8,6 +8,7 @@
 use optim::{Grads, Params};
 use tensor::ops::attention::AttnMask;
 use tensor::ops::index::{embedding, embedding_backward};
+use tensor::ops::loss::IGNORE_INDEX;
 use tensor::ops::matmul::{linear, linear_backward};
 use tensor::ops::norm::{rms_norm, rms_norm_backward};
 use tensor::ops::shape::{cat, narrow, narrow_backward, split_last};
@@ -213,11 +214,11 @@ pub fn mtp_targets_packed(targets: &[i64], b: usize, s: usize, ignore_index: i64
 /// The weighted MTP loss `λ · CE(mtp_logits, t_{i+2})` and its gradient with respect to the MTP
 /// logits `[B, S−1, vocab]`.
 pub fn mtp_loss(logits: &Tensor, ids: &[u32], (b, s): (usize, usize), lambda: f64) -> Result<(f64, Tensor)> {
-    mtp_loss_with_targets(logits, &mtp_targets(ids, b, s, -100), lambda)
+    mtp_loss_with_targets(logits, &mtp_targets(ids, b, s, IGNORE_INDEX), lambda)
 }
 
 /// `λ · CE(mtp_logits, targets)` (targets `[B·(S−1)]`, −100 ignored) and its gradient.
 pub fn mtp_loss_with_targets(logits: &Tensor, targets: &[i64], lambda: f64) -> Result<(f64, Tensor)> {
-    let (loss, d) = crate::lm_loss(logits, targets, -100)?;
+    let (loss, d) = crate::lm_loss(logits, targets, IGNORE_INDEX)?;
     Ok((lambda * loss, tensor::ops::elementwise::scale(&d, lambda)?))
 }

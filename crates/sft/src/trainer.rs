@@ -10,8 +10,8 @@ use tensor::ops::attention::AttnMask;
 
 use crate::{Result, SftError};
 
-/// Target id that contributes no loss (as PyTorch's `ignore_index`).
-pub const IGNORE: i64 = -100;
+/// Target id that contributes no loss (PyTorch's `ignore_index`, −100; `data` packs with the same).
+pub const IGNORE: i64 = tensor::ops::loss::IGNORE_INDEX;
 
 /// Optimisation settings (serde, so a run's config file can carry them).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use data::tasks::{ChainTask, Corpus, CorpusMix, Problem, any_final_number, strict_answer};
+use data::tasks::{ChainTask, Corpus, CorpusMix, Problem};
 use data::{Overflow, Packer, TokenDoc, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::{DeepseekV3, DeepseekV3Config, SamplingParams};
@@ -261,6 +261,9 @@ impl Stream {
     }
 }
 
+// `data` packs with the ignore index the trainer skips.
+const _: () = assert!(data::IGNORE_INDEX == sft::trainer::IGNORE);
+
 /// Packed sequences stacked into the trainer's batch.
 fn lm_batch(seqs: &[data::Packed]) -> Result<LmBatch> {
     let b = data::Batch::stack(seqs)?;
@@ -293,9 +296,9 @@ pub fn answer_accuracy(
         for (p, toks) in chunk.iter().zip(&g.tokens) {
             let body: Vec<u32> = toks.iter().copied().filter(|&t| t != tok.eos_id()).collect();
             let text = format!("{prefix}{}", tok.decode(&body)?);
-            let gold: i64 = p.answer.parse().context("gold answers are integers")?;
-            strict += usize::from(strict_answer(&text) == Some(gold));
-            any += usize::from(any_final_number(&text) == Some(gold));
+            let g = p.grade(&text);
+            strict += usize::from(g.strict);
+            any += usize::from(g.any_final_number);
             len += toks.len();
             if samples.len() < 3 {
                 samples.push(format!("{}{text}", p.prompt));
