@@ -11,11 +11,9 @@ use optim::{AdamW, AdamWConfig, Grads, Params};
 use tensor::ops::attention::AttnMask;
 use tensor::{DType, Device};
 
-const CPU_SMALL: &str = r#"{"vocab_size": 512, "hidden_size": 256, "intermediate_size": 512, "moe_intermediate_size": 128,
-  "num_hidden_layers": 4, "num_attention_heads": 4, "n_shared_experts": 1, "n_routed_experts": 16,
-  "routed_scaling_factor": 2.5, "kv_lora_rank": 64, "q_lora_rank": 128, "qk_rope_head_dim": 16, "v_head_dim": 32,
-  "qk_nope_head_dim": 32, "n_group": 4, "topk_group": 2, "num_experts_per_tok": 4, "first_k_dense_replace": 1,
-  "norm_topk_prob": true, "tie_word_embeddings": false, "rope_theta": 10000.0, "max_position_embeddings": 512}"#;
+#[path = "common/cpu_small.rs"]
+mod cpu_small;
+use cpu_small::{CPU_SMALL, stream};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,23 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cpu-small: {n_params} parameters");
     }
     let (b, s) = (8, 256);
-    // A fixed stream with learnable structure: each row follows t' = (5t + row) mod 512 with a
-    // deterministic "noise" token every 7th position.
-    let stream: Vec<Vec<u32>> = (0..b)
-        .map(|r| {
-            let mut t = (r * 37 % 512) as u32;
-            (0..=s)
-                .map(|i| {
-                    let v = if i % 7 == 6 { ((i * 11 + r) % 512) as u32 } else { t };
-                    t = (5 * t + r as u32 + 1) % 512;
-                    v
-                })
-                .collect()
-        })
-        .collect();
-    let ids: Vec<u32> = stream.iter().flat_map(|row| row[..s].to_vec()).collect();
-    let targets: Vec<i64> =
-        stream.iter().flat_map(|row| row[1..].iter().map(|&t| t as i64).collect::<Vec<_>>()).collect();
+    let (ids, targets) = stream(b, s);
     let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
     let mut opt = AdamW::new(AdamWConfig::default());
     let t0 = Instant::now();
