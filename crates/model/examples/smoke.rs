@@ -11,6 +11,11 @@ use optim::{AdamW, AdamWConfig, Grads, Params};
 use tensor::ops::attention::AttnMask;
 use tensor::{DType, Device};
 
+/// A retaining allocator: the step's large activations are reused instead of being returned
+/// to the OS and page-faulted back in every step (as the `r1` binary does).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "common/cpu_small.rs"]
 mod cpu_small;
 use cpu_small::{CPU_SMALL, stream};

@@ -75,6 +75,18 @@ pub trait Float:
     fn c(x: f64) -> Self {
         <Self as Element>::from_f64(x)
     }
+
+    /// `eˣ` as the CPU kernels use it: the vectorisable polynomial for f32 (≤ 3 ulp, see
+    /// `ops::vmath`), the correctly rounded library function for f64 (the reference dtype).
+    #[inline(always)]
+    fn fexp(self) -> Self {
+        self.exp()
+    }
 }
-impl Float for f32 {}
+impl Float for f32 {
+    #[inline(always)]
+    fn fexp(self) -> Self {
+        crate::ops::vmath::exp_f32(self)
+    }
+}
 impl Float for f64 {}

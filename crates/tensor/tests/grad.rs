@@ -28,6 +28,34 @@ fn gc(
     rep.assert_ok(what);
 }
 
+/// The attention backward at sizes spanning several row blocks, where each block's products stop
+/// at its last non-zero probability: causal with packed segments and padding, and decoding-style
+/// (fewer queries than keys).
+#[test]
+fn attention_grad_across_row_blocks() {
+    for (s, t) in [(70, 70), (40, 70)] {
+        let (b, h, dk, dv) = (1, 2, 4, 3);
+        let mask = attention::AttnMask {
+            causal: true,
+            key_padding: Some((0..b * t).map(|i| i % 11 != 5).collect()),
+            segment_ids: Some((0..b * t).map(|i| u32::from(i % t >= t / 3)).collect()),
+        };
+        let ins = vec![rand64(&[b, h, s, dk], 7), rand64(&[b, h, t, dk], 8), rand64(&[b, h, t, dv], 9)];
+        let m2 = mask.clone();
+        gc(
+            "attention (row blocks)",
+            ins,
+            7,
+            move |x| Ok(attention::attention(&x[0], &x[1], &x[2], 0.8, &mask)?.0),
+            move |x, r| {
+                let (_, p) = attention::attention(&x[0], &x[1], &x[2], 0.8, &m2)?;
+                let (dq, dk, dv) = attention::attention_backward(&x[0], &x[1], &x[2], &p, 0.8, r)?;
+                Ok(vec![dq, dk, dv])
+            },
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(cfg())]
 

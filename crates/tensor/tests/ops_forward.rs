@@ -187,15 +187,23 @@ fn softmax_and_log_softmax() {
     }
 }
 
+/// Attention under causal, padding and segment masks against a direct f64 evaluation, at a size
+/// inside one row block and at sizes spanning several blocks (the kernel skips, per block of
+/// query rows, the keys no row of the block may see).
 #[test]
 fn attention_masks() {
+    attention_masks_at(2, 3, 4, 6, 8, 5);
+    attention_masks_at(1, 2, 75, 75, 12, 7);
+    attention_masks_at(1, 2, 40, 75, 12, 7);
+}
+
+fn attention_masks_at(b: usize, h: usize, s: usize, t: usize, dk: usize, dv: usize) {
     for dev in devices() {
-        let (b, h, s, t, dk, dv) = (2, 3, 4, 6, 8, 5);
         let (q, qv) = rand_on(&[b, h, s, dk], 14, &dev);
         let (k, kv) = rand_on(&[b, h, t, dk], 15, &dev);
         let (v, vv) = rand_on(&[b, h, t, dv], 16, &dev);
         let pad: Vec<bool> = (0..b * t).map(|i| i != 1 && i != t + 4).collect();
-        let seg: Vec<u32> = (0..b * t).map(|i| if i % t < 3 { 0 } else { 1 }).collect();
+        let seg: Vec<u32> = (0..b * t).map(|i| if i % t < t / 2 { 0 } else { 1 }).collect();
         for mask in [
             attention::AttnMask::causal(),
             attention::AttnMask { causal: true, key_padding: Some(pad.clone()), segment_ids: None },

@@ -5,8 +5,9 @@ use super::{host, out, same_device, same_dtype, sl, with_float};
 use crate::error::shape_err;
 use crate::{Float, Result, Tensor};
 
+#[inline(always)]
 fn sigm<T: Float>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
+    T::one() / (T::one() + (-x).fexp())
 }
 
 /// `silu(x) = x · σ(x)`.

@@ -7,7 +7,8 @@
 
 use rayon::prelude::*;
 
-use super::matmul::gemm_one;
+use super::matmul::gemm_ld;
+use super::vmath::simd;
 use super::{host, out, same_device, same_dtype, sl, with_float};
 use crate::error::shape_err;
 use crate::{Float, Result, Tensor};
@@ -29,11 +30,47 @@ impl AttnMask {
         AttnMask { causal: true, ..Default::default() }
     }
 
-    fn allowed(&self, b: usize, t_len: usize, q_pos: usize, j: usize) -> bool {
-        (!self.causal || j <= q_pos)
-            && self.key_padding.as_ref().is_none_or(|m| m[b * t_len + j])
+    /// Query row `i`'s key position and the end (exclusive) of the keys the causal part of the
+    /// mask lets it see; the end never decreases with `i`.
+    fn row(&self, s: usize, t: usize, i: usize) -> (usize, usize) {
+        let qp = if t >= s { i + t - s } else { i.min(t - 1) };
+        (qp, if self.causal { qp + 1 } else { t })
+    }
+
+    /// The padding and segment parts of the mask (the causal part is [`AttnMask::row`]'s end).
+    fn key_visible(&self, b: usize, t_len: usize, q_pos: usize, j: usize) -> bool {
+        self.key_padding.as_ref().is_none_or(|m| m[b * t_len + j])
             && self.segment_ids.as_ref().is_none_or(|s| s[b * t_len + j] == s[b * t_len + q_pos])
     }
+}
+
+/// Query rows per block. A block's score and value products stop at the last key its rows may
+/// see (forward) or its last non-zero probability (backward), so a causal mask skips the upper
+/// triangle block by block instead of multiplying it out and masking it.
+const ROW_BLOCK: usize = 32;
+
+/// `row[..lim] ← softmax(scale · row[..lim])` over the keys `visible(j)` admits, every other
+/// entry 0. Returns false (row all zeros) when no key is visible.
+#[inline(always)]
+fn softmax_row<T: Float>(row: &mut [T], lim: usize, scale: T, visible: Option<&dyn Fn(usize) -> bool>) -> bool {
+    let (head, tail) = row.split_at_mut(lim);
+    tail.iter_mut().for_each(|x| *x = T::zero());
+    if let Some(vis) = visible {
+        head.iter_mut().enumerate().filter(|(j, _)| !vis(*j)).for_each(|(_, x)| *x = T::neg_infinity());
+    }
+    let m = head.iter().fold(T::neg_infinity(), |m, &x| m.max(x * scale));
+    if m == T::neg_infinity() {
+        head.iter_mut().for_each(|x| *x = T::zero());
+        return false;
+    }
+    let mut z = T::zero();
+    for x in head.iter_mut() {
+        *x = (*x * scale - m).fexp();
+        z += *x;
+    }
+    let rz = T::one() / z;
+    head.iter_mut().for_each(|x| *x *= rz);
+    true
 }
 
 struct Dims {
@@ -76,40 +113,49 @@ fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
     let Dims { b, h, s, t, dk, dv } = dims("attention", q, k, v, mask)?;
     let (hq, hk, hv) = (host(q)?, host(k)?, host(v)?);
+    let extra = mask.key_padding.is_some() || mask.segment_ids.is_some();
     with_float!(q.dtype(), T, {
         let (qs, ks, vs) = (sl::<T>(&hq), sl::<T>(&hk), sl::<T>(&hv));
         let mut p = vec![T::zero(); b * h * s * t];
         let mut o = vec![T::zero(); b * h * s * dv];
+        let none = gemm::Parallelism::None;
         p.par_chunks_mut(s * t).zip(o.par_chunks_mut(s * dv)).enumerate().for_each(|(bh, (pb, ob))| {
             let bi = bh / h;
             let qb = &qs[bh * s * dk..(bh + 1) * s * dk];
             let kb = &ks[bh * t * dk..(bh + 1) * t * dk];
             let vb = &vs[bh * t * dv..(bh + 1) * t * dv];
-            gemm_one(s, t, dk, qb, false, kb, true, pb, gemm::Parallelism::None);
-            for i in 0..s {
-                let row = &mut pb[i * t..(i + 1) * t];
-                let qp = if t >= s { i + t - s } else { i.min(t - 1) };
-                let mut m = T::neg_infinity();
-                for (j, x) in row.iter_mut().enumerate() {
-                    if mask.allowed(bi, t, qp, j) {
-                        *x *= T::c(scale);
-                        m = m.max(*x);
-                    } else {
-                        *x = T::neg_infinity();
+            simd(|| {
+                for i0 in (0..s).step_by(ROW_BLOCK) {
+                    let i1 = (i0 + ROW_BLOCK).min(s);
+                    let end = mask.row(s, t, i1 - 1).1;
+                    gemm_ld(
+                        i1 - i0,
+                        end,
+                        dk,
+                        (&qb[i0 * dk..], dk, false),
+                        (kb, dk, true),
+                        (&mut pb[i0 * t..], t),
+                        false,
+                        none,
+                    );
+                    for i in i0..i1 {
+                        let (qp, lim) = mask.row(s, t, i);
+                        let vis = |j: usize| mask.key_visible(bi, t, qp, j);
+                        let vis: Option<&dyn Fn(usize) -> bool> = if extra { Some(&vis) } else { None };
+                        softmax_row(&mut pb[i * t..(i + 1) * t], lim, T::c(scale), vis);
                     }
+                    gemm_ld(
+                        i1 - i0,
+                        dv,
+                        end,
+                        (&pb[i0 * t..], t, false),
+                        (vb, dv, false),
+                        (&mut ob[i0 * dv..], dv),
+                        false,
+                        none,
+                    );
                 }
-                if m == T::neg_infinity() {
-                    row.iter_mut().for_each(|x| *x = T::zero());
-                    continue;
-                }
-                let mut z = T::zero();
-                for x in row.iter_mut() {
-                    *x = (*x - m).exp();
-                    z += *x;
-                }
-                row.iter_mut().for_each(|x| *x /= z);
-            }
-            gemm_one(s, dv, t, pb, false, vb, false, ob, gemm::Parallelism::None);
+            });
         });
         let cd = super::compute_dtype(q.dtype());
         Ok((out(o, &[b, h, s, dv], q.dtype(), q.device())?, out(p, &[b, h, s, t], cd, q.device())?))
@@ -118,6 +164,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask
 
 /// Backward of [`attention`]: `(dq, dk, dv)` from the saved probabilities `p`:
 /// `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = scale·dS·K`, `dK = scale·dSᵀ·Q`.
+/// Per block of query rows the products stop at the last non-zero probability (masked keys
+/// contribute exactly nothing).
 pub fn attention_backward(
     q: &Tensor,
     k: &Tensor,
@@ -141,6 +189,7 @@ pub fn attention_backward(
         let mut dq = vec![T::zero(); b * h * s * dk];
         let mut dkk = vec![T::zero(); b * h * t * dk];
         let mut dvv = vec![T::zero(); b * h * t * dv];
+        let none = gemm::Parallelism::None;
         dq.par_chunks_mut(s * dk).zip(dkk.par_chunks_mut(t * dk)).zip(dvv.par_chunks_mut(t * dv)).enumerate().for_each(
             |(bh, ((dqb, dkb), dvb))| {
                 let qb = &qs[bh * s * dk..(bh + 1) * s * dk];
@@ -148,19 +197,46 @@ pub fn attention_backward(
                 let vb = &vs[bh * t * dv..(bh + 1) * t * dv];
                 let pb = &ps[bh * s * t..(bh + 1) * s * t];
                 let db = &ds[bh * s * dv..(bh + 1) * s * dv];
-                let none = gemm::Parallelism::None;
-                gemm_one(t, dv, s, pb, true, db, false, dvb, none);
-                let mut dp = vec![T::zero(); s * t];
-                gemm_one(s, t, dv, db, false, vb, true, &mut dp, none);
-                for i in 0..s {
-                    let (pr, dr) = (&pb[i * t..(i + 1) * t], &mut dp[i * t..(i + 1) * t]);
-                    let dot: T = pr.iter().zip(dr.iter()).map(|(&a, &c)| a * c).sum();
-                    for (d, &pv) in dr.iter_mut().zip(pr) {
-                        *d = T::c(scale) * pv * (*d - dot);
+                let mut dp = vec![T::zero(); ROW_BLOCK * t];
+                simd(|| {
+                    for i0 in (0..s).step_by(ROW_BLOCK) {
+                        let (i1, rows) = ((i0 + ROW_BLOCK).min(s), (ROW_BLOCK).min(s - i0));
+                        let end = (i0..i1)
+                            .map(|i| pb[i * t..(i + 1) * t].iter().rposition(|&x| x != T::zero()).map_or(0, |j| j + 1))
+                            .max()
+                            .unwrap_or(0);
+                        let (pblk, dblk) = (&pb[i0 * t..], &db[i0 * dv..]);
+                        gemm_ld(end, dv, rows, (pblk, t, true), (dblk, dv, false), (&mut dvb[..], dv), true, none);
+                        gemm_ld(rows, end, dv, (dblk, dv, false), (vb, dv, true), (&mut dp[..], t), false, none);
+                        for r in 0..rows {
+                            let (pr, dr) = (&pb[(i0 + r) * t..(i0 + r) * t + end], &mut dp[r * t..r * t + end]);
+                            let dot: T = pr.iter().zip(dr.iter()).map(|(&a, &c)| a * c).sum();
+                            for (d, &pv) in dr.iter_mut().zip(pr) {
+                                *d = T::c(scale) * pv * (*d - dot);
+                            }
+                        }
+                        gemm_ld(
+                            rows,
+                            dk,
+                            end,
+                            (&dp[..], t, false),
+                            (kb, dk, false),
+                            (&mut dqb[i0 * dk..], dk),
+                            false,
+                            none,
+                        );
+                        gemm_ld(
+                            end,
+                            dk,
+                            rows,
+                            (&dp[..], t, true),
+                            (&qb[i0 * dk..], dk, false),
+                            (&mut dkb[..], dk),
+                            true,
+                            none,
+                        );
                     }
-                }
-                gemm_one(s, dk, t, &dp, false, kb, false, dqb, none);
-                gemm_one(t, dk, s, &dp, true, qb, false, dkb, none);
+                });
             },
         );
         let dev = q.device();

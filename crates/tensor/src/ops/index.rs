@@ -4,7 +4,8 @@
 
 use rayon::prelude::*;
 
-use super::{host, out, sl, with_float};
+use super::vmath::simd;
+use super::{PAR_MIN, host, out, sl, with_float};
 use crate::error::shape_err;
 use crate::{Result, Tensor, TensorError};
 
@@ -27,12 +28,16 @@ pub fn index_select(x: &Tensor, idx: &[u32]) -> Result<Tensor> {
     let hx = host(x)?;
     with_float!(x.dtype(), T, {
         let xs = sl::<T>(&hx);
-        let mut v = vec![T::zero(); idx.len() * row];
+        let mut v: Vec<T> = Vec::with_capacity(idx.len() * row);
         if row > 0 {
-            v.par_chunks_mut(row)
-                .zip(idx.par_iter())
-                .for_each(|(o, &i)| o.copy_from_slice(&xs[i as usize * row..(i as usize + 1) * row]));
+            v.spare_capacity_mut()[..idx.len() * row].par_chunks_mut(row).zip(idx.par_iter()).for_each(|(o, &i)| {
+                o.iter_mut().zip(&xs[i as usize * row..(i as usize + 1) * row]).for_each(|(o, &x)| {
+                    o.write(x);
+                })
+            });
         }
+        // SAFETY: every row of the `idx.len() · row` slots was written above (none when row = 0).
+        unsafe { v.set_len(idx.len() * row) };
         out(v, &shape, x.dtype(), x.device())
     })
 }
@@ -50,29 +55,26 @@ pub fn index_add(n_rows: usize, idx: &[u32], src: &Tensor) -> Result<Tensor> {
     let hs = host(src)?;
     with_float!(src.dtype(), T, {
         let ss = sl::<T>(&hs);
+        // Sources grouped by destination (a counting sort, sources in increasing order), so each
+        // destination row is summed by one task, in the same order as a serial scatter.
+        let mut start = vec![0usize; n_rows + 1];
+        idx.iter().for_each(|&r| start[r as usize + 1] += 1);
+        (0..n_rows).for_each(|r| start[r + 1] += start[r]);
+        let mut fill = start.clone();
+        let mut src_of = vec![0usize; idx.len()];
+        for (i, &r) in idx.iter().enumerate() {
+            src_of[fill[r as usize]] = i;
+            fill[r as usize] += 1;
+        }
         let mut v = vec![T::zero(); n_rows * row];
-        // Parallel over destination column blocks keeps the scatter race-free.
-        let cols = row.div_ceil(rayon::current_num_threads().max(1)).max(64).min(row.max(1));
-        let blocks: Vec<(usize, Vec<T>)> = (0..row)
-            .into_par_iter()
-            .step_by(cols)
-            .map(|c0| {
-                let c1 = (c0 + cols).min(row);
-                let mut acc = vec![T::zero(); n_rows * (c1 - c0)];
-                for (i, &r) in idx.iter().enumerate() {
-                    let dst = &mut acc[r as usize * (c1 - c0)..(r as usize + 1) * (c1 - c0)];
-                    for (d, &s) in dst.iter_mut().zip(&ss[i * row + c0..i * row + c1]) {
-                        *d += s;
+        if row > 0 {
+            v.par_chunks_mut(row).with_min_len((PAR_MIN / row).max(1)).enumerate().for_each(|(r, dst)| {
+                simd(|| {
+                    for &i in &src_of[start[r]..start[r + 1]] {
+                        dst.iter_mut().zip(&ss[i * row..(i + 1) * row]).for_each(|(d, &x)| *d += x);
                     }
-                }
-                (c0, acc)
-            })
-            .collect();
-        for (c0, acc) in blocks {
-            let w = acc.len() / n_rows.max(1);
-            for r in 0..n_rows {
-                v[r * row + c0..r * row + c0 + w].copy_from_slice(&acc[r * w..(r + 1) * w]);
-            }
+                })
+            });
         }
         out(v, &shape, src.dtype(), src.device())
     })

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::vmath::simd;
 use super::{host, out, sl, with_float};
 use crate::error::shape_err;
 use crate::{Float, Result, Tensor, TensorError};
@@ -34,9 +35,11 @@ pub fn cross_entropy(logits: &Tensor, targets: &[i64], ignore_index: i64) -> Res
             .zip(targets.par_iter())
             .filter(|(_, t)| **t != ignore_index)
             .map(|(r, &t)| {
-                let m = r.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-                let lse = m + r.iter().map(|&x| (x - m).exp()).sum::<T>().ln();
-                crate::Element::to_f64(lse - r[t as usize])
+                simd(|| {
+                    let m = r.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+                    let lse = m + r.iter().map(|&x| (x - m).fexp()).sum::<T>().ln();
+                    crate::Element::to_f64(lse - r[t as usize])
+                })
             })
             .sum();
         let loss = if count == 0 { 0.0 } else { total / count as f64 };
@@ -58,12 +61,15 @@ pub fn cross_entropy_backward(logits: &Tensor, targets: &[i64], ignore_index: i6
             if t == ignore_index {
                 return;
             }
-            let m = r.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-            let s: T = r.iter().map(|&x| (x - m).exp()).sum();
-            for (o, &x) in o.iter_mut().zip(r) {
-                *o = g * (x - m).exp() / s;
-            }
-            o[t as usize] -= g;
+            simd(|| {
+                let m = r.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+                for (o, &x) in o.iter_mut().zip(r) {
+                    *o = (x - m).fexp();
+                }
+                let gs = g / o.iter().copied().sum::<T>();
+                o.iter_mut().for_each(|o| *o *= gs);
+                o[t as usize] -= g;
+            })
         });
         out(d, logits.shape(), logits.dtype(), logits.device())
     })

@@ -53,18 +53,43 @@ pub(crate) fn gemm_one<T: Float>(
     c: &mut [T],
     par: gemm::Parallelism,
 ) {
+    let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { n });
+    gemm_ld(m, n, k, (a, lda, ta), (b, ldb, tb), (c, n), false, par);
+}
+
+/// `C (+)= op(A)·op(B)` on sub-matrices of row-major buffers: each operand is `(buffer, leading
+/// dimension, transposed)`, `C` is `(buffer, leading dimension)`; `accumulate` adds into `C`
+/// instead of overwriting it. `op(A)` is `m × k` (stored `k × m` when transposed), `op(B)` `k × n`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_ld<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    (a, lda, ta): (&[T], usize, bool),
+    (b, ldb, tb): (&[T], usize, bool),
+    (c, ldc): (&mut [T], usize),
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        c.iter_mut().for_each(|v| *v = T::zero());
+        if !accumulate {
+            (0..m).for_each(|i| c[i * ldc..i * ldc + n].iter_mut().for_each(|v| *v = T::zero()));
+        }
         return;
     }
-    let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
-    let (b_cs, b_rs) = if tb { (k as isize, 1) } else { (1, n as isize) };
-    debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    // SAFETY: the slices hold m·k, k·n and m·n elements (checked by the callers' shapes), and the
-    // strides address exactly those elements.
+    let (a_cs, a_rs) = if ta { (lda as isize, 1) } else { (1, lda as isize) };
+    let (b_cs, b_rs) = if tb { (ldb as isize, 1) } else { (1, ldb as isize) };
+    let need = |rows: usize, cols: usize, ld: usize| (rows - 1) * ld + cols;
+    assert!(
+        a.len() >= if ta { need(k, m, lda) } else { need(m, k, lda) }
+            && b.len() >= if tb { need(n, k, ldb) } else { need(k, n, ldb) }
+            && c.len() >= need(m, n, ldc),
+        "gemm_ld: operand buffers too short for the product"
+    );
+    // SAFETY: the assertion above shows every addressed element lies inside its slice.
     unsafe {
         gemm::gemm(
             m,
@@ -72,15 +97,15 @@ pub(crate) fn gemm_one<T: Float>(
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
-            false,
+            ldc as isize,
+            accumulate,
             a.as_ptr(),
             a_cs,
             a_rs,
             b.as_ptr(),
             b_cs,
             b_rs,
-            T::zero(),
+            if accumulate { T::one() } else { T::zero() },
             T::one(),
             false,
             false,
@@ -92,12 +117,28 @@ pub(crate) fn gemm_one<T: Float>(
 
 /// Batched product on host buffers.
 pub(crate) fn gemm_batched<T: Float>(d: MmDims, a: &[T], ta: bool, b: &[T], tb: bool) -> Vec<T> {
+    let MmDims { batch, m, n, k, .. } = d;
+    let len = batch * m * n;
+    if k == 0 {
+        return vec![T::zero(); len];
+    }
+    let mut c = Vec::with_capacity(len);
+    let spare = &mut c.spare_capacity_mut()[..len];
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and every product below overwrites its block of C
+    // (`read_dst` false, k > 0) before anything reads it, so no zero-fill is needed; `set_len`
+    // follows once all blocks are written.
+    let cs: &mut [T] = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
+    gemm_batched_into(d, a, ta, b, tb, cs);
+    unsafe { c.set_len(len) };
+    c
+}
+
+fn gemm_batched_into<T: Float>(d: MmDims, a: &[T], ta: bool, b: &[T], tb: bool, c: &mut [T]) {
     let MmDims { batch, m, n, k, b_shared } = d;
-    let mut c = vec![T::zero(); batch * m * n];
     if b_shared && !ta {
         // Fold the batch into the rows: one large GEMM.
-        gemm_one(batch * m, n, k, a, false, b, tb, &mut c, par_for(batch * m, n, k));
-        return c;
+        gemm_one(batch * m, n, k, a, false, b, tb, c, par_for(batch * m, n, k));
+        return;
     }
     let b_stride = if b_shared { 0 } else { k * n };
     if batch >= rayon::current_num_threads() && m * n * k < (1 << 21) {
@@ -110,7 +151,6 @@ pub(crate) fn gemm_batched<T: Float>(d: MmDims, a: &[T], ta: bool, b: &[T], tb: 
             gemm_one(m, n, k, &a[i * m * k..], ta, &b[i * b_stride..], tb, ci, par_for(m, n, k));
         }
     }
-    c
 }
 
 fn par_for(m: usize, n: usize, k: usize) -> gemm::Parallelism {

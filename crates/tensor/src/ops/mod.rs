@@ -18,6 +18,7 @@ pub mod rope;
 pub mod shape;
 pub mod softmax;
 pub(crate) mod strided;
+pub(crate) mod vmath;
 
 use crate::{DType, Device, Result, Tensor, TensorError};
 

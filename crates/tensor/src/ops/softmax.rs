@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::vmath::simd;
 use super::{host, out, sl, with_float};
 use crate::ops::activation::check_same;
 use crate::{Float, Result, Tensor};
@@ -9,14 +10,18 @@ use crate::{Float, Result, Tensor};
 fn rows<T: Float>(x: &[T], d: usize, log: bool) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, r)| {
-        let m = r.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-        let s: T = r.iter().map(|&v| (v - m).exp()).sum();
-        if log {
-            let lse = m + s.ln();
-            o.iter_mut().zip(r).for_each(|(o, &v)| *o = v - lse);
-        } else {
-            o.iter_mut().zip(r).for_each(|(o, &v)| *o = (v - m).exp() / s);
-        }
+        simd(|| {
+            let m = r.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+            o.iter_mut().zip(r).for_each(|(o, &v)| *o = (v - m).fexp());
+            let s: T = o.iter().copied().sum();
+            if log {
+                let lse = m + s.ln();
+                o.iter_mut().zip(r).for_each(|(o, &v)| *o = v - lse);
+            } else {
+                let rs = T::one() / s;
+                o.iter_mut().for_each(|o| *o *= rs);
+            }
+        })
     });
     y
 }
