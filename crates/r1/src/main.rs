@@ -3,6 +3,11 @@
 
 mod cli;
 
+/// A retaining allocator: training steps reuse their large activation buffers instead of
+/// returning them to the OS and page-faulting them back in every step.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 /// DeepSeek-R1 recipe tools.

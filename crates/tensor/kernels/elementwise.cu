@@ -31,6 +31,16 @@ __device__ void silu_bwd(T* dx, const T* x, const T* dy, long long n) {
 }
 
 template <typename T>
+__device__ void sigmoid(T* out, const T* x, long long n) {
+    GRID_STRIDE(i, n) st(out, i, sigm(ld(x, i)));
+}
+
+template <typename T>
+__device__ void sigmoid_bwd(T* dx, const T* y, const T* dy, long long n) {
+    GRID_STRIDE(i, n) { float s = ld(y, i); st(dx, i, ld(dy, i) * s * (1.0f - s)); }
+}
+
+template <typename T>
 __device__ void swiglu(T* out, const T* g, const T* u, long long n) {
     GRID_STRIDE(i, n) { float v = ld(g, i); st(out, i, v * sigm(v) * ld(u, i)); }
 }
@@ -45,6 +55,10 @@ __device__ void swiglu(T* out, const T* g, const T* u, long long n) {
     extern "C" __global__ void silu_##S(T* o, const T* x, long long n) { silu(o, x, n); }                 \
     extern "C" __global__ void silu_bwd_##S(T* o, const T* x, const T* dy, long long n) {                 \
         silu_bwd(o, x, dy, n);                                                                             \
+    }                                                                                                      \
+    extern "C" __global__ void sigmoid_##S(T* o, const T* x, long long n) { sigmoid(o, x, n); }               \
+    extern "C" __global__ void sigmoid_bwd_##S(T* o, const T* y, const T* dy, long long n) {                 \
+        sigmoid_bwd(o, y, dy, n);                                                                          \
     }                                                                                                      \
     extern "C" __global__ void swiglu_##S(T* o, const T* g, const T* u, long long n) { swiglu(o, g, u, n); }
 

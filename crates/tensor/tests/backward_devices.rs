@@ -1,10 +1,12 @@
 //! Backward passes on every device present against the CPU f64 backward (which `grad.rs`
 //! proves by finite differences), in f32 and bf16. On a GPU machine these are the CPU-vs-CUDA
-//! parity tests for the backward kernels (RMSNorm, softmax, log-softmax, SiLU, SwiGLU, GEMM).
+//! parity tests for the backward kernels (RMSNorm, softmax, log-softmax, SiLU, SwiGLU, GEMM) and for
+//! the device paths of attention, RoPE, indexing, broadcasting, reductions, layout ops and the
+//! cross-entropy.
 
 mod common;
 use common::*;
-use tensor::ops::{activation, elementwise, matmul, norm, softmax};
+use tensor::ops::{activation, attention, elementwise, index, loss, matmul, norm, reduce, rope, shape, softmax};
 use tensor::{DType, Device, Result, Tensor};
 
 /// Run `f` on `dev` in `dt` and on the CPU in f64; compare every output.
@@ -63,6 +65,65 @@ fn backward_parity_on_every_device() {
                     elementwise::affine(&x[0], 0.5, -2.0)?,
                 ])
             });
+            parity("broadcast binary + reduce_to", &dev, dt, &[&[6, 1, 40], &[5, 1], &[6, 5, 40]], |x| {
+                let (da, db) = elementwise::mul_backward(&x[0], &x[1], &x[2])?;
+                Ok(vec![
+                    elementwise::mul(&x[0], &x[1])?,
+                    elementwise::div(&x[0], &elementwise::affine(&elementwise::mul(&x[1], &x[1])?, 1.0, 0.5)?)?,
+                    da,
+                    db,
+                    reduce::sum_dim(&x[2], 1)?,
+                    reduce::sum_dim_backward(&x[1], 0, 3)?,
+                ])
+            });
+            parity("layout", &dev, dt, &[&[3, 4, 5, 6], &[3, 4, 2, 6]], |x| {
+                Ok(vec![
+                    shape::permute(&x[0], &[2, 0, 3, 1])?,
+                    shape::narrow(&x[0], 2, 1, 3)?,
+                    shape::cat(&[x[0].clone(), x[1].clone()], 2)?,
+                    shape::narrow_backward(&x[1], &[3, 4, 7, 6], 2, 4)?,
+                    shape::broadcast_to(&shape::narrow(&x[0], 1, 0, 1)?, &[3, 4, 5, 6])?,
+                ])
+            });
+            parity("index ops", &dev, dt, &[&[10, 24], &[13, 24], &[13, 3]], |x| {
+                let idx: Vec<u32> = (0..13).map(|i| (i * 7 % 10) as u32).collect();
+                let idx3: Vec<u32> = (0..39).map(|i| (i * 5 % 24) as u32).collect();
+                Ok(vec![
+                    index::index_select(&x[0], &idx)?,
+                    index::index_add(10, &idx, &x[1])?,
+                    index::gather_last(&x[1], &idx3, 3)?,
+                    index::scatter_last(&x[2], &idx3, 24)?,
+                ])
+            });
+            let table = rope::RopeTable::new(8, 10000.0, 64, None).unwrap();
+            parity("rope fwd+bwd", &dev, dt, &[&[2, 5, 3, 8]], |x| {
+                let pos: Vec<u32> = (0..10).map(|i| (i * 7 % 64) as u32).collect();
+                Ok(vec![rope::rope(&x[0], &pos, &table)?, rope::rope_backward(&x[0], &pos, &table)?])
+            });
+            parity("cross-entropy fwd+bwd", &dev, dt, &[&[9, 50]], |x| {
+                let tg: Vec<i64> = (0..9).map(|i| if i == 4 { -100 } else { (i * 11 % 50) as i64 }).collect();
+                let (l, _) = loss::cross_entropy(&x[0], &tg, -100)?;
+                Ok(vec![l, loss::cross_entropy_backward(&x[0], &tg, -100, 0.7)?])
+            });
+            for (s, t) in [(40, 40), (24, 40)] {
+                let (b, h) = (2, 3);
+                let mask = attention::AttnMask {
+                    causal: true,
+                    key_padding: Some((0..b * t).map(|i| i % 9 != 4).collect()),
+                    segment_ids: Some((0..b * t).map(|i| u32::from(i % t >= t / 3)).collect()),
+                };
+                parity(
+                    "attention fwd+bwd",
+                    &dev,
+                    dt,
+                    &[&[b, h, s, 16], &[b, h, t, 16], &[b, h, t, 8], &[b, h, s, 8]],
+                    |x| {
+                        let (o, p) = attention::attention(&x[0], &x[1], &x[2], 0.3, &mask)?;
+                        let (dq, dk, dv) = attention::attention_backward(&x[0], &x[1], &x[2], &p, 0.3, &x[3])?;
+                        Ok(vec![o, p, dq, dk, dv])
+                    },
+                );
+            }
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let (m, n, k, b) = (37, 29, 70, 3);
                 let ash: Vec<usize> = if ta { vec![b, k, m] } else { vec![b, m, k] };

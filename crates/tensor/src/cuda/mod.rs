@@ -18,6 +18,9 @@ use crate::ops::matmul::MmDims;
 use crate::tensor::{CpuStorage, Storage};
 use crate::{DType, Device, Result, Tensor, TensorError};
 
+mod ops;
+pub(crate) use ops::MAX_RANK;
+
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
@@ -176,6 +179,7 @@ impl CudaBackend {
                 Arg::I64(v) => b.arg(v),
                 Arg::I32(v) => b.arg(v),
                 Arg::F32(v) => b.arg(v),
+                Arg::S(v) => b.arg(v.as_ref()),
             };
         }
         // SAFETY: argument lists match the kernels' signatures in kernels/*.cu, and the buffers
@@ -227,6 +231,7 @@ enum Arg {
     I64(i64),
     I32(i32),
     F32(f32),
+    S(Box<ops::Strided>),
 }
 
 fn grid(n: usize) -> LaunchConfig {
@@ -265,6 +270,7 @@ impl CudaBackend {
             Arg::I64(v) => Arg::I64(*v),
             Arg::I32(v) => Arg::I32(*v),
             Arg::F32(v) => Arg::F32(*v),
+            Arg::S(v) => Arg::S(v.clone()),
         }));
         self.launch("elementwise", &format!("{kernel}_{}", suffix(x.dtype())), grid(n), &args)?;
         Ok(self.wrap(o, x.shape()))
@@ -295,6 +301,14 @@ impl CudaBackend {
 
     pub(crate) fn silu_backward(self: &Arc<Self>, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         self.unary("silu_bwd", &[x, dy], &[])
+    }
+
+    pub(crate) fn sigmoid(self: &Arc<Self>, x: &Tensor) -> Result<Tensor> {
+        self.unary("sigmoid", &[x], &[])
+    }
+
+    pub(crate) fn sigmoid_backward(self: &Arc<Self>, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        self.unary("sigmoid_bwd", &[y, dy], &[])
     }
 
     pub(crate) fn swiglu(self: &Arc<Self>, g: &Tensor, u: &Tensor) -> Result<Tensor> {

@@ -62,6 +62,10 @@ pub fn swiglu_backward(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tenso
 
 /// `σ(x) = 1 / (1 + e^{−x})`.
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = x.device() {
+        return be.sigmoid(x);
+    }
     let hx = host(x)?;
     with_float!(x.dtype(), T, { out(map_par(sl::<T>(&hx), sigm), x.shape(), x.dtype(), x.device()) })
 }
@@ -69,6 +73,10 @@ pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
 /// Backward of [`sigmoid`] from its output `y`: `dy · y(1 − y)`.
 pub fn sigmoid_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     check_same("sigmoid_backward", y, dy)?;
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = y.device() {
+        return be.sigmoid_backward(y, dy);
+    }
     let (hy, hd) = (host(y)?, host(dy)?);
     with_float!(y.dtype(), T, {
         let v = zip_par(sl::<T>(&hy), sl::<T>(&hd), |s, d| d * s * (T::one() - s));

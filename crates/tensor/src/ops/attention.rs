@@ -112,6 +112,10 @@ fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -
 /// `p [B, H, S, T]` kept for the backward. A query row with no visible key yields zeros.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
     let Dims { b, h, s, t, dk, dv } = dims("attention", q, k, v, mask)?;
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = q.device() {
+        return be.attention(q, k, v, scale, mask);
+    }
     let (hq, hk, hv) = (host(q)?, host(k)?, host(v)?);
     let extra = mask.key_padding.is_some() || mask.segment_ids.is_some();
     with_float!(q.dtype(), T, {
@@ -181,6 +185,10 @@ pub fn attention_backward(
             "p must be [B,H,S,T] and dO [B,H,S,Dv]",
             &[p.shape(), d_o.shape()],
         ));
+    }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = q.device() {
+        return be.attention_backward(q, k, v, p, scale, d_o);
     }
     let (hq, hk, hv, hp, hd) =
         (host(q)?, host(k)?, host(v)?, host(&p.to_dtype(super::compute_dtype(q.dtype()))?)?, host(d_o)?);

@@ -48,6 +48,12 @@ fn binary(op: &'static str, kind: Bin, a: &Tensor, b: &Tensor) -> Result<Tensor>
     {
         return be.binary(kind as u32, a, b);
     }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = &dev
+        && shape.len() <= crate::cuda::MAX_RANK
+    {
+        return be.binary_strided(kind as u32, a, b, &shape);
+    }
     let (ha, hb) = (host(a)?, host(b)?);
     with_float!(dt, T, {
         let (xa, xb) = (sl::<T>(&ha), sl::<T>(&hb));
@@ -186,6 +192,12 @@ pub fn reduce_to(g: &Tensor, target: &[usize]) -> Result<Tensor> {
         ));
     }
     let dev = g.device().clone();
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = &dev
+        && g.rank() <= crate::cuda::MAX_RANK
+    {
+        return be.reduce_to(g, target);
+    }
     let hg = host(g)?;
     // Each gradient element adds into the target element it was broadcast from.
     let st = broadcast_strides(target, g.shape());

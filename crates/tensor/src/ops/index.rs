@@ -25,6 +25,10 @@ pub fn index_select(x: &Tensor, idx: &[u32]) -> Result<Tensor> {
     let row: usize = x.shape()[1..].iter().product();
     let mut shape = x.shape().clone();
     shape[0] = idx.len();
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = x.device() {
+        return be.index_select(x, idx, &shape);
+    }
     let hx = host(x)?;
     with_float!(x.dtype(), T, {
         let xs = sl::<T>(&hx);
@@ -52,6 +56,10 @@ pub fn index_add(n_rows: usize, idx: &[u32], src: &Tensor) -> Result<Tensor> {
     let row: usize = src.shape()[1..].iter().product();
     let mut shape = src.shape().clone();
     shape[0] = n_rows;
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = src.device() {
+        return be.index_add(idx, src, &shape);
+    }
     let hs = host(src)?;
     with_float!(src.dtype(), T, {
         let ss = sl::<T>(&hs);
@@ -102,9 +110,13 @@ pub fn gather_last(x: &Tensor, idx: &[u32], k: usize) -> Result<Tensor> {
         return Err(shape_err("gather_last", format!("{} indices for {rows} rows × {k}", idx.len()), &[x.shape()]));
     }
     check_idx("gather_last", idx, e)?;
-    let hx = host(x)?;
     let mut shape = x.shape().clone();
     *shape.last_mut().expect("rank >= 1") = k;
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = x.device() {
+        return be.gather_last(x, idx, k, &shape);
+    }
+    let hx = host(x)?;
     with_float!(x.dtype(), T, {
         let xs = sl::<T>(&hx);
         let v: Vec<T> = idx.iter().enumerate().map(|(i, &j)| xs[(i / k) * e + j as usize]).collect();
@@ -120,9 +132,13 @@ pub fn scatter_last(dy: &Tensor, idx: &[u32], e: usize) -> Result<Tensor> {
         return Err(shape_err("scatter_last", format!("{} indices for dy", idx.len()), &[dy.shape()]));
     }
     check_idx("scatter_last", idx, e)?;
-    let hd = host(dy)?;
     let mut shape = dy.shape().clone();
     *shape.last_mut().expect("rank >= 1") = e;
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = dy.device() {
+        return be.scatter_last(dy, idx, e, &shape);
+    }
+    let hd = host(dy)?;
     with_float!(dy.dtype(), T, {
         let ds = sl::<T>(&hd);
         let rows = ds.len() / k.max(1);

@@ -26,8 +26,15 @@ fn check(op: &'static str, logits: &Tensor, targets: &[i64], ignore_index: i64) 
 /// `ignore_index`. Returns `(loss, counted rows)`; with no counted rows the loss is 0 (not NaN).
 pub fn cross_entropy(logits: &Tensor, targets: &[i64], ignore_index: i64) -> Result<(Tensor, usize)> {
     let (_, v) = check("cross_entropy", logits, targets, ignore_index)?;
-    let hl = host(logits)?;
     let count = targets.iter().filter(|&&t| t != ignore_index).count();
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = logits.device() {
+        let total = be.cross_entropy_sum(logits, targets, ignore_index)?;
+        let loss = if count == 0 { 0.0 } else { total / count as f64 };
+        let cd = super::compute_dtype(logits.dtype());
+        return Ok((Tensor::from_vec(vec![loss as f32], &[])?.to_dtype(cd)?.to_device(logits.device())?, count));
+    }
+    let hl = host(logits)?;
     with_float!(logits.dtype(), T, {
         let ls = sl::<T>(&hl);
         let total: f64 = ls
@@ -52,6 +59,10 @@ pub fn cross_entropy(logits: &Tensor, targets: &[i64], ignore_index: i64) -> Res
 pub fn cross_entropy_backward(logits: &Tensor, targets: &[i64], ignore_index: i64, dloss: f64) -> Result<Tensor> {
     let (_, v) = check("cross_entropy_backward", logits, targets, ignore_index)?;
     let count = targets.iter().filter(|&&t| t != ignore_index).count().max(1);
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = logits.device() {
+        return be.cross_entropy_backward(logits, targets, ignore_index, dloss / count as f64);
+    }
     let hl = host(logits)?;
     with_float!(logits.dtype(), T, {
         let ls = sl::<T>(&hl);

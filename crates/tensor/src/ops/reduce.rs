@@ -11,9 +11,15 @@ pub fn sum_dim(x: &Tensor, dim: usize) -> Result<Tensor> {
     if dim >= x.rank() {
         return Err(shape_err("sum_dim", format!("dim {dim} out of range"), &[x.shape()]));
     }
-    let hx = host(x)?;
     let mut shape = x.shape().clone();
     shape.remove(dim);
+    #[cfg(feature = "cuda")]
+    if !x.device().is_cpu() {
+        let mut keep = x.shape().clone();
+        keep[dim] = 1;
+        return super::elementwise::reduce_to(x, &keep)?.reshape(&shape);
+    }
+    let hx = host(x)?;
     with_float!(x.dtype(), T, {
         let a = ArrayViewD::from_shape(IxDyn(x.shape()), sl::<T>(&hx)).expect("contiguous");
         let s = a.sum_axis(Axis(dim));
@@ -27,9 +33,15 @@ pub fn sum_dim_backward(dy: &Tensor, dim: usize, size: usize) -> Result<Tensor> 
     if dim > dy.rank() {
         return Err(shape_err("sum_dim_backward", format!("dim {dim} out of range"), &[dy.shape()]));
     }
-    let hd = host(dy)?;
     let mut shape = dy.shape().clone();
     shape.insert(dim, size);
+    #[cfg(feature = "cuda")]
+    if !dy.device().is_cpu() {
+        let mut kshape = dy.shape().clone();
+        kshape.insert(dim, 1);
+        return super::shape::broadcast_to(&dy.reshape(&kshape)?, &shape);
+    }
+    let hd = host(dy)?;
     with_float!(dy.dtype(), T, {
         let mut kshape = dy.shape().clone();
         kshape.insert(dim, 1);

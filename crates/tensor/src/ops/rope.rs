@@ -134,6 +134,10 @@ fn apply(x: &Tensor, positions: &[u32], table: &RopeTable, sign: f64, op: &'stat
     if let Some(&p) = positions.iter().find(|&&p| p as usize >= table.max_positions) {
         return Err(TensorError::Index { op, index: p as usize, size: table.max_positions });
     }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = x.device() {
+        return be.rope(x, positions, table, sign);
+    }
     let hx = host(x)?;
     with_float!(x.dtype(), T, {
         let xs = sl::<T>(&hx);

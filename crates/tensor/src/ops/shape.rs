@@ -11,10 +11,16 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true)) {
         return Err(shape_err("permute", format!("{perm:?} is not a permutation of the dims"), &[x.shape()]));
     }
-    let hx = host(x)?;
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
     let cs = contiguous_strides(x.shape());
     let strides: Vec<usize> = perm.iter().map(|&p| cs[p]).collect();
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = x.device()
+        && x.rank() <= crate::cuda::MAX_RANK
+    {
+        return be.gather_strided(x, &shape, &strides);
+    }
+    let hx = host(x)?;
     with_float!(x.dtype(), T, {
         let v: Vec<T> = gather(sl::<T>(&hx), &shape, &strides);
         out(v, &shape, x.dtype(), x.device())
@@ -39,8 +45,14 @@ pub fn broadcast_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if bs != shape {
         return Err(shape_err("broadcast_to", format!("cannot broadcast to {shape:?}"), &[x.shape()]));
     }
-    let hx = host(x)?;
     let strides = broadcast_strides(x.shape(), shape);
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = x.device()
+        && shape.len() <= crate::cuda::MAX_RANK
+    {
+        return be.gather_strided(x, shape, &strides);
+    }
+    let hx = host(x)?;
     with_float!(x.dtype(), T, {
         let v: Vec<T> = gather(sl::<T>(&hx), shape, &strides);
         out(v, shape, x.dtype(), x.device())
@@ -67,6 +79,12 @@ pub fn transpose_last2(x: &Tensor) -> Result<Tensor> {
 pub fn narrow(x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
     if dim >= x.rank() || start + len > x.shape()[dim] {
         return Err(shape_err("narrow", format!("dim {dim} range {start}..{}", start + len), &[x.shape()]));
+    }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = x.device()
+        && x.rank() <= crate::cuda::MAX_RANK
+    {
+        return be.narrow(x, dim, start, len);
     }
     let hx = host(x)?;
     let mut shape = x.shape().clone();
@@ -124,6 +142,12 @@ pub fn cat(xs: &[Tensor], dim: usize) -> Result<Tensor> {
     }
     let mut shape = first.shape().clone();
     shape[dim] = xs.iter().map(|x| x.shape()[dim]).sum();
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = &dev
+        && r <= crate::cuda::MAX_RANK
+    {
+        return be.cat(xs, dim, &shape);
+    }
     let outer: usize = shape[..dim].iter().product();
     let hs: Vec<Tensor> = xs.iter().map(host).collect::<Result<_>>()?;
     with_float!(dt, T, {

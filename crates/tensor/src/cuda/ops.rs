@@ -1,0 +1,413 @@
+//! Device paths of the layout, indexing, attention, RoPE and loss ops (`kernels/layout.cu`,
+//! `index.cu`, `attention.cu`, `rope.cu`, `loss.cu`), so a training step stays on the GPU: each
+//! op in `ops::*` dispatches here for CUDA tensors; index arrays and masks are uploaded per call.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr};
+
+use super::{Arg, CudaBackend, cuda_err, grid, rows_cfg, suffix};
+use crate::ops::attention::AttnMask;
+use crate::ops::matmul::matmul;
+use crate::ops::rope::RopeTable;
+use crate::ops::strided::{broadcast_strides, contiguous_strides};
+use crate::{DType, Result, Tensor};
+
+/// Most dimensions a strided kernel takes (higher ranks fall back to the host).
+pub(crate) const MAX_RANK: usize = 8;
+
+/// Shape and three stride sets by value, as `struct Strided` in `kernels/layout.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Strided {
+    rank: i32,
+    shape: [i64; MAX_RANK],
+    s0: [i64; MAX_RANK],
+    s1: [i64; MAX_RANK],
+    s2: [i64; MAX_RANK],
+}
+
+// SAFETY: a plain `repr(C)` value with the layout of the kernels' `Strided` (i32, 4 bytes of
+// padding, four i64 arrays).
+unsafe impl DeviceRepr for Strided {}
+
+impl Strided {
+    fn new(shape: &[usize], s0: &[usize], s1: &[usize], s2: &[usize]) -> Strided {
+        let mut g = Strided { rank: shape.len() as i32, shape: [1; 8], s0: [0; 8], s1: [0; 8], s2: [0; 8] };
+        for i in 0..shape.len() {
+            g.shape[i] = shape[i] as i64;
+            g.s0[i] = s0[i] as i64;
+            g.s1[i] = s1[i] as i64;
+            g.s2[i] = s2.get(i).copied().unwrap_or(0) as i64;
+        }
+        g
+    }
+}
+
+fn elem_bytes(dt: DType) -> u64 {
+    if dt == DType::BF16 { 2 } else { 4 }
+}
+
+impl CudaBackend {
+    fn upload_u32(&self, v: &[u32]) -> Result<CudaSlice<u32>> {
+        self.stream.clone_htod(if v.is_empty() { &[0u32][..] } else { v }).map_err(cuda_err)
+    }
+
+    fn dptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        s.device_ptr(&self.stream).0
+    }
+
+    /// `dst[dst_off + Σ c·s_dst] = src[src_off + Σ c·s_src]` over every index `c` of `shape`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_strided(
+        &self,
+        dt: DType,
+        dst: u64,
+        dst_off: usize,
+        src: u64,
+        src_off: usize,
+        shape: &[usize],
+        s_dst: &[usize],
+        s_src: &[usize],
+    ) -> Result<()> {
+        let n: usize = shape.iter().product();
+        if n == 0 {
+            return Ok(());
+        }
+        let e = elem_bytes(dt);
+        let g = Strided::new(shape, s_dst, s_src, &[]);
+        let args = [
+            Arg::P(dst + dst_off as u64 * e),
+            Arg::P(src + src_off as u64 * e),
+            Arg::I64(n as i64),
+            Arg::S(Box::new(g)),
+        ];
+        self.launch("layout", &format!("copy_strided_{}", suffix(dt)), grid(n), &args)
+    }
+
+    /// A contiguous tensor of `shape` read from `x` with `strides` (permute, broadcast).
+    pub(crate) fn gather_strided(self: &Arc<Self>, x: &Tensor, shape: &[usize], strides: &[usize]) -> Result<Tensor> {
+        let o = self.alloc(x.dtype(), shape.iter().product())?;
+        let op = o.ptr(&self.stream);
+        self.copy_strided(x.dtype(), op, 0, self.p(x), 0, shape, &contiguous_strides(shape), strides)?;
+        Ok(self.wrap(o, shape))
+    }
+
+    pub(crate) fn narrow(self: &Arc<Self>, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        let mut shape = x.shape().clone();
+        shape[dim] = len;
+        let cs = contiguous_strides(x.shape());
+        let o = self.alloc(x.dtype(), shape.iter().product())?;
+        let op = o.ptr(&self.stream);
+        self.copy_strided(x.dtype(), op, 0, self.p(x), start * cs[dim], &shape, &contiguous_strides(&shape), &cs)?;
+        Ok(self.wrap(o, &shape))
+    }
+
+    pub(crate) fn cat(self: &Arc<Self>, xs: &[Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> {
+        let dt = xs[0].dtype();
+        let o = self.alloc(dt, shape.iter().product())?;
+        let (op, cs) = (o.ptr(&self.stream), contiguous_strides(shape));
+        let mut at = 0;
+        for x in xs {
+            self.copy_strided(dt, op, at * cs[dim], self.p(x), 0, x.shape(), &cs, &contiguous_strides(x.shape()))?;
+            at += x.shape()[dim];
+        }
+        Ok(self.wrap(o, shape))
+    }
+
+    /// Broadcasting `a ∘ b` (kinds: 0 add, 1 sub, 2 mul, 3 div) into `shape`.
+    pub(crate) fn binary_strided(
+        self: &Arc<Self>,
+        kind: u32,
+        a: &Tensor,
+        b: &Tensor,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let o = self.alloc(a.dtype(), n)?;
+        let g = Strided::new(
+            shape,
+            &contiguous_strides(shape),
+            &broadcast_strides(a.shape(), shape),
+            &broadcast_strides(b.shape(), shape),
+        );
+        let args = [
+            Arg::P(o.ptr(&self.stream)),
+            Arg::P(self.p(a)),
+            Arg::P(self.p(b)),
+            Arg::I64(n as i64),
+            Arg::S(Box::new(g)),
+            Arg::I32(kind as i32),
+        ];
+        if n > 0 {
+            self.launch("layout", &format!("binary_strided_{}", suffix(a.dtype())), grid(n), &args)?;
+        }
+        Ok(self.wrap(o, shape))
+    }
+
+    /// Sum `g` over the dimensions broadcasting expanded, giving `target` (right-aligned).
+    pub(crate) fn reduce_to(self: &Arc<Self>, g: &Tensor, target: &[usize]) -> Result<Tensor> {
+        let st = broadcast_strides(target, g.shape());
+        let gs = contiguous_strides(g.shape());
+        let (mut keep, mut keep_out, mut keep_src, mut red, mut red_src) = (vec![], vec![], vec![], vec![], vec![]);
+        for d in 0..g.rank() {
+            if st[d] == 0 && g.shape()[d] != 1 {
+                red.push(g.shape()[d]);
+                red_src.push(gs[d]);
+            } else {
+                keep.push(g.shape()[d]);
+                keep_out.push(st[d]);
+                keep_src.push(gs[d]);
+            }
+        }
+        let n: usize = target.iter().product();
+        let rn: usize = red.iter().product();
+        let o = self.alloc(g.dtype(), n)?;
+        let kept = Strided::new(&keep, &keep_out, &keep_src, &[]);
+        let zeros = vec![0; red.len()];
+        let reduced = Strided::new(&red, &zeros, &red_src, &[]);
+        let args = [
+            Arg::P(o.ptr(&self.stream)),
+            Arg::P(self.p(g)),
+            Arg::I64(n as i64),
+            Arg::S(Box::new(kept)),
+            Arg::S(Box::new(reduced)),
+            Arg::I64(rn as i64),
+        ];
+        if n > 0 {
+            self.launch("layout", &format!("reduce_strided_{}", suffix(g.dtype())), grid(n), &args)?;
+        }
+        Ok(self.wrap(o, target))
+    }
+
+    pub(crate) fn index_select(self: &Arc<Self>, x: &Tensor, idx: &[u32], shape: &[usize]) -> Result<Tensor> {
+        let row: usize = x.shape()[1..].iter().product();
+        let n = idx.len() * row;
+        let o = self.alloc(x.dtype(), n)?;
+        if n > 0 {
+            let di = self.upload_u32(idx)?;
+            let args = [
+                Arg::P(o.ptr(&self.stream)),
+                Arg::P(self.p(x)),
+                Arg::P(self.dptr(&di)),
+                Arg::I64(n as i64),
+                Arg::I64(row as i64),
+            ];
+            self.launch("index", &format!("index_select_{}", suffix(x.dtype())), grid(n), &args)?;
+        }
+        Ok(self.wrap(o, shape))
+    }
+
+    /// `out = zeros([n_rows, ...]); out[idx[i]] += src[i]`, accumulated in f32.
+    pub(crate) fn index_add(self: &Arc<Self>, idx: &[u32], src: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        let row: usize = src.shape()[1..].iter().product();
+        let n = idx.len() * row;
+        let o = self.alloc(DType::F32, shape.iter().product())?;
+        if n > 0 {
+            let di = self.upload_u32(idx)?;
+            let args = [
+                Arg::P(o.ptr(&self.stream)),
+                Arg::P(self.p(src)),
+                Arg::P(self.dptr(&di)),
+                Arg::I64(n as i64),
+                Arg::I64(row as i64),
+            ];
+            self.launch("index", &format!("index_add_{}", suffix(src.dtype())), grid(n), &args)?;
+        }
+        self.wrap(o, shape).to_dtype(src.dtype())
+    }
+
+    pub(crate) fn gather_last(self: &Arc<Self>, x: &Tensor, idx: &[u32], k: usize, shape: &[usize]) -> Result<Tensor> {
+        let n = idx.len();
+        let o = self.alloc(x.dtype(), n)?;
+        if n > 0 {
+            let di = self.upload_u32(idx)?;
+            let args = [
+                Arg::P(o.ptr(&self.stream)),
+                Arg::P(self.p(x)),
+                Arg::P(self.dptr(&di)),
+                Arg::I64(n as i64),
+                Arg::I64(k as i64),
+                Arg::I64(x.dim(-1) as i64),
+            ];
+            self.launch("index", &format!("gather_last_{}", suffix(x.dtype())), grid(n), &args)?;
+        }
+        Ok(self.wrap(o, shape))
+    }
+
+    pub(crate) fn scatter_last(
+        self: &Arc<Self>,
+        dy: &Tensor,
+        idx: &[u32],
+        e: usize,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        let n = idx.len();
+        let o = self.alloc(DType::F32, shape.iter().product())?;
+        if n > 0 {
+            let di = self.upload_u32(idx)?;
+            let args = [
+                Arg::P(o.ptr(&self.stream)),
+                Arg::P(self.p(dy)),
+                Arg::P(self.dptr(&di)),
+                Arg::I64(n as i64),
+                Arg::I64(dy.dim(-1) as i64),
+                Arg::I64(e as i64),
+            ];
+            self.launch("index", &format!("scatter_last_{}", suffix(dy.dtype())), grid(n), &args)?;
+        }
+        self.wrap(o, shape).to_dtype(dy.dtype())
+    }
+
+    /// Attention as cuBLAS score and value products around the masked-softmax kernel; the
+    /// probabilities are returned in f32 (the CPU path's compute dtype) for the backward.
+    pub(crate) fn attention(
+        self: &Arc<Self>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        mask: &AttnMask,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, h, s, t) = (q.dim(0), q.dim(1), q.dim(2), k.dim(2));
+        let scores = matmul(q, k, false, true)?;
+        let p = self.alloc(DType::F32, b * h * s * t)?;
+        // Padding travels as one byte per key.
+        let pad_bytes: Option<CudaSlice<u8>> = mask
+            .key_padding
+            .as_ref()
+            .map(|m| self.stream.clone_htod(&m.iter().map(|&x| u8::from(x)).collect::<Vec<u8>>()).map_err(cuda_err))
+            .transpose()?;
+        let seg = mask.segment_ids.as_ref().map(|sg| self.upload_u32(sg)).transpose()?;
+        let args = [
+            Arg::P(p.ptr(&self.stream)),
+            Arg::P(self.p(&scores)),
+            Arg::I32(mask.causal as i32),
+            Arg::P(pad_bytes.as_ref().map_or(0, |d| self.dptr(d))),
+            Arg::P(seg.as_ref().map_or(0, |d| self.dptr(d))),
+            Arg::I64(h as i64),
+            Arg::I64(s as i64),
+            Arg::I64(t as i64),
+            Arg::F32(scale as f32),
+        ];
+        if b * h * s > 0 {
+            self.launch("attention", &format!("masked_softmax_{}", suffix(q.dtype())), rows_cfg(b * h * s, t), &args)?;
+        }
+        let p = self.wrap(p, &[b, h, s, t]);
+        let o = matmul(&p.to_dtype(q.dtype())?, v, false, false)?;
+        Ok((o, p))
+    }
+
+    pub(crate) fn attention_backward(
+        self: &Arc<Self>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        p: &Tensor,
+        scale: f64,
+        d_o: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let dt = q.dtype();
+        let p32 = p.to_dtype(DType::F32)?;
+        let pc = p.to_dtype(dt)?;
+        let dv = matmul(&pc, d_o, true, false)?;
+        let dp = matmul(d_o, v, false, true)?;
+        let t = p.dim(-1);
+        let rows = p.numel() / t.max(1);
+        let ds = self.alloc(dt, p.numel())?;
+        let args = [
+            Arg::P(ds.ptr(&self.stream)),
+            Arg::P(self.p(&p32)),
+            Arg::P(self.p(&dp)),
+            Arg::I64(t as i64),
+            Arg::F32(scale as f32),
+        ];
+        if rows > 0 {
+            self.launch("attention", &format!("softmax_bwd_scaled_{}", suffix(dt)), rows_cfg(rows, t), &args)?;
+        }
+        let ds = self.wrap(ds, p.shape());
+        let dq = matmul(&ds, k, false, false)?;
+        let dk = matmul(&ds, q, true, false)?;
+        Ok((dq, dk, dv))
+    }
+
+    /// Interleaved RoPE on `x [B, S, H, D]`; `sign` −1 rotates back (the backward).
+    pub(crate) fn rope(
+        self: &Arc<Self>,
+        x: &Tensor,
+        positions: &[u32],
+        table: &RopeTable,
+        sign: f64,
+    ) -> Result<Tensor> {
+        let (h, d) = (x.dim(2), x.dim(3));
+        let half = d / 2;
+        let n_pairs = x.numel() / 2;
+        let o = self.alloc(x.dtype(), x.numel())?;
+        if n_pairs > 0 {
+            let cs: Vec<f32> = table.cos.iter().map(|&c| c as f32).collect();
+            let sn: Vec<f32> = table.sin.iter().map(|&c| c as f32).collect();
+            let (dc, ds) =
+                (self.stream.clone_htod(&cs).map_err(cuda_err)?, self.stream.clone_htod(&sn).map_err(cuda_err)?);
+            let dpos = self.upload_u32(positions)?;
+            let args = [
+                Arg::P(o.ptr(&self.stream)),
+                Arg::P(self.p(x)),
+                Arg::P(self.dptr(&dpos)),
+                Arg::P(self.dptr(&dc)),
+                Arg::P(self.dptr(&ds)),
+                Arg::I64(n_pairs as i64),
+                Arg::I64(h as i64),
+                Arg::I64(half as i64),
+                Arg::F32(sign as f32),
+            ];
+            self.launch("rope", &format!("rope_{}", suffix(x.dtype())), grid(n_pairs), &args)?;
+        }
+        Ok(self.wrap(o, x.shape()))
+    }
+
+    /// Per-row cross-entropy summed on the host in f64: `(Σ loss, counted rows)`.
+    pub(crate) fn cross_entropy_sum(self: &Arc<Self>, logits: &Tensor, targets: &[i64], ignore: i64) -> Result<f64> {
+        let v = logits.dim(-1);
+        let rows = targets.len();
+        if rows == 0 {
+            return Ok(0.0);
+        }
+        let dt = self.stream.clone_htod(targets).map_err(cuda_err)?;
+        let l = self.alloc(DType::F32, rows)?;
+        let args = [
+            Arg::P(l.ptr(&self.stream)),
+            Arg::P(self.p(logits)),
+            Arg::P(self.dptr(&dt)),
+            Arg::I64(v as i64),
+            Arg::I64(ignore),
+        ];
+        self.launch("loss", &format!("ce_rows_{}", suffix(logits.dtype())), rows_cfg(rows, v), &args)?;
+        let host = self.wrap(l, &[rows]).to_vec::<f32>()?;
+        Ok(host.iter().map(|&x| f64::from(x)).sum())
+    }
+
+    pub(crate) fn cross_entropy_backward(
+        self: &Arc<Self>,
+        logits: &Tensor,
+        targets: &[i64],
+        ignore: i64,
+        g: f64,
+    ) -> Result<Tensor> {
+        let v = logits.dim(-1);
+        let rows = targets.len();
+        let d = self.alloc(logits.dtype(), logits.numel())?;
+        if rows > 0 {
+            let dt = self.stream.clone_htod(targets).map_err(cuda_err)?;
+            let args = [
+                Arg::P(d.ptr(&self.stream)),
+                Arg::P(self.p(logits)),
+                Arg::P(self.dptr(&dt)),
+                Arg::I64(v as i64),
+                Arg::I64(ignore),
+                Arg::F32(g as f32),
+            ];
+            self.launch("loss", &format!("ce_bwd_{}", suffix(logits.dtype())), rows_cfg(rows, v), &args)?;
+        }
+        Ok(self.wrap(d, logits.shape()))
+    }
+}
