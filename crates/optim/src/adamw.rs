@@ -81,11 +81,16 @@ impl AdamW {
                 None => Tensor::zeros(p.shape(), DType::F32, &dev)?,
             };
             #[cfg(feature = "cuda")]
-            if let (Device::Cuda(be), DType::F32) = (&dev, p.dtype()) {
+            if let (Device::Cuda(be), DType::F32 | DType::BF16) = (&dev, p.dtype()) {
                 let g32 = g.to_dtype(DType::F32)?.to_device(&dev)?;
-                // The kernel updates in place: work on a fresh copy so that other holders of
-                // the old parameter tensor keep its value (tensors are values).
-                let p = tensor::ops::elementwise::affine(&p, 1.0, 0.0)?;
+                // The kernel updates in place: work on a fresh f32 copy so that other holders of
+                // the old parameter tensor keep its value (tensors are values); bf16 weights are
+                // updated in f32 and rounded back.
+                let p = if p.dtype() == DType::F32 {
+                    tensor::ops::elementwise::affine(&p, 1.0, 0.0)?
+                } else {
+                    p.to_dtype(DType::F32)?
+                };
                 be.adamw_step(
                     &p,
                     &m,
@@ -98,6 +103,7 @@ impl AdamW {
                     t,
                     1.0,
                 )?;
+                let p = p.to_dtype(params.get(&name).expect("listed").dtype())?;
                 params.set(&name, p)?;
                 self.exp_avg.insert(name.clone(), m);
                 self.exp_avg_sq.insert(name, v);
