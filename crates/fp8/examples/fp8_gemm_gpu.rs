@@ -105,7 +105,7 @@ fn own(g: &GpuGemm, kern: &Sm90Gemm, ga: &GpuFp8, gb: &GpuFp8, check: &dyn Fn(&[
     let mut t_default = f64::NAN;
     for (i, &cfg) in configs.iter().enumerate() {
         let t = time(g, || kern.run(g, ga, gb, &mut y, cfg))?;
-        eprintln!("  own {cfg:?}: {:.1} TFLOP/s", f / t / 1e12);
+        eprintln!("  own {cfg:?} grid {:?}: {:.1} TFLOP/s", kern.grid(&cfg), f / t / 1e12);
         if i == 0 {
             t_default = t;
         }

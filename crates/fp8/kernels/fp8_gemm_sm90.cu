@@ -8,10 +8,10 @@
 // the two scales and adds it into a separate fp32 accumulator on the CUDA cores (promotion every
 // N_C = 128 elements), so the limited-precision tensor-core sum never spans more than one block.
 //
-// Layout of one CTA (384 threads, persistent over output tiles):
+// Layout of one CTA (128 * (1 + BM/64) threads, persistent over output tiles):
 //   warpgroup 0: producer; one thread issues TMA loads (128B swizzle) into a ring of STAGES
 //                shared-memory stages, guarded by `full` / `empty` mbarriers;
-//   warpgroups 1, 2: consumers, each owns 64 rows of the 128 x BN tile (wgmma m64nBNk32).
+//   warpgroups 1 .. BM/64: consumers, each owns 64 rows of the BM x BN tile (wgmma m64nBNk32).
 // With CL = 2 the two CTAs of a cluster work on vertically adjacent tiles (same columns) and
 // each loads half of the shared B tile, multicast into both CTAs' shared memory.
 //
@@ -96,7 +96,10 @@ __device__ __forceinline__ void tma_load_multicast(u32 dst, const TmaMap* map, i
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
 
 /// Keeps the compiler from moving reads or writes of an accumulator register across this point
 /// (wgmma writes its fragment asynchronously, behind the compiler's back).
@@ -210,11 +213,7 @@ struct Wgmma<192> {
     static __device__ __forceinline__ void run(float* d, u64 a, u64 b, int acc) { wgmma_n192(d, a, b, acc); }
 };
 
-constexpr int BM = 128;
 constexpr int BK = 128;
-constexpr u32 A_BYTES = BM * BK;
-constexpr u32 SA_BYTES = BM * 4;
-constexpr int THREADS = 384;
 
 struct Params {
     const float* sb;  // weight scales [N/128][sb_ld], K-major
@@ -236,13 +235,79 @@ __device__ __forceinline__ void tile_of(int u, int mu_count, int nb_count, int g
     nb = first + in % width;
 }
 
+/// Shared-memory addresses of the stage ring.
+struct Ring {
+    u32 a, b, bars;     // A stages, B stages, full[STAGES] then empty[STAGES]
+    const float* sa;    // activation-scale stages (generic pointer)
+};
+
+/// A consumer warpgroup's view of one 128-wide K block: wait for its stage, read the two row
+/// scales, issue the four k32 wgmma steps into `tmp` (one commit group).
+template <int BM, int BN, int STAGES>
+__device__ __forceinline__ void issue_block(const Ring& r, int cw, int row, int stage, u32 phase, float* tmp, float& a0,
+                                            float& a1) {
+    mbar_wait(r.bars + 8 * stage, phase);
+    a0 = r.sa[stage * BM + row];
+    a1 = r.sa[stage * BM + row + 8];
+    const u64 da = smem_desc(r.a + stage * (BM * BK) + cw * 64 * BK);
+    const u64 db = smem_desc(r.b + stage * (BN * BK));
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) fence_reg(tmp[i]);
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < BK / 32; ++k) Wgmma<BN>::run(tmp, da + 2 * k, db + 2 * k, k);
+    wgmma_commit();
+}
+
+/// Hand a stage back to the producer(s): one arrival per consumer warp on every cluster CTA's
+/// `empty` barrier (the stage's B tile was multicast into all of them).
+template <int STAGES, int CL>
+__device__ __forceinline__ void release(const Ring& r, int stage) {
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) {
+        const u32 empty = r.bars + 8 * (STAGES + stage);
+        if (CL == 1) {
+            mbar_arrive(empty);
+        } else {
+#pragma unroll
+            for (int q = 0; q < CL; ++q) mbar_arrive_cluster(empty, q);
+        }
+    }
+}
+
+/// Promotion (DeepSeek-V3 §3.3.2): acc += (A·Bᵀ)_kb · sa · sb in fp32 on the CUDA cores. Column
+/// chunk j (8 columns) lies in the first weight block of the tile when OFF + 8j < 128.
+template <int BN, int OFF>
+__device__ __forceinline__ void promote(float* acc, float* tmp, float a0, float a1, float b0, float b1) {
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) fence_reg(tmp[i]);
+    const float s00 = a0 * b0, s01 = a0 * b1, s10 = a1 * b0, s11 = a1 * b1;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        const bool first = OFF + 8 * j < 128;
+        const float sr0 = first ? s00 : s01, sr1 = first ? s10 : s11;
+        acc[4 * j + 0] += sr0 * tmp[4 * j + 0];
+        acc[4 * j + 1] += sr0 * tmp[4 * j + 1];
+        acc[4 * j + 2] += sr1 * tmp[4 * j + 2];
+        acc[4 * j + 3] += sr1 * tmp[4 * j + 3];
+    }
+}
+
+__device__ __forceinline__ void advance(int& stage, u32& phase, int stages) {
+    if (++stage == stages) {
+        stage = 0;
+        phase ^= 1;
+    }
+}
+
 /// One consumer warpgroup's work on one tile: all K blocks, promotion, bf16 epilogue. OFF is the
-/// tile's first column modulo 128 (where the weight-scale block changes inside the tile).
-template <int BN, int STAGES, int CL, int OFF>
-__device__ __forceinline__ void consume_tile(const Params& p, u32 s_a, u32 s_b, const float* s_sa, u32 bars, int mb,
-                                             int nb, int cw, int& stage, u32& phase) {
+/// tile's first column modulo 128 (where the weight-scale block changes inside the tile). The
+/// warpgroup waits for its own block before promoting it; the other consumer warpgroup(s) keep
+/// the tensor cores busy meanwhile.
+template <int BM, int BN, int STAGES, int CL, int OFF>
+__device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int mb, int nb, int cw, int& stage,
+                                             u32& phase) {
     constexpr int R = BN / 2;  // fragment registers per thread (m64 x BN over 128 threads)
-    constexpr u32 B_BYTES = BN * BK;
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     const int row = cw * 64 + warp * 16 + lane / 4;  // this thread's first row in the tile (and row + 8)
     const int kbs = p.k / BK;
@@ -251,53 +316,21 @@ __device__ __forceinline__ void consume_tile(const Params& p, u32 s_a, u32 s_b, 
     const int nblk1 = min(nblk0 + 1, p.n / 128 - 1);
     const float* sb0 = p.sb + (size_t)nblk0 * p.sb_ld;
     const float* sb1 = p.sb + (size_t)nblk1 * p.sb_ld;
+    constexpr bool two = OFF + BN > 128;
 
     float acc[R];
-    float tmp[R];
 #pragma unroll
     for (int i = 0; i < R; ++i) acc[i] = 0.f;
 
+    float tmp[R];
     for (int kb = 0; kb < kbs; ++kb) {
-        const float b0 = __ldg(sb0 + kb);
-        const float b1 = (OFF + BN > 128) ? __ldg(sb1 + kb) : b0;
-        const u32 full = bars + 8 * stage, empty = bars + 8 * (STAGES + stage);
-        mbar_wait(full, phase);
-        const float a0 = s_sa[stage * BM + row], a1 = s_sa[stage * BM + row + 8];
-        const u64 da = smem_desc(s_a + stage * A_BYTES + cw * 64 * BK);
-        const u64 db = smem_desc(s_b + stage * B_BYTES);
-#pragma unroll
-        for (int i = 0; i < R; ++i) fence_reg(tmp[i]);
-        wgmma_fence();
-#pragma unroll
-        for (int k = 0; k < BK / 32; ++k) Wgmma<BN>::run(tmp, da + 2 * k, db + 2 * k, k);
-        wgmma_commit();
-        wgmma_wait0();
-#pragma unroll
-        for (int i = 0; i < R; ++i) fence_reg(tmp[i]);
-        __syncwarp();
-        if (lane == 0) {
-            if (CL == 1) {
-                mbar_arrive(empty);
-            } else {
-#pragma unroll
-                for (int r = 0; r < CL; ++r) mbar_arrive_cluster(empty, r);
-            }
-        }
-        // Promotion: acc += (A·Bᵀ)_kb · sa · sb in fp32 on the CUDA cores.
-        const float s00 = a0 * b0, s01 = a0 * b1, s10 = a1 * b0, s11 = a1 * b1;
-#pragma unroll
-        for (int j = 0; j < R / 4; ++j) {
-            const bool first = OFF + 8 * j < 128;
-            const float sr0 = first ? s00 : s01, sr1 = first ? s10 : s11;
-            acc[4 * j + 0] += sr0 * tmp[4 * j + 0];
-            acc[4 * j + 1] += sr0 * tmp[4 * j + 1];
-            acc[4 * j + 2] += sr1 * tmp[4 * j + 2];
-            acc[4 * j + 3] += sr1 * tmp[4 * j + 3];
-        }
-        if (++stage == STAGES) {
-            stage = 0;
-            phase ^= 1;
-        }
+        const float b0 = __ldg(sb0 + kb), b1 = two ? __ldg(sb1 + kb) : b0;
+        float a0, a1;
+        issue_block<BM, BN, STAGES>(r, cw, row, stage, phase, tmp, a0, a1);
+        wgmma_wait<0>();
+        release<STAGES, CL>(r, stage);
+        promote<BN, OFF>(acc, tmp, a0, a1, b0, b1);
+        advance(stage, phase, STAGES);
     }
 
     // Epilogue: bf16 pairs straight from the fragment (row, 8j + 2(lane%4) .. +1), edges guarded.
@@ -314,22 +347,39 @@ __device__ __forceinline__ void consume_tile(const Params& p, u32 s_a, u32 s_b, 
     }
 }
 
-template <int BN, int STAGES, int CL>
+/// Registers per thread after `setmaxnreg`: the producer warpgroup gives its share to the
+/// BM/64 consumer warpgroups (65536 per SM in all, multiples of 8).
+template <int BM>
+struct Regs;
+template <>
+struct Regs<128> {
+    static constexpr int producer = 40, consumer = 232;
+};
+template <>
+struct Regs<192> {
+    static constexpr int producer = 40, consumer = 152;
+};
+
+template <int BM, int BN, int STAGES, int CL>
 __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, const TmaMap* tsa, const Params& p) {
-    constexpr u32 B_BYTES = BN * BK;
+    constexpr u32 A_BYTES = BM * BK, B_BYTES = BN * BK, SA_BYTES = BM * 4;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const u32 raw = smem_addr(smem_raw);
     const u32 base = (raw + 1023) & ~1023u;
-    const u32 s_a = base, s_b = s_a + STAGES * A_BYTES, s_sa = s_b + STAGES * B_BYTES;
-    const u32 bars = s_sa + STAGES * SA_BYTES;  // full[STAGES], then empty[STAGES]
-    const float* s_sa_ptr = reinterpret_cast<const float*>(smem_raw + (s_sa - raw));
+    Ring r;
+    r.a = base;
+    r.b = r.a + STAGES * A_BYTES;
+    const u32 s_sa = r.b + STAGES * B_BYTES;
+    r.bars = s_sa + STAGES * SA_BYTES;
+    r.sa = reinterpret_cast<const float*>(smem_raw + (s_sa - raw));
 
     const int wg = threadIdx.x / 128;
     const u32 rank = CL == 1 ? 0 : cluster_rank();
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(bars + 8 * s, 1);
-            mbar_init(bars + 8 * (STAGES + s), CL * 8);  // every consumer warp of every CTA in the cluster
+            mbar_init(r.bars + 8 * s, 1);
+            // every consumer warp of every CTA in the cluster
+            mbar_init(r.bars + 8 * (STAGES + s), CL * (BM / 64) * 4);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -345,7 +395,7 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
     const int cid = blockIdx.x / CL, clusters = gridDim.x / CL;
 
     if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Regs<BM>::producer));
         if (threadIdx.x == 0) {
             int stage = 0;
             u32 phase = 0;
@@ -355,26 +405,23 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
                 // A CTA past the last row block loads the last one again; its results are dropped.
                 const int m0 = min(mu * CL + (int)rank, mb_count - 1) * BM, n0 = nb * BN;
                 for (int kb = 0; kb < kbs; ++kb) {
-                    const u32 full = bars + 8 * stage, empty = bars + 8 * (STAGES + stage);
+                    const u32 full = r.bars + 8 * stage, empty = r.bars + 8 * (STAGES + stage);
                     mbar_wait(empty, phase ^ 1);
                     mbar_expect_tx(full, A_BYTES + B_BYTES + SA_BYTES);
-                    tma_load(s_a + stage * A_BYTES, ta, kb * BK, m0, full);
+                    tma_load(r.a + stage * A_BYTES, ta, kb * BK, m0, full);
                     if (CL == 1) {
-                        tma_load(s_b + stage * B_BYTES, tb, kb * BK, n0, full);
+                        tma_load(r.b + stage * B_BYTES, tb, kb * BK, n0, full);
                     } else {
-                        tma_load_multicast(s_b + stage * B_BYTES + rank * (B_BYTES / CL), tb, kb * BK,
+                        tma_load_multicast(r.b + stage * B_BYTES + rank * (B_BYTES / CL), tb, kb * BK,
                                            n0 + (int)rank * (BN / CL), full, (u16)((1 << CL) - 1));
                     }
                     tma_load(s_sa + stage * SA_BYTES, tsa, m0, kb, full);
-                    if (++stage == STAGES) {
-                        stage = 0;
-                        phase ^= 1;
-                    }
+                    advance(stage, phase, STAGES);
                 }
             }
         }
     } else {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Regs<BM>::consumer));
         const int cw = wg - 1;
         int stage = 0;
         u32 phase = 0;
@@ -384,13 +431,13 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
             const int mb = mu * CL + (int)rank;
             const int off = (nb * BN) % 128;
             if (BN % 128 == 0 || off == 0) {
-                consume_tile<BN, STAGES, CL, 0>(p, s_a, s_b, s_sa_ptr, bars, mb, nb, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, 0>(p, r, mb, nb, cw, stage, phase);
             } else if (BN % 64 == 0 || off == 64) {
-                consume_tile<BN, STAGES, CL, 64>(p, s_a, s_b, s_sa_ptr, bars, mb, nb, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, 64>(p, r, mb, nb, cw, stage, phase);
             } else if (off == 32) {
-                consume_tile<BN, STAGES, CL, 32>(p, s_a, s_b, s_sa_ptr, bars, mb, nb, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, 32>(p, r, mb, nb, cw, stage, phase);
             } else {
-                consume_tile<BN, STAGES, CL, 96>(p, s_a, s_b, s_sa_ptr, bars, mb, nb, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, 96>(p, r, mb, nb, cw, stage, phase);
             }
         }
     }
@@ -398,19 +445,21 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
     if (CL > 1) cluster_sync();
 }
 
-/// Dynamic shared memory of a variant: the stages plus barriers plus 1 KiB for 1024-byte alignment.
-#define SMEM_BYTES(BN, STAGES) ((STAGES) * (A_BYTES + (BN) * BK + SA_BYTES) + 16 * (STAGES) + 1024)
-
-#define VARIANT(BN, STAGES, CL)                                                                              \
-    extern "C" __global__ void __launch_bounds__(THREADS, 1)                                                  \
-        fp8_gemm_n##BN##_s##STAGES##_c##CL(const __grid_constant__ TmaMap ta, const __grid_constant__ TmaMap tb, \
-                                            const __grid_constant__ TmaMap tsa, const Params p) {              \
-        gemm_body<BN, STAGES, CL>(&ta, &tb, &tsa, p);                                                         \
+// Variants: fp8_gemm_m{BM}_n{BN}_s{STAGES}_c{CL}; 128 * (1 + BM/64) threads; dynamic shared
+// memory STAGES * (BM*128 + BN*128 + BM*4) + 16 * STAGES + 1024 bytes (the host computes the same).
+#define VARIANT(BM, BN, STAGES, CL)                                                                        \
+    extern "C" __global__ void __launch_bounds__(128 * (1 + BM / 64), 1)                                       \
+        fp8_gemm_m##BM##_n##BN##_s##STAGES##_c##CL(                                                    \
+            const __grid_constant__ TmaMap ta, const __grid_constant__ TmaMap tb, const __grid_constant__ TmaMap tsa, \
+            const Params p) {                                                                                  \
+        gemm_body<BM, BN, STAGES, CL>(&ta, &tb, &tsa, p);                                             \
     }
 
-VARIANT(128, 6, 1)
-VARIANT(128, 6, 2)
-VARIANT(160, 5, 1)
-VARIANT(160, 5, 2)
-VARIANT(192, 5, 1)
-VARIANT(192, 5, 2)
+VARIANT(128, 128, 6, 1)
+VARIANT(128, 128, 6, 2)
+VARIANT(128, 160, 5, 1)
+VARIANT(128, 160, 5, 2)
+VARIANT(128, 192, 5, 1)
+VARIANT(128, 192, 5, 2)
+VARIANT(192, 128, 5, 1)
+VARIANT(192, 128, 5, 2)

@@ -13,7 +13,7 @@
 //!   128-column block;
 //! - a persistent, warp-specialised pipeline: one producer thread issues TMA loads
 //!   (`cp.async.bulk.tensor`, 128-byte swizzle) into a ring of shared-memory stages guarded by
-//!   `full` / `empty` mbarriers, two math warpgroups each own 64 rows of a 128 × `block_n` tile;
+//!   `full` / `empty` mbarriers, one math warpgroup per 64 rows of a `block_m` × `block_n` tile;
 //!   `setmaxnreg` moves registers from the producer to the math warpgroups; with
 //!   [`Sm90Config::cluster`] = 2 the two CTAs of a cluster share their B tile through TMA
 //!   multicast (half the weight traffic from L2).
@@ -37,20 +37,28 @@ use crate::{BLOCK, Fp8Error, Result};
 /// The kernel source (self-contained CUDA C++; no headers).
 pub const SOURCE: &str = include_str!("../kernels/fp8_gemm_sm90.cu");
 
-/// Compiled variants: (`block_n`, stages, cluster size); each is an `extern "C"` kernel
-/// `fp8_gemm_n{block_n}_s{stages}_c{cluster}`.
-pub const VARIANTS: &[(u32, u32, u32)] = &[(128, 6, 1), (128, 6, 2), (160, 5, 1), (160, 5, 2), (192, 5, 1), (192, 5, 2)];
-
-const THREADS: u32 = 384;
-const BM: u32 = 128;
+/// Compiled variants: (`block_m`, `block_n`, stages, cluster size); each is an `extern "C"`
+/// kernel `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}`.
+pub const VARIANTS: &[(u32, u32, u32, u32)] = &[
+    (128, 128, 6, 1),
+    (128, 128, 6, 2),
+    (128, 160, 5, 1),
+    (128, 160, 5, 2),
+    (128, 192, 5, 1),
+    (128, 192, 5, 2),
+    (192, 128, 5, 1),
+    (192, 128, 5, 2),
+];
 
 /// One configuration of the kernel (a compiled variant plus the tile order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sm90Config {
-    /// Output tile width (128, 160 or 192 columns; the tile is 128 rows high).
+    /// Output tile height: 128 (two math warpgroups) or 192 (three).
+    pub block_m: u32,
+    /// Output tile width (128, 160 or 192 columns).
     pub block_n: u32,
-    /// Shared-memory pipeline stages (each holds a 128×128 A tile, a `block_n`×128 B tile and
-    /// 128 activation scales).
+    /// Shared-memory pipeline stages (each holds a `block_m`×128 A tile, a `block_n`×128 B tile
+    /// and `block_m` activation scales).
     pub stages: u32,
     /// CTAs per cluster along M (1, or 2 for TMA multicast of the shared B tile).
     pub cluster: u32,
@@ -60,23 +68,36 @@ pub struct Sm90Config {
 
 impl Default for Sm90Config {
     fn default() -> Self {
-        Sm90Config { block_n: 128, stages: 6, cluster: 2, group: 16 }
+        Sm90Config { block_m: 128, block_n: 128, stages: 6, cluster: 2, group: 16 }
     }
 }
 
 impl Sm90Config {
     /// Every compiled variant with column groups of `group` tiles.
     pub fn all(group: u32) -> Vec<Sm90Config> {
-        VARIANTS.iter().map(|&(block_n, stages, cluster)| Sm90Config { block_n, stages, cluster, group }).collect()
+        VARIANTS
+            .iter()
+            .map(|&(block_m, block_n, stages, cluster)| Sm90Config { block_m, block_n, stages, cluster, group })
+            .collect()
+    }
+
+    fn variant(&self) -> (u32, u32, u32, u32) {
+        (self.block_m, self.block_n, self.stages, self.cluster)
     }
 
     fn kernel_name(&self) -> String {
-        format!("fp8_gemm_n{}_s{}_c{}", self.block_n, self.stages, self.cluster)
+        format!("fp8_gemm_m{}_n{}_s{}_c{}", self.block_m, self.block_n, self.stages, self.cluster)
+    }
+
+    /// A producer warpgroup plus one math warpgroup per 64 rows.
+    fn threads(&self) -> u32 {
+        128 * (1 + self.block_m / 64)
     }
 
     /// Dynamic shared memory: the stages, the barriers and 1 KiB of alignment slack.
     fn smem_bytes(&self) -> u32 {
-        self.stages * (BM * BLOCK as u32 + self.block_n * BLOCK as u32 + BM * 4) + 16 * self.stages + 1024
+        let b = BLOCK as u32;
+        self.stages * (self.block_m * b + self.block_n * b + self.block_m * 4) + 16 * self.stages + 1024
     }
 }
 
@@ -92,10 +113,17 @@ struct Params {
     group: i32,
 }
 
+/// A compiled variant and the most CTAs of it the device runs at once (the persistent grid).
+struct Variant {
+    key: (u32, u32, u32, u32),
+    func: CudaFunction,
+    max_ctas: u32,
+}
+
 /// The compiled module with one function per [`VARIANTS`] entry.
 pub struct Sm90Gemm {
     _module: Arc<CudaModule>,
-    funcs: Vec<((u32, u32, u32), CudaFunction)>,
+    funcs: Vec<Variant>,
     sms: u32,
 }
 
@@ -125,8 +153,7 @@ impl Sm90Gemm {
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| gpu_err("multiprocessor count", "", e))? as u32;
         let mut funcs = Vec::new();
-        for &v in VARIANTS {
-            let cfg = Sm90Config { block_n: v.0, stages: v.1, cluster: v.2, group: 1 };
+        for cfg in Sm90Config::all(1) {
             let name = cfg.kernel_name();
             let f = module.load_function(&name).map_err(|e| gpu_err("load_function", &name, e))?;
             // SAFETY: a valid function handle; the size is within Hopper's 227 KiB opt-in limit.
@@ -139,14 +166,35 @@ impl Sm90Gemm {
             }
             .result()
             .map_err(|e| gpu_err("cuFuncSetAttribute", &name, e))?;
-            funcs.push((v, f));
+            // Clusters must fit in one GPC: not every SM can hold one, so a persistent grid of
+            // `sms` CTAs would leave some clusters for a second wave. Ask the driver.
+            let max_ctas = if cfg.cluster == 1 {
+                sms
+            } else {
+                let mut attr = cluster_attr(cfg.cluster);
+                let config = launch_config(&cfg, sms, g.stream.cu_stream(), &mut attr);
+                let mut clusters = 0i32;
+                // SAFETY: `config` and `attr` are live for the call; the function is valid.
+                unsafe { cu::cuOccupancyMaxActiveClusters(&mut clusters, f.cu_function(), &config) }
+                    .result()
+                    .map_err(|e| gpu_err("cuOccupancyMaxActiveClusters", &name, e))?;
+                (clusters.max(1) as u32 * cfg.cluster).min(sms - sms % cfg.cluster)
+            };
+            funcs.push(Variant { key: cfg.variant(), func: f, max_ctas });
         }
         Ok(Sm90Gemm { _module: module, funcs, sms })
     }
 
-    /// Streaming multiprocessors of the device (the persistent grid's size).
+    /// Streaming multiprocessors of the device.
     pub fn sms(&self) -> u32 {
         self.sms
+    }
+
+    /// The persistent grid of a configuration: the most CTAs that run at once (all SMs without
+    /// clusters; with clusters what `cuOccupancyMaxActiveClusters` allows), or `None` for a
+    /// configuration that is not compiled.
+    pub fn grid(&self, cfg: &Sm90Config) -> Option<u32> {
+        self.funcs.iter().find(|v| v.key == cfg.variant()).map(|v| v.max_ctas)
     }
 
     /// `y = a·bᵀ` with [`Sm90Config::default`] into a new bf16 device matrix.
@@ -179,11 +227,11 @@ impl Sm90Gemm {
                 });
             }
         }
-        let Some((_, func)) = self.funcs.iter().find(|(v, _)| *v == (cfg.block_n, cfg.stages, cfg.cluster)) else {
+        let Some(var) = self.funcs.iter().find(|v| v.key == cfg.variant()) else {
             return Err(Fp8Error::Arg {
                 field: "Sm90Config".into(),
                 value: format!("{cfg:?}"),
-                detail: format!("compiled variants (block_n, stages, cluster): {VARIANTS:?}"),
+                detail: format!("compiled variants (block_m, block_n, stages, cluster): {VARIANTS:?}"),
             });
         };
         if cfg.group == 0 {
@@ -204,9 +252,10 @@ impl Sm90Gemm {
         let fp8_map = |ptr: u64, rows: usize, box_rows: u32| {
             tensor_map(TmaType::CU_TENSOR_MAP_DATA_TYPE_UINT8, ptr, [k, rows], k, [BLOCK as u32, box_rows], true, &shape)
         };
-        let ta = fp8_map(pa, m, BM)?;
+        let bm = cfg.block_m;
+        let ta = fp8_map(pa, m, bm)?;
         let tb = fp8_map(pb, n, cfg.block_n / cfg.cluster)?;
-        let tsa = tensor_map(TmaType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32, psa, [m, kb], m * 4, [BM, 1], false, &shape)?;
+        let tsa = tensor_map(TmaType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32, psa, [m, kb], m * 4, [bm, 1], false, &shape)?;
         let params = Params {
             sb: psb,
             y: py,
@@ -217,24 +266,10 @@ impl Sm90Gemm {
             group: cfg.group as i32,
         };
         // Persistent grid: one CTA per SM (a whole number of clusters), at most one per tile.
-        let tiles = m.div_ceil(BM as usize).next_multiple_of(cfg.cluster as usize) * n.div_ceil(cfg.block_n as usize);
-        let grid = (self.sms - self.sms % cfg.cluster).min(tiles as u32).max(cfg.cluster);
-        // SAFETY: an all-zero launch attribute is a valid bit pattern for this plain C struct.
-        let mut attr: cu::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attr.value.clusterDim = cu::CUlaunchAttributeValue_union__bindgen_ty_1 { x: cfg.cluster, y: 1, z: 1 };
-        let config = cu::CUlaunchConfig {
-            gridDimX: grid,
-            gridDimY: 1,
-            gridDimZ: 1,
-            blockDimX: THREADS,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: cfg.smem_bytes(),
-            hStream: stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
+        let tiles = m.div_ceil(bm as usize).next_multiple_of(cfg.cluster as usize) * n.div_ceil(cfg.block_n as usize);
+        let grid = var.max_ctas.min(tiles as u32).max(cfg.cluster);
+        let mut attr = cluster_attr(cfg.cluster);
+        let config = launch_config(&cfg, grid, stream.cu_stream(), &mut attr);
         let mut args: [*mut c_void; 4] = [
             &ta as *const _ as *mut c_void,
             &tb as *const _ as *mut c_void,
@@ -244,9 +279,32 @@ impl Sm90Gemm {
         // SAFETY: the arguments match the kernel's signature (three 128-byte tensor maps and
         // `Params`), each map describes a live device buffer of the size checked above, and the
         // buffers stay borrowed (their guards alive) until the launch is enqueued.
-        unsafe { cu::cuLaunchKernelEx(&config, func.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
+        unsafe { cu::cuLaunchKernelEx(&config, var.func.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
             .result()
             .map_err(|e| gpu_err("cuLaunchKernelEx", &shape, e))
+    }
+}
+
+fn cluster_attr(cluster: u32) -> cu::CUlaunchAttribute {
+    // SAFETY: an all-zero launch attribute is a valid bit pattern for this plain C struct.
+    let mut attr: cu::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim = cu::CUlaunchAttributeValue_union__bindgen_ty_1 { x: cluster, y: 1, z: 1 };
+    attr
+}
+
+fn launch_config(cfg: &Sm90Config, grid: u32, stream: cu::CUstream, attr: &mut cu::CUlaunchAttribute) -> cu::CUlaunchConfig {
+    cu::CUlaunchConfig {
+        gridDimX: grid,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: cfg.threads(),
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: cfg.smem_bytes(),
+        hStream: stream,
+        attrs: attr,
+        numAttrs: 1,
     }
 }
 
