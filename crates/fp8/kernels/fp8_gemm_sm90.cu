@@ -51,11 +51,14 @@ __device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
 
-/// Arrive on the barrier at the same shared-memory offset in CTA `rank` of the cluster.
+/// Arrive on the barrier at the same shared-memory offset in CTA `rank` of the cluster. The
+/// default (CTA-scope release) semantics suffice: it only tells the peer's producer that this
+/// CTA's wgmma reads of the stage are complete; a cluster-scope release fence here would cost
+/// every consumer warp a cluster-wide memory fence per K block.
 __device__ __forceinline__ void mbar_arrive_cluster(u32 bar, u32 rank) {
     asm volatile(
         "{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
-        "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
+        "mbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
         "r"(rank)
         : "memory");
 }
@@ -264,14 +267,11 @@ __device__ __forceinline__ void issue_block(const Ring& r, int cw, int row, int 
 template <int STAGES, int CL>
 __device__ __forceinline__ void release(const Ring& r, int stage) {
     __syncwarp();
-    if (threadIdx.x % 32 == 0) {
-        const u32 empty = r.bars + 8 * (STAGES + stage);
-        if (CL == 1) {
-            mbar_arrive(empty);
-        } else {
-#pragma unroll
-            for (int q = 0; q < CL; ++q) mbar_arrive_cluster(empty, q);
-        }
+    const u32 empty = r.bars + 8 * (STAGES + stage), lane = threadIdx.x % 32;
+    if (CL == 1) {
+        if (lane == 0) mbar_arrive(empty);
+    } else if (lane < CL) {
+        mbar_arrive_cluster(empty, lane);  // lane q signals CTA q
     }
 }
 
