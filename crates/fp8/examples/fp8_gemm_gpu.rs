@@ -6,8 +6,9 @@
 //! alone (no cuBLASLt, no bf16 baseline), for quick iterations.
 //!
 //! Own kernel (`own_*` fields): every compiled [`Sm90Config`] variant with column groups of 8 and
-//! 16 tiles, timed with the protocol below; "default" is [`Sm90Config::default`], "best" the
-//! fastest; `own_rel_err` the best one's error, measured like `rel_err`.
+//! 16 tiles, timed with the protocol below in two passes (each configuration keeps its faster
+//! median); "default" is [`Sm90Config::default`], "best" the fastest; `own_rel_err` the best one's
+//! error, measured like `rel_err`.
 //!
 //! Data: standard normal activations with row magnitudes 1…7 and weights ×0.02 with block-row
 //! magnitudes 1…3, quantised by [`fp8::quantize_act`] / [`fp8::quantize_weight`]; the bf16 GEMM gets
@@ -101,18 +102,20 @@ fn own(g: &GpuGemm, kern: &Sm90Gemm, ga: &GpuFp8, gb: &GpuFp8, check: &dyn Fn(&[
     for group in [8, 16] {
         configs.extend(Sm90Config::all(group).into_iter().filter(|c| *c != Sm90Config::default()));
     }
-    let mut best = (f64::INFINITY, Sm90Config::default());
-    let mut t_default = f64::NAN;
-    for (i, &cfg) in configs.iter().enumerate() {
-        let t = time(g, || kern.run(g, ga, gb, &mut y, cfg))?;
-        eprintln!("  own {cfg:?} grid {:?}: {:.1} TFLOP/s", kern.grid(&cfg), f / t / 1e12);
-        if i == 0 {
-            t_default = t;
-        }
-        if t < best.0 {
-            best = (t, cfg);
+    // Two passes over the configurations (the clocks drift with temperature); each keeps its
+    // faster median.
+    let mut times = vec![f64::INFINITY; configs.len()];
+    for _ in 0..2 {
+        for (i, &cfg) in configs.iter().enumerate() {
+            times[i] = times[i].min(time(g, || kern.run(g, ga, gb, &mut y, cfg))?);
         }
     }
+    for (cfg, t) in configs.iter().zip(&times) {
+        eprintln!("  own {cfg:?} grid {:?}: {:.1} TFLOP/s", kern.grid(cfg), f / t / 1e12);
+    }
+    let t_default = times[0];
+    let (i_best, _) = times.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).ok_or("no configuration")?;
+    let best = (times[i_best], configs[i_best]);
     let mut yb = g.alloc_out(m, n, OutType::Bf16)?;
     kern.run(g, ga, gb, &mut yb, best.1)?;
     let err = check(&yb.to_host_f32(g.stream())?);
