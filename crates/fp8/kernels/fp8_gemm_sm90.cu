@@ -262,11 +262,11 @@ __device__ __forceinline__ void issue_block(const Ring& r, int cw, int row, int 
     a1 = r.sa[stage * BM + row + 8];
     const u64 da = smem_desc(r.a + stage * (BM * BK) + cw * 64 * BK);
     const u64 db = smem_desc(r.b + stage * (BN * BK));
+    if (ORD && (cw != 0 || started)) named_sync(1 + cw);
+    started = true;
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) fence_reg(tmp[i]);
     wgmma_fence();
-    if (ORD && (cw != 0 || started)) named_sync(1 + cw);
-    started = true;
 #pragma unroll
     for (int k = 0; k < BK / 32; ++k) Wgmma<BN>::run(tmp, da + 2 * k, db + 2 * k, k);
     wgmma_commit();
