@@ -97,11 +97,6 @@ __device__ __forceinline__ void tma_load_multicast(u32 dst, const TmaMap* map, i
         : "memory");
 }
 
-/// Named barriers (ids 1..3) order the consumer warpgroups' wgmma issue: `bar.arrive` signals
-/// without waiting, `bar.sync` waits until the signalling warpgroup arrived (count = 256 threads).
-__device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
-__device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
-
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -250,27 +245,21 @@ struct Ring {
 };
 
 /// A consumer warpgroup's view of one 128-wide K block: wait for its stage, read the two row
-/// scales, issue the four k32 wgmma steps into `tmp` (one commit group). With ORD the
-/// warpgroups issue in turn (0, 1, .., 0, 1, ..): each waits for its predecessor's issue of the
-/// block, so the tensor cores run one warpgroup's block while the others promote theirs, instead
-/// of interleaving all of them and leaving the tensor cores idle while every warpgroup promotes.
-template <int BM, int BN, int STAGES, bool ORD>
+/// scales, issue the four k32 wgmma steps into `tmp` (one commit group).
+template <int BM, int BN, int STAGES>
 __device__ __forceinline__ void issue_block(const Ring& r, int cw, int row, int stage, u32 phase, float* tmp, float& a0,
-                                            float& a1, bool& started) {
+                                            float& a1) {
     mbar_wait(r.bars + 8 * stage, phase);
     a0 = r.sa[stage * BM + row];
     a1 = r.sa[stage * BM + row + 8];
     const u64 da = smem_desc(r.a + stage * (BM * BK) + cw * 64 * BK);
     const u64 db = smem_desc(r.b + stage * (BN * BK));
-    if (ORD && (cw != 0 || started)) named_sync(1 + cw);
-    started = true;
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) fence_reg(tmp[i]);
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < BK / 32; ++k) Wgmma<BN>::run(tmp, da + 2 * k, db + 2 * k, k);
     wgmma_commit();
-    if (ORD) named_arrive(1 + (cw + 1) % (BM / 64));
 }
 
 /// Hand a stage back to the producer(s): one arrival per consumer warp on every cluster CTA's
@@ -315,9 +304,9 @@ __device__ __forceinline__ void advance(int& stage, u32& phase, int stages) {
 /// tile's first column modulo 128 (where the weight-scale block changes inside the tile). The
 /// warpgroup waits for its own block before promoting it; the other consumer warpgroup(s) keep
 /// the tensor cores busy meanwhile.
-template <int BM, int BN, int STAGES, int CL, bool ORD, int OFF>
+template <int BM, int BN, int STAGES, int CL, int OFF>
 __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int mb, int nb, int cw, int& stage,
-                                             u32& phase, bool& started) {
+                                             u32& phase) {
     constexpr int R = BN / 2;  // fragment registers per thread (m64 x BN over 128 threads)
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     const int row = cw * 64 + warp * 16 + lane / 4;  // this thread's first row in the tile (and row + 8)
@@ -337,7 +326,7 @@ __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int
     for (int kb = 0; kb < kbs; ++kb) {
         const float b0 = __ldg(sb0 + kb), b1 = two ? __ldg(sb1 + kb) : b0;
         float a0, a1;
-        issue_block<BM, BN, STAGES, ORD>(r, cw, row, stage, phase, tmp, a0, a1, started);
+        issue_block<BM, BN, STAGES>(r, cw, row, stage, phase, tmp, a0, a1);
         wgmma_wait<0>();
         release<STAGES, CL>(r, stage);
         promote<BN, OFF>(acc, tmp, a0, a1, b0, b1);
@@ -371,7 +360,7 @@ struct Regs<192> {
     static constexpr int producer = 40, consumer = 152;
 };
 
-template <int BM, int BN, int STAGES, int CL, bool ORD>
+template <int BM, int BN, int STAGES, int CL>
 __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, const TmaMap* tsa, const Params& p) {
     constexpr u32 A_BYTES = BM * BK, B_BYTES = BN * BK, SA_BYTES = BM * 4;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -436,52 +425,41 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
         const int cw = wg - 1;
         int stage = 0;
         u32 phase = 0;
-        bool started = false;
         for (int u = cid; u < units; u += clusters) {
             int mu, nb;
             tile_of(u, mu_count, nb_count, p.group, mu, nb);
             const int mb = mu * CL + (int)rank;
             const int off = (nb * BN) % 128;
             if (BN % 128 == 0 || off == 0) {
-                consume_tile<BM, BN, STAGES, CL, ORD, 0>(p, r, mb, nb, cw, stage, phase, started);
+                consume_tile<BM, BN, STAGES, CL, 0>(p, r, mb, nb, cw, stage, phase);
             } else if (BN % 64 == 0 || off == 64) {
-                consume_tile<BM, BN, STAGES, CL, ORD, 64>(p, r, mb, nb, cw, stage, phase, started);
+                consume_tile<BM, BN, STAGES, CL, 64>(p, r, mb, nb, cw, stage, phase);
             } else if (off == 32) {
-                consume_tile<BM, BN, STAGES, CL, ORD, 32>(p, r, mb, nb, cw, stage, phase, started);
+                consume_tile<BM, BN, STAGES, CL, 32>(p, r, mb, nb, cw, stage, phase);
             } else {
-                consume_tile<BM, BN, STAGES, CL, ORD, 96>(p, r, mb, nb, cw, stage, phase, started);
+                consume_tile<BM, BN, STAGES, CL, 96>(p, r, mb, nb, cw, stage, phase);
             }
         }
-        // Warpgroup 0 takes the last warpgroup's final issue signal, so every arrival is matched.
-        if (ORD && cw == 0 && started) named_sync(1);
     }
     // No CTA may leave while its cluster peer can still write into its shared memory or barriers.
     if (CL > 1) cluster_sync();
 }
 
-// Variants: fp8_gemm_m{BM}_n{BN}_s{STAGES}_c{CL}_o{ORD}; 128 * (1 + BM/64) threads; dynamic shared
-// memory STAGES * (BM*128 + BN*128 + BM*4) + 16 * STAGES + 1024 bytes (the host computes the same).
-#define VARIANT(BM, BN, STAGES, CL, ORD)                                                                       \
+// Variants: fp8_gemm_m{BM}_n{BN}_s{STAGES}_c{CL}; 128 * (1 + BM/64) threads; dynamic shared memory
+// STAGES * (BM*128 + BN*128 + BM*4) + 16 * STAGES + 1024 bytes (the host computes the same).
+#define VARIANT(BM, BN, STAGES, CL)                                                                            \
     extern "C" __global__ void __launch_bounds__(128 * (1 + BM / 64), 1)                                       \
-        fp8_gemm_m##BM##_n##BN##_s##STAGES##_c##CL##_o##ORD(                                                   \
+        fp8_gemm_m##BM##_n##BN##_s##STAGES##_c##CL(                                                            \
             const __grid_constant__ TmaMap ta, const __grid_constant__ TmaMap tb, const __grid_constant__ TmaMap tsa, \
             const Params p) {                                                                                  \
-        gemm_body<BM, BN, STAGES, CL, ORD != 0>(&ta, &tb, &tsa, p);                                            \
+        gemm_body<BM, BN, STAGES, CL>(&ta, &tb, &tsa, p);                                                      \
     }
 
-VARIANT(128, 128, 6, 1, 0)
-VARIANT(128, 128, 6, 2, 0)
-VARIANT(128, 160, 5, 1, 0)
-VARIANT(128, 160, 5, 2, 0)
-VARIANT(128, 192, 5, 1, 0)
-VARIANT(128, 192, 5, 2, 0)
-VARIANT(192, 128, 5, 1, 0)
-VARIANT(192, 128, 5, 2, 0)
-VARIANT(128, 128, 6, 1, 1)
-VARIANT(128, 128, 6, 2, 1)
-VARIANT(128, 160, 5, 1, 1)
-VARIANT(128, 160, 5, 2, 1)
-VARIANT(128, 192, 5, 1, 1)
-VARIANT(128, 192, 5, 2, 1)
-VARIANT(192, 128, 5, 1, 1)
-VARIANT(192, 128, 5, 2, 1)
+VARIANT(128, 128, 6, 1)
+VARIANT(128, 128, 6, 2)
+VARIANT(128, 160, 5, 1)
+VARIANT(128, 160, 5, 2)
+VARIANT(128, 192, 5, 1)
+VARIANT(128, 192, 5, 2)
+VARIANT(192, 128, 5, 1)
+VARIANT(192, 128, 5, 2)

@@ -37,8 +37,8 @@ use crate::{BLOCK, Fp8Error, Result};
 /// The kernel source (self-contained CUDA C++; no headers).
 pub const SOURCE: &str = include_str!("../kernels/fp8_gemm_sm90.cu");
 
-/// Compiled tile shapes: (`block_m`, `block_n`, stages, cluster size), each with `ordered` off
-/// and on; a kernel is `extern "C"` `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}_o{0|1}`.
+/// Compiled variants: (`block_m`, `block_n`, stages, cluster size); each is an `extern "C"`
+/// kernel `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}`.
 pub const VARIANTS: &[(u32, u32, u32, u32)] = &[
     (128, 128, 6, 1),
     (128, 128, 6, 2),
@@ -62,44 +62,31 @@ pub struct Sm90Config {
     pub stages: u32,
     /// CTAs per cluster along M (1, or 2 for TMA multicast of the shared B tile).
     pub cluster: u32,
-    /// The math warpgroups issue their wgmma blocks in turn (named barriers), so one
-    /// warpgroup's promotion overlaps the others' tensor-core work.
-    pub ordered: bool,
     /// The persistent CTAs walk the tiles in column groups of this many tiles (L2 reuse).
     pub group: u32,
 }
 
 impl Default for Sm90Config {
     fn default() -> Self {
-        Sm90Config { block_m: 128, block_n: 128, stages: 6, cluster: 2, ordered: false, group: 16 }
+        Sm90Config { block_m: 128, block_n: 128, stages: 6, cluster: 2, group: 16 }
     }
 }
 
 impl Sm90Config {
     /// Every compiled variant with column groups of `group` tiles.
     pub fn all(group: u32) -> Vec<Sm90Config> {
-        [false, true]
+        VARIANTS
             .iter()
-            .flat_map(|&ordered| {
-                VARIANTS.iter().map(move |&(block_m, block_n, stages, cluster)| Sm90Config {
-                    block_m,
-                    block_n,
-                    stages,
-                    cluster,
-                    ordered,
-                    group,
-                })
-            })
+            .map(|&(block_m, block_n, stages, cluster)| Sm90Config { block_m, block_n, stages, cluster, group })
             .collect()
     }
 
-    fn variant(&self) -> (u32, u32, u32, u32, bool) {
-        (self.block_m, self.block_n, self.stages, self.cluster, self.ordered)
+    fn variant(&self) -> (u32, u32, u32, u32) {
+        (self.block_m, self.block_n, self.stages, self.cluster)
     }
 
     fn kernel_name(&self) -> String {
-        let o = u32::from(self.ordered);
-        format!("fp8_gemm_m{}_n{}_s{}_c{}_o{o}", self.block_m, self.block_n, self.stages, self.cluster)
+        format!("fp8_gemm_m{}_n{}_s{}_c{}", self.block_m, self.block_n, self.stages, self.cluster)
     }
 
     /// A producer warpgroup plus one math warpgroup per 64 rows.
@@ -128,7 +115,7 @@ struct Params {
 
 /// A compiled variant and the most CTAs of it the device runs at once (the persistent grid).
 struct Variant {
-    key: (u32, u32, u32, u32, bool),
+    key: (u32, u32, u32, u32),
     func: CudaFunction,
     max_ctas: u32,
 }
@@ -229,7 +216,11 @@ impl Sm90Gemm {
             });
         };
         if out.len() != m * n {
-            return Err(Fp8Error::Shape { field: "Sm90Gemm output".into(), expected: vec![m, n], got: vec![out.len()] });
+            return Err(Fp8Error::Shape {
+                field: "Sm90Gemm output".into(),
+                expected: vec![m, n],
+                got: vec![out.len()],
+            });
         }
         for (name, v) in [("M", m), ("N", n), ("K", k)] {
             if v > i32::MAX as usize / 2 {
@@ -263,7 +254,15 @@ impl Sm90Gemm {
         let (py, _gy) = out.device_ptr(stream);
         let kb = k / BLOCK;
         let fp8_map = |ptr: u64, rows: usize, box_rows: u32| {
-            tensor_map(TmaType::CU_TENSOR_MAP_DATA_TYPE_UINT8, ptr, [k, rows], k, [BLOCK as u32, box_rows], true, &shape)
+            tensor_map(
+                TmaType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+                ptr,
+                [k, rows],
+                k,
+                [BLOCK as u32, box_rows],
+                true,
+                &shape,
+            )
         };
         let bm = cfg.block_m;
         let ta = fp8_map(pa, m, bm)?;
@@ -306,7 +305,12 @@ fn cluster_attr(cluster: u32) -> cu::CUlaunchAttribute {
     attr
 }
 
-fn launch_config(cfg: &Sm90Config, grid: u32, stream: cu::CUstream, attr: &mut cu::CUlaunchAttribute) -> cu::CUlaunchConfig {
+fn launch_config(
+    cfg: &Sm90Config,
+    grid: u32,
+    stream: cu::CUstream,
+    attr: &mut cu::CUlaunchAttribute,
+) -> cu::CUlaunchConfig {
     cu::CUlaunchConfig {
         gridDimX: grid,
         gridDimY: 1,
