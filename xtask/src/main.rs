@@ -2,7 +2,8 @@
 //!
 //! - `kernels`: compile every CUDA kernel (`crates/tensor/kernels/*.cu`) to PTX for sm_90 with
 //!   nvcc 13.0 from NVIDIA's pinned Python wheels (installed into `.venv-nvcc` on first use; no
-//!   GPU or CUDA toolkit needed). The tensor crate embeds the PTX.
+//!   GPU or CUDA toolkit needed). The tensor crate embeds the PTX. The fp8 crate's Hopper
+//!   kernels (`crates/fp8/kernels/*.cu`, NVRTC at run time) are compiled for sm_90a as a check.
 //! - `test`: everything CI checks — rustfmt, clippy (with and without `cuda`), the kernels,
 //!   the workspace tests (with `cuda` compiled in; GPU tests skip without a GPU), rustdoc.
 //! - `bench gemm`: our CPU GEMM next to OpenBLAS (numpy) on the same sizes, with the ratio.
@@ -126,6 +127,25 @@ fn kernels() -> Result<()> {
             .arg(&ptx))?;
     }
     eprintln!("compiled {} kernel sources to PTX (sm_90) in {}", srcs.len(), out.display());
+    // The fp8 crate compiles its wgmma/TMA kernels with NVRTC at run time; compile them here too
+    // (cubin for sm_90a, discarded) so that an error shows without a GPU.
+    let fp8 = root().join("crates/fp8/kernels");
+    let mut fp8_srcs: Vec<PathBuf> = std::fs::read_dir(&fp8)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    fp8_srcs.sort();
+    let scratch = std::env::temp_dir().join(format!("r1-fp8-kernel-check-{}.cubin", std::process::id()));
+    for src in &fp8_srcs {
+        run(Command::new(&nvcc)
+            .args(["-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-std=c++17", "-O3", "-Werror", "all-warnings"])
+            .arg(src)
+            .arg("-o")
+            .arg(&scratch))?;
+    }
+    let _ = std::fs::remove_file(&scratch);
+    eprintln!("compiled {} fp8 kernel sources for sm_90a (check only)", fp8_srcs.len());
     Ok(())
 }
 

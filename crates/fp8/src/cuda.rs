@@ -23,6 +23,9 @@
 //! fastest.
 //!
 //! Shapes: K and N must be multiples of 128 and M a multiple of 16; anything else is an error.
+//!
+//! [`sm90`] holds the crate's own Hopper kernel for the same product ([`Sm90Gemm`]: TMA, wgmma,
+//! fp32 promotion per K block), on the same uploaded operands.
 
 use std::ffi::c_void;
 use std::mem::size_of;
@@ -39,6 +42,10 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut
 use half::bf16;
 
 use crate::{BLOCK, BlockQuant, Fp8Error, Result};
+
+#[path = "sm90.rs"]
+pub mod sm90;
+pub use sm90::{Sm90Config, Sm90Gemm};
 
 /// Default cuBLASLt workspace (NVIDIA's recommendation for Hopper: 32 MiB); see
 /// [`GpuGemm::with_workspace`] for another size.

@@ -14,7 +14,8 @@
 //! dequantisation, an FP8 linear layer with a straight-through backward, and FP8 training of a
 //! model's linear layers ([`LinearPrecision`], [`linear_with`]: Fprop, Dgrad and Wgrad on E4M3).
 //! With the `cuda` feature, the `cuda` module runs the block-scaled GEMM on the GPU through
-//! cuBLASLt's 1×128 / 128×128 scaling modes.
+//! cuBLASLt's 1×128 / 128×128 scaling modes, and through the crate's own Hopper kernel
+//! (`cuda::Sm90Gemm`: TMA, wgmma, fp32 promotion per 128-wide K block).
 //!
 //! ```
 //! use fp8::{Accumulation, ScaleFormat, gemm, quantize_act, quantize_weight};

@@ -1,0 +1,465 @@
+// Block-scaled FP8 GEMM for Hopper (sm_90a): TMA + mbarrier pipeline + wgmma, warp-specialised.
+//
+//   Y[M,N] (bf16, row-major) = sum_kb (A[M,K] . B[N,K]^T)_kb * sa[kb][m] * sb[n/128][kb]
+//
+// A (activations, 1x128 scales) and B (weights, 128x128 block scales) are E4M3, K-contiguous.
+// DeepSeek-V3 §3.3 "increasing accumulation precision": the tensor cores sum one 128-wide K block
+// (four k32 wgmma steps) into a scratch fp32 fragment; the math warpgroup then multiplies it by
+// the two scales and adds it into a separate fp32 accumulator on the CUDA cores (promotion every
+// N_C = 128 elements), so the limited-precision tensor-core sum never spans more than one block.
+//
+// Layout of one CTA (128 * (1 + BM/64) threads, persistent over output tiles):
+//   warpgroup 0: producer; one thread issues TMA loads (128B swizzle) into a ring of STAGES
+//                shared-memory stages, guarded by `full` / `empty` mbarriers;
+//   warpgroups 1 .. BM/64: consumers, each owns 64 rows of the BM x BN tile (wgmma m64nBNk32).
+// With CL = 2 the two CTAs of a cluster work on vertically adjacent tiles (same columns) and
+// each loads half of the shared B tile, multicast into both CTAs' shared memory.
+//
+// Self-contained (no headers) so that NVRTC compiles it at run time; `cargo xtask kernels`
+// compiles it with nvcc for sm_90a as a check.
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+
+/// An opaque CUtensorMap (128 bytes, aligned as CUDA 13 declares it), passed as a __grid_constant__ parameter.
+struct __align__(128) TmaMap {
+    u64 v[16];
+};
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 r;
+    asm("{\n.reg .u64 t;\ncvta.to.shared.u64 t, %1;\ncvt.u32.u64 %0, t;\n}\n" : "=r"(r) : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+/// Arrive on the barrier at the same shared-memory offset in CTA `rank` of the cluster. The
+/// default (CTA-scope release) semantics suffice: it only tells the peer's producer that this
+/// CTA's wgmma reads of the stage are complete; a cluster-scope release fence here would cost
+/// every consumer warp a cluster-wide memory fence per K block.
+__device__ __forceinline__ void mbar_arrive_cluster(u32 bar, u32 rank) {
+    asm volatile(
+        "{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
+        "mbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
+        "r"(rank)
+        : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+/// Block until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    u32 done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+/// 2-D TMA load of the box at (c0 = inner, c1 = outer) into shared memory, completing on `bar`.
+__device__ __forceinline__ void tma_load(u32 dst, const TmaMap* map, int c0, int c1, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+            dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+
+/// As `tma_load`, written to the same offset in every CTA of `mask` (and signalling each one's `bar`).
+__device__ __forceinline__ void tma_load_multicast(u32 dst, const TmaMap* map, int c0, int c1, u32 bar, u16 mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
+        "[%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+        : "memory");
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+/// Keeps the compiler from moving reads or writes of an accumulator register across this point
+/// (wgmma writes its fragment asynchronously, behind the compiler's back).
+__device__ __forceinline__ void fence_reg(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+/// wgmma shared-memory descriptor of a K-major tile with 128-byte rows in 128B-swizzle layout:
+/// start address >> 4, stride between 8-row core groups 1024 B, swizzle mode 1 (128B).
+__device__ __forceinline__ u64 smem_desc(u32 addr) {
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+}
+
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ void st_global_b32(void* p, u32 v) {
+    asm volatile("st.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+// ---- wgmma m64nNk32 E4M3 x E4M3 -> f32 wrappers (operand lists written out per N) ----
+
+/// `d[64] (+)= A(64×32, smem) · B(128×32, smem)ᵀ`, E4M3 in, fp32 accumulate; `acc = 0` overwrites d.
+__device__ __forceinline__ void wgmma_n128(float* d, u64 da, u64 db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+        "{"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+        "}, %64, %65, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(acc));
+}
+
+/// `d[80] (+)= A(64×32, smem) · B(160×32, smem)ᵀ`, E4M3 in, fp32 accumulate; `acc = 0` overwrites d.
+__device__ __forceinline__ void wgmma_n160(float* d, u64 da, u64 db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %82, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n160k32.f32.e4m3.e4m3 "
+        "{"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79"
+        "}, %80, %81, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79])
+        : "l"(da), "l"(db), "r"(acc));
+}
+
+/// `d[96] (+)= A(64×32, smem) · B(192×32, smem)ᵀ`, E4M3 in, fp32 accumulate; `acc = 0` overwrites d.
+__device__ __forceinline__ void wgmma_n192(float* d, u64 da, u64 db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3 "
+        "{"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
+        "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95"
+        "}, %96, %97, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+        : "l"(da), "l"(db), "r"(acc));
+}
+
+template <int BN>
+struct Wgmma;
+template <>
+struct Wgmma<128> {
+    static __device__ __forceinline__ void run(float* d, u64 a, u64 b, int acc) { wgmma_n128(d, a, b, acc); }
+};
+template <>
+struct Wgmma<160> {
+    static __device__ __forceinline__ void run(float* d, u64 a, u64 b, int acc) { wgmma_n160(d, a, b, acc); }
+};
+template <>
+struct Wgmma<192> {
+    static __device__ __forceinline__ void run(float* d, u64 a, u64 b, int acc) { wgmma_n192(d, a, b, acc); }
+};
+
+constexpr int BK = 128;
+
+struct Params {
+    const float* sb;  // weight scales [N/128][sb_ld], K-major
+    u16* y;           // output, bf16 [M][N]
+    int m, n, k;
+    int sb_ld;
+    int group;  // output tiles are visited in column groups of this many BN-wide blocks (L2 reuse)
+};
+
+/// Tile `u` of the persistent walk -> (block row unit, block column): column groups of
+/// `group` blocks, row-major inside a group, so concurrently running CTAs share A rows and B columns.
+__device__ __forceinline__ void tile_of(int u, int mu_count, int nb_count, int group, int& mu, int& nb) {
+    int per_group = mu_count * group;
+    int g = u / per_group;
+    int first = g * group;
+    int width = min(group, nb_count - first);
+    int in = u - g * per_group;
+    mu = in / width;
+    nb = first + in % width;
+}
+
+/// Shared-memory addresses of the stage ring.
+struct Ring {
+    u32 a, b, bars;     // A stages, B stages, full[STAGES] then empty[STAGES]
+    const float* sa;    // activation-scale stages (generic pointer)
+};
+
+/// A consumer warpgroup's view of one 128-wide K block: wait for its stage, read the two row
+/// scales, issue the four k32 wgmma steps into `tmp` (one commit group).
+template <int BM, int BN, int STAGES>
+__device__ __forceinline__ void issue_block(const Ring& r, int cw, int row, int stage, u32 phase, float* tmp, float& a0,
+                                            float& a1) {
+    mbar_wait(r.bars + 8 * stage, phase);
+    a0 = r.sa[stage * BM + row];
+    a1 = r.sa[stage * BM + row + 8];
+    const u64 da = smem_desc(r.a + stage * (BM * BK) + cw * 64 * BK);
+    const u64 db = smem_desc(r.b + stage * (BN * BK));
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) fence_reg(tmp[i]);
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < BK / 32; ++k) Wgmma<BN>::run(tmp, da + 2 * k, db + 2 * k, k);
+    wgmma_commit();
+}
+
+/// Hand a stage back to the producer(s): one arrival per consumer warp on every cluster CTA's
+/// `empty` barrier (the stage's B tile was multicast into all of them).
+template <int STAGES, int CL>
+__device__ __forceinline__ void release(const Ring& r, int stage) {
+    __syncwarp();
+    const u32 empty = r.bars + 8 * (STAGES + stage), lane = threadIdx.x % 32;
+    if (CL == 1) {
+        if (lane == 0) mbar_arrive(empty);
+    } else if (lane < CL) {
+        mbar_arrive_cluster(empty, lane);  // lane q signals CTA q
+    }
+}
+
+/// Promotion (DeepSeek-V3 §3.3.2): acc += (A·Bᵀ)_kb · sa · sb in fp32 on the CUDA cores. Column
+/// chunk j (8 columns) lies in the first weight block of the tile when OFF + 8j < 128.
+template <int BN, int OFF>
+__device__ __forceinline__ void promote(float* acc, float* tmp, float a0, float a1, float b0, float b1) {
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) fence_reg(tmp[i]);
+    const float s00 = a0 * b0, s01 = a0 * b1, s10 = a1 * b0, s11 = a1 * b1;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        const bool first = OFF + 8 * j < 128;
+        const float sr0 = first ? s00 : s01, sr1 = first ? s10 : s11;
+        acc[4 * j + 0] += sr0 * tmp[4 * j + 0];
+        acc[4 * j + 1] += sr0 * tmp[4 * j + 1];
+        acc[4 * j + 2] += sr1 * tmp[4 * j + 2];
+        acc[4 * j + 3] += sr1 * tmp[4 * j + 3];
+    }
+}
+
+__device__ __forceinline__ void advance(int& stage, u32& phase, int stages) {
+    if (++stage == stages) {
+        stage = 0;
+        phase ^= 1;
+    }
+}
+
+/// One consumer warpgroup's work on one tile: all K blocks, promotion, bf16 epilogue. OFF is the
+/// tile's first column modulo 128 (where the weight-scale block changes inside the tile). The
+/// warpgroup waits for its own block before promoting it; the other consumer warpgroup(s) keep
+/// the tensor cores busy meanwhile.
+template <int BM, int BN, int STAGES, int CL, int OFF>
+__device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int mb, int nb, int cw, int& stage,
+                                             u32& phase) {
+    constexpr int R = BN / 2;  // fragment registers per thread (m64 x BN over 128 threads)
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int row = cw * 64 + warp * 16 + lane / 4;  // this thread's first row in the tile (and row + 8)
+    const int kbs = p.k / BK;
+    const int n0 = nb * BN;
+    const int nblk0 = n0 / 128;
+    const int nblk1 = min(nblk0 + 1, p.n / 128 - 1);
+    const float* sb0 = p.sb + (size_t)nblk0 * p.sb_ld;
+    const float* sb1 = p.sb + (size_t)nblk1 * p.sb_ld;
+    constexpr bool two = OFF + BN > 128;
+
+    float acc[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) acc[i] = 0.f;
+
+    float tmp[R];
+    for (int kb = 0; kb < kbs; ++kb) {
+        const float b0 = __ldg(sb0 + kb), b1 = two ? __ldg(sb1 + kb) : b0;
+        float a0, a1;
+        issue_block<BM, BN, STAGES>(r, cw, row, stage, phase, tmp, a0, a1);
+        wgmma_wait<0>();
+        release<STAGES, CL>(r, stage);
+        promote<BN, OFF>(acc, tmp, a0, a1, b0, b1);
+        advance(stage, phase, STAGES);
+    }
+
+    // Epilogue: bf16 pairs straight from the fragment (row, 8j + 2(lane%4) .. +1), edges guarded.
+    const int mb_count = (p.m + BM - 1) / BM;
+    if (mb >= mb_count) return;
+    const int r0 = mb * BM + row, r1 = r0 + 8;
+#pragma unroll
+    for (int j = 0; j < R / 4; ++j) {
+        const int col = n0 + 8 * j + 2 * (lane % 4);
+        if (col < p.n) {
+            if (r0 < p.m) st_global_b32(p.y + (size_t)r0 * p.n + col, pack_bf16(acc[4 * j], acc[4 * j + 1]));
+            if (r1 < p.m) st_global_b32(p.y + (size_t)r1 * p.n + col, pack_bf16(acc[4 * j + 2], acc[4 * j + 3]));
+        }
+    }
+}
+
+/// Registers per thread after `setmaxnreg`: the producer warpgroup gives its share to the
+/// BM/64 consumer warpgroups (65536 per SM in all, multiples of 8).
+template <int BM>
+struct Regs;
+template <>
+struct Regs<128> {
+    static constexpr int producer = 40, consumer = 232;
+};
+template <>
+struct Regs<192> {
+    static constexpr int producer = 40, consumer = 152;
+};
+
+template <int BM, int BN, int STAGES, int CL>
+__device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, const TmaMap* tsa, const Params& p) {
+    constexpr u32 A_BYTES = BM * BK, B_BYTES = BN * BK, SA_BYTES = BM * 4;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const u32 raw = smem_addr(smem_raw);
+    const u32 base = (raw + 1023) & ~1023u;
+    Ring r;
+    r.a = base;
+    r.b = r.a + STAGES * A_BYTES;
+    const u32 s_sa = r.b + STAGES * B_BYTES;
+    r.bars = s_sa + STAGES * SA_BYTES;
+    r.sa = reinterpret_cast<const float*>(smem_raw + (s_sa - raw));
+
+    const int wg = threadIdx.x / 128;
+    const u32 rank = CL == 1 ? 0 : cluster_rank();
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(r.bars + 8 * s, 1);
+            // every consumer warp of every CTA in the cluster
+            mbar_init(r.bars + 8 * (STAGES + s), CL * (BM / 64) * 4);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    if (CL > 1) {
+        cluster_sync();
+    } else {
+        __syncthreads();
+    }
+
+    const int mb_count = (p.m + BM - 1) / BM, nb_count = (p.n + BN - 1) / BN;
+    const int mu_count = (mb_count + CL - 1) / CL;
+    const int units = mu_count * nb_count, kbs = p.k / BK;
+    const int cid = blockIdx.x / CL, clusters = gridDim.x / CL;
+
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Regs<BM>::producer));
+        if (threadIdx.x == 0) {
+            int stage = 0;
+            u32 phase = 0;
+            for (int u = cid; u < units; u += clusters) {
+                int mu, nb;
+                tile_of(u, mu_count, nb_count, p.group, mu, nb);
+                // A CTA past the last row block loads the last one again; its results are dropped.
+                const int m0 = min(mu * CL + (int)rank, mb_count - 1) * BM, n0 = nb * BN;
+                for (int kb = 0; kb < kbs; ++kb) {
+                    const u32 full = r.bars + 8 * stage, empty = r.bars + 8 * (STAGES + stage);
+                    mbar_wait(empty, phase ^ 1);
+                    mbar_expect_tx(full, A_BYTES + B_BYTES + SA_BYTES);
+                    tma_load(r.a + stage * A_BYTES, ta, kb * BK, m0, full);
+                    if (CL == 1) {
+                        tma_load(r.b + stage * B_BYTES, tb, kb * BK, n0, full);
+                    } else {
+                        tma_load_multicast(r.b + stage * B_BYTES + rank * (B_BYTES / CL), tb, kb * BK,
+                                           n0 + (int)rank * (BN / CL), full, (u16)((1 << CL) - 1));
+                    }
+                    tma_load(s_sa + stage * SA_BYTES, tsa, m0, kb, full);
+                    advance(stage, phase, STAGES);
+                }
+            }
+        }
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Regs<BM>::consumer));
+        const int cw = wg - 1;
+        int stage = 0;
+        u32 phase = 0;
+        for (int u = cid; u < units; u += clusters) {
+            int mu, nb;
+            tile_of(u, mu_count, nb_count, p.group, mu, nb);
+            const int mb = mu * CL + (int)rank;
+            const int off = (nb * BN) % 128;
+            if (BN % 128 == 0 || off == 0) {
+                consume_tile<BM, BN, STAGES, CL, 0>(p, r, mb, nb, cw, stage, phase);
+            } else if (BN % 64 == 0 || off == 64) {
+                consume_tile<BM, BN, STAGES, CL, 64>(p, r, mb, nb, cw, stage, phase);
+            } else if (off == 32) {
+                consume_tile<BM, BN, STAGES, CL, 32>(p, r, mb, nb, cw, stage, phase);
+            } else {
+                consume_tile<BM, BN, STAGES, CL, 96>(p, r, mb, nb, cw, stage, phase);
+            }
+        }
+    }
+    // No CTA may leave while its cluster peer can still write into its shared memory or barriers.
+    if (CL > 1) cluster_sync();
+}
+
+// Variants: fp8_gemm_m{BM}_n{BN}_s{STAGES}_c{CL}; 128 * (1 + BM/64) threads; dynamic shared memory
+// STAGES * (BM*128 + BN*128 + BM*4) + 16 * STAGES + 1024 bytes (the host computes the same).
+#define VARIANT(BM, BN, STAGES, CL)                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 * (1 + BM / 64), 1)                                       \
+        fp8_gemm_m##BM##_n##BN##_s##STAGES##_c##CL(                                                            \
+            const __grid_constant__ TmaMap ta, const __grid_constant__ TmaMap tb, const __grid_constant__ TmaMap tsa, \
+            const Params p) {                                                                                  \
+        gemm_body<BM, BN, STAGES, CL>(&ta, &tb, &tsa, p);                                                      \
+    }
+
+VARIANT(128, 128, 6, 1)
+VARIANT(128, 128, 6, 2)
+VARIANT(128, 160, 5, 1)
+VARIANT(128, 160, 5, 2)
+VARIANT(128, 192, 5, 1)
+VARIANT(128, 192, 5, 2)
+VARIANT(192, 128, 5, 1)
+VARIANT(192, 128, 5, 2)
