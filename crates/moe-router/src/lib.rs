@@ -22,6 +22,7 @@ pub use gate::{GateSaved, Routing, ScoringFunc, TopkMethod};
 pub use fp8::LinearPrecision;
 use fp8::{LinearSaved, linear_with, linear_with_backward};
 use optim::{Grads, Params};
+use rayon::prelude::*;
 use tensor::ops::activation::{swiglu, swiglu_backward};
 use tensor::ops::elementwise::{add, mul};
 use tensor::ops::index::{index_add, index_select};
@@ -290,17 +291,27 @@ impl Moe {
         }
         offsets.push(perm_tokens.len());
         let x_perm = index_select(x, &perm_tokens)?;
-        let mut ys = Vec::new();
-        let mut esaved = Vec::with_capacity(self.experts.len());
-        for (e, ex) in self.experts.iter().enumerate() {
+        // On the CPU the experts run concurrently (each a few hundred rows: too small to keep
+        // both cores busy inside one GEMM); on a GPU they queue on one stream in order.
+        let run = |e: usize| -> Result<Option<(Tensor, ExpertSaved)>> {
             let n = offsets[e + 1] - offsets[e];
             if n == 0 {
-                esaved.push(None);
-                continue;
+                return Ok(None);
             }
-            let (y, s) = ex.forward(&narrow(&x_perm, 0, offsets[e], n)?)?;
-            ys.push(y);
-            esaved.push(Some(s));
+            Ok(Some(self.experts[e].forward(&narrow(&x_perm, 0, offsets[e], n)?)?))
+        };
+        let outs: Vec<Option<(Tensor, ExpertSaved)>> = if x.device().is_cpu() {
+            (0..self.experts.len()).into_par_iter().map(run).collect::<Result<_>>()?
+        } else {
+            (0..self.experts.len()).map(run).collect::<Result<_>>()?
+        };
+        let mut ys = Vec::new();
+        let mut esaved = Vec::with_capacity(self.experts.len());
+        for o in outs {
+            esaved.push(o.map(|(y, s)| {
+                ys.push(y);
+                s
+            }));
         }
         let y_perm = cat(&ys, 0)?;
         let w_perm = index_select(&routing.weights.reshape(&[t * k, 1])?, &perm_slots)?.to_dtype(x.dtype())?;
@@ -336,13 +347,26 @@ impl Moe {
         let dw_perm = sum_dim(&mul(&d_yw, &sv.y_perm)?, 1)?.reshape(&[t * k, 1])?;
         let dw = index_add(t * k, &sv.perm_slots, &dw_perm)?.reshape(&[t, k])?;
         let d_y_perm = mul(&d_yw, &sv.w_perm)?;
+        // Each expert's gradients go to its own `Grads` (concurrently on the CPU, as in the
+        // forward) and are merged in expert order.
+        let run = |e: usize| -> Result<Option<(Tensor, Grads)>> {
+            let Some(s) = &sv.experts[e] else { return Ok(None) };
+            let d = narrow(&d_y_perm, 0, sv.offsets[e], sv.offsets[e + 1] - sv.offsets[e])?;
+            let mut g = Grads::default();
+            let dx = self.experts[e].backward(s, &d, &mut g, &format!("{prefix}.experts.{e}"))?;
+            Ok(Some((dx, g)))
+        };
+        let outs: Vec<Option<(Tensor, Grads)>> = if dy.device().is_cpu() {
+            (0..self.experts.len()).into_par_iter().map(run).collect::<Result<_>>()?
+        } else {
+            (0..self.experts.len()).map(run).collect::<Result<_>>()?
+        };
         let mut dxs = Vec::new();
-        for (e, ex) in self.experts.iter().enumerate() {
-            let n = sv.offsets[e + 1] - sv.offsets[e];
-            if let Some(s) = &sv.experts[e] {
-                let d = narrow(&d_y_perm, 0, sv.offsets[e], n)?;
-                dxs.push(ex.backward(s, &d, grads, &format!("{prefix}.experts.{e}"))?);
+        for (dx, g) in outs.into_iter().flatten() {
+            for (name, t) in g.iter() {
+                grads.accumulate(name, t)?;
             }
+            dxs.push(dx);
         }
         let mut dx = index_add(t, &sv.perm_tokens, &cat(&dxs, 0)?)?;
         if let (Some(se), Some(s)) = (&self.shared_experts, &sv.shared) {
