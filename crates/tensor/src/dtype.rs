@@ -77,7 +77,7 @@ pub trait Float:
     }
 
     /// `eˣ` as the CPU kernels use it: the vectorisable polynomial for f32 (≤ 3 ulp, see
-    /// `ops::vmath`), the correctly rounded library function for f64 (the reference dtype).
+    /// `ops::vmath`), libm's `exp` for f64 (the reference dtype).
     #[inline(always)]
     fn fexp(self) -> Self {
         self.exp()

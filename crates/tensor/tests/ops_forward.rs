@@ -195,6 +195,9 @@ fn attention_masks() {
     attention_masks_at(2, 3, 4, 6, 8, 5);
     attention_masks_at(1, 2, 75, 75, 12, 7);
     attention_masks_at(1, 2, 40, 75, 12, 7);
+    // More queries than keys (no causal mask: absorbed decoding), where query i sits at key
+    // min(i, T − 1) for the segment comparison.
+    attention_masks_at(1, 2, 9, 5, 6, 4);
 }
 
 fn attention_masks_at(b: usize, h: usize, s: usize, t: usize, dk: usize, dv: usize) {
@@ -204,12 +207,19 @@ fn attention_masks_at(b: usize, h: usize, s: usize, t: usize, dk: usize, dv: usi
         let (v, vv) = rand_on(&[b, h, t, dv], 16, &dev);
         let pad: Vec<bool> = (0..b * t).map(|i| i != 1 && i != t + 4).collect();
         let seg: Vec<u32> = (0..b * t).map(|i| if i % t < t / 2 { 0 } else { 1 }).collect();
+        // Key 0 of the first sequence padded: with S = T its first causal query sees no key
+        // (a fully masked row, whose output is zero).
+        let pad0: Vec<bool> = (0..b * t).map(|i| i != 0).collect();
         for mask in [
+            attention::AttnMask { causal: true, key_padding: Some(pad0.clone()), segment_ids: None },
             attention::AttnMask::causal(),
             attention::AttnMask { causal: true, key_padding: Some(pad.clone()), segment_ids: None },
             attention::AttnMask { causal: true, key_padding: None, segment_ids: Some(seg.clone()) },
             attention::AttnMask { causal: false, key_padding: Some(pad.clone()), segment_ids: Some(seg.clone()) },
         ] {
+            if mask.causal && s > t {
+                continue;
+            }
             let scale = 0.37;
             let (o, _) = attention::attention(&q, &k, &v, scale, &mask).unwrap();
             let mut want = vec![0.0; b * h * s * dv];
@@ -217,7 +227,7 @@ fn attention_masks_at(b: usize, h: usize, s: usize, t: usize, dk: usize, dv: usi
                 for hi in 0..h {
                     let bh = bi * h + hi;
                     for i in 0..s {
-                        let qp = i + t - s;
+                        let qp = if t >= s { i + t - s } else { i.min(t - 1) };
                         let vis: Vec<usize> = (0..t)
                             .filter(|&j| {
                                 (!mask.causal || j <= qp)

@@ -27,13 +27,16 @@ pub(crate) struct Strided {
     s2: [i64; MAX_RANK],
 }
 
+const _: () = assert!(std::mem::size_of::<Strided>() == 8 + 4 * 8 * MAX_RANK, "Strided must match the C layout");
+
 // SAFETY: a plain `repr(C)` value with the layout of the kernels' `Strided` (i32, 4 bytes of
 // padding, four i64 arrays).
 unsafe impl DeviceRepr for Strided {}
 
 impl Strided {
     fn new(shape: &[usize], s0: &[usize], s1: &[usize], s2: &[usize]) -> Strided {
-        let mut g = Strided { rank: shape.len() as i32, shape: [1; 8], s0: [0; 8], s1: [0; 8], s2: [0; 8] };
+        let z = [0; MAX_RANK];
+        let mut g = Strided { rank: shape.len() as i32, shape: [1; MAX_RANK], s0: z, s1: z, s2: z };
         for i in 0..shape.len() {
             g.shape[i] = shape[i] as i64;
             g.s0[i] = s0[i] as i64;

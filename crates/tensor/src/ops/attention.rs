@@ -55,17 +55,18 @@ const ROW_BLOCK: usize = 32;
 fn softmax_row<T: Float>(row: &mut [T], lim: usize, scale: T, visible: Option<&dyn Fn(usize) -> bool>) -> bool {
     let (head, tail) = row.split_at_mut(lim);
     tail.iter_mut().for_each(|x| *x = T::zero());
+    head.iter_mut().for_each(|x| *x *= scale);
     if let Some(vis) = visible {
         head.iter_mut().enumerate().filter(|(j, _)| !vis(*j)).for_each(|(_, x)| *x = T::neg_infinity());
     }
-    let m = head.iter().fold(T::neg_infinity(), |m, &x| m.max(x * scale));
+    let m = head.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
     if m == T::neg_infinity() {
         head.iter_mut().for_each(|x| *x = T::zero());
         return false;
     }
     let mut z = T::zero();
     for x in head.iter_mut() {
-        *x = (*x * scale - m).fexp();
+        *x = (*x - m).fexp();
         z += *x;
     }
     let rz = T::one() / z;

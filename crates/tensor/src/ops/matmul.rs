@@ -119,17 +119,12 @@ pub(crate) fn gemm_ld<T: Float>(
 pub(crate) fn gemm_batched<T: Float>(d: MmDims, a: &[T], ta: bool, b: &[T], tb: bool) -> Vec<T> {
     let MmDims { batch, m, n, k, .. } = d;
     let len = batch * m * n;
-    if k == 0 {
-        return vec![T::zero(); len];
+    // Zero-filled although every product overwrites it: the `gemm` crate copies the destination
+    // tile into scratch before applying alpha = 0, so uninitialised memory would be read.
+    let mut c = vec![T::zero(); len];
+    if len > 0 && k > 0 {
+        gemm_batched_into(d, a, ta, b, tb, &mut c);
     }
-    let mut c = Vec::with_capacity(len);
-    let spare = &mut c.spare_capacity_mut()[..len];
-    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and every product below overwrites its block of C
-    // (`read_dst` false, k > 0) before anything reads it, so no zero-fill is needed; `set_len`
-    // follows once all blocks are written.
-    let cs: &mut [T] = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
-    gemm_batched_into(d, a, ta, b, tb, cs);
-    unsafe { c.set_len(len) };
     c
 }
 
