@@ -82,20 +82,17 @@ impl AdamW {
             };
             #[cfg(feature = "cuda")]
             if let (Device::Cuda(be), DType::F32 | DType::BF16) = (&dev, p.dtype()) {
-                let g32 = g.to_dtype(DType::F32)?.to_device(&dev)?;
-                // The kernel updates in place: work on a fresh f32 copy so that other holders of
-                // the old parameter tensor keep its value (tensors are values); bf16 weights are
-                // updated in f32 and rounded back.
-                let p = if p.dtype() == DType::F32 {
-                    tensor::ops::elementwise::affine(&p, 1.0, 0.0)?
-                } else {
-                    p.to_dtype(DType::F32)?
+                // Out of place: other holders of the old parameter tensor keep its value
+                // (tensors are values); bf16 weights are updated in f32 and rounded back.
+                let g = match g.dtype() {
+                    DType::F32 | DType::BF16 => g.to_device(&dev)?,
+                    _ => g.to_dtype(DType::F32)?.to_device(&dev)?,
                 };
-                be.adamw_step(
+                let p = be.adamw_step_out(
                     &p,
                     &m,
                     &v,
-                    &g32,
+                    &g,
                     lr as f32,
                     (c.beta1 as f32, c.beta2 as f32),
                     c.eps as f32,
@@ -103,7 +100,6 @@ impl AdamW {
                     t,
                     1.0,
                 )?;
-                let p = p.to_dtype(params.get(&name).expect("listed").dtype())?;
                 params.set(&name, p)?;
                 self.exp_avg.insert(name.clone(), m);
                 self.exp_avg_sq.insert(name, v);

@@ -19,6 +19,7 @@ use crate::tensor::{CpuStorage, Storage};
 use crate::{DType, Device, Result, Tensor, TensorError};
 
 mod ops;
+pub use ops::DeviceTables;
 pub(crate) use ops::MAX_RANK;
 
 mod embedded {
@@ -140,7 +141,21 @@ impl CudaBackend {
         })
     }
 
+    /// An output buffer that the launching kernel writes in full (not zeroed: no memset per op).
     fn alloc(&self, dt: DType, n: usize) -> Result<CudaStorage> {
+        // SAFETY: every caller passes the buffer to a kernel (or cuBLAS with beta = 0 and k > 0)
+        // that writes all `n` elements before anything reads them; a zero-element tensor's
+        // one-element buffer is never read.
+        Ok(unsafe {
+            match dt {
+                DType::BF16 => CudaStorage::BF16(self.stream.alloc::<bf16>(n.max(1)).map_err(cuda_err)?),
+                _ => CudaStorage::F32(self.stream.alloc::<f32>(n.max(1)).map_err(cuda_err)?),
+            }
+        })
+    }
+
+    /// A zeroed buffer, for kernels that accumulate into their output (atomics).
+    fn alloc_zeroed(&self, dt: DType, n: usize) -> Result<CudaStorage> {
         Ok(match dt {
             DType::BF16 => CudaStorage::BF16(self.stream.alloc_zeros::<bf16>(n.max(1)).map_err(cuda_err)?),
             _ => CudaStorage::F32(self.stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda_err)?),
@@ -343,7 +358,7 @@ impl CudaBackend {
         let rows = x.numel() / d;
         let rstd = rstd.to_dtype(DType::F32)?;
         let dx = self.alloc(x.dtype(), x.numel())?;
-        let dw = self.alloc(DType::F32, d)?;
+        let dw = self.alloc_zeroed(DType::F32, d)?;
         let args = [
             Arg::P(dx.ptr(&self.stream)),
             Arg::P(dw.ptr(&self.stream)),
@@ -394,7 +409,9 @@ impl CudaBackend {
     ) -> Result<Tensor> {
         let MmDims { batch, m, n, k, b_shared } = d;
         let (batch, m) = if b_shared && !ta { (1, batch * m) } else { (batch, m) };
-        let c = self.alloc(a.dtype(), batch * m * n)?;
+        // cuBLAS with beta = 0 writes all of C when k > 0; with k = 0 the product is zeros.
+        let c =
+            if k > 0 { self.alloc(a.dtype(), batch * m * n)? } else { self.alloc_zeroed(a.dtype(), batch * m * n)? };
         let dims = (batch, m, n, k);
         match (a.storage(), b.storage(), c) {
             (Storage::Cuda(CudaStorage::F32(sa)), Storage::Cuda(CudaStorage::F32(sb)), CudaStorage::F32(mut sc)) => {
@@ -424,6 +441,56 @@ impl CudaBackend {
                 detail: "CUDA matmul takes f32 or bf16 operands".into(),
             }),
         }
+    }
+
+    /// One fused AdamW step out of place: returns the updated parameter (in `p`'s dtype, f32 or
+    /// bf16; bf16 is updated in f32 and rounded back) and updates the f32 moments `m`, `v` in
+    /// place; `g` is f32 or bf16. One kernel per parameter, no casts or copies around it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_step_out(
+        self: &Arc<Self>,
+        p: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        g: &Tensor,
+        lr: f32,
+        betas: (f32, f32),
+        eps: f32,
+        wd: f32,
+        step: i32,
+        gscale: f32,
+    ) -> Result<Tensor> {
+        let float = |t: &Tensor| matches!(t.dtype(), DType::F32 | DType::BF16) && !t.device().is_cpu();
+        let moments = |t: &Tensor| t.dtype() == DType::F32 && !t.device().is_cpu();
+        if !(float(p) && float(g) && moments(m) && moments(v)) {
+            return Err(TensorError::DType {
+                op: "adamw_step_out",
+                got: p.dtype(),
+                detail: "fused AdamW takes f32/bf16 CUDA parameters and gradients, f32 CUDA moments".into(),
+            });
+        }
+        let n = p.numel();
+        let o = self.alloc(p.dtype(), n)?;
+        let (bc1, bc2) = (1.0 - betas.0.powi(step), 1.0 - betas.1.powi(step));
+        let args = [
+            Arg::P(o.ptr(&self.stream)),
+            Arg::P(self.p(p)),
+            Arg::P(self.p(m)),
+            Arg::P(self.p(v)),
+            Arg::P(self.p(g)),
+            Arg::I64(n as i64),
+            Arg::F32(lr),
+            Arg::F32(betas.0),
+            Arg::F32(betas.1),
+            Arg::F32(eps),
+            Arg::F32(wd),
+            Arg::F32(bc1),
+            Arg::F32(bc2),
+            Arg::F32(gscale),
+        ];
+        let name = format!("adamw_oop_{}_{}", suffix(p.dtype()), suffix(g.dtype()));
+        self.launch("adamw", &name, grid(n), &args)?;
+        Ok(self.wrap(o, p.shape()))
     }
 
     /// One fused AdamW step on f32 buffers: updates `p`, `m`, `v` in place.

@@ -2,7 +2,7 @@
 //! `index.cu`, `attention.cu`, `rope.cu`, `loss.cu`), so a training step stays on the GPU: each
 //! op in `ops::*` dispatches here for CUDA tensors; index arrays and masks are uploaded per call.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr};
 
@@ -44,6 +44,33 @@ impl Strided {
             g.s2[i] = s2.get(i).copied().unwrap_or(0) as i64;
         }
         g
+    }
+}
+
+/// Per-device f32 copies of a host f64 table pair (the RoPE cos / sin), keyed by device ordinal.
+#[derive(Default)]
+pub struct DeviceTables(Mutex<Vec<(usize, Arc<TablePair>)>>);
+
+/// A cos / sin pair on one device.
+type TablePair = (CudaSlice<f32>, CudaSlice<f32>);
+
+impl std::fmt::Debug for DeviceTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|v| v.len()).unwrap_or(0);
+        write!(f, "DeviceTables({n} devices)")
+    }
+}
+
+impl DeviceTables {
+    fn get_or_upload(&self, be: &CudaBackend, a: &[f64], b: &[f64]) -> Result<Arc<TablePair>> {
+        let mut v = self.0.lock().expect("device table lock");
+        if let Some((_, t)) = v.iter().find(|(o, _)| *o == be.ordinal) {
+            return Ok(t.clone());
+        }
+        let up = |x: &[f64]| be.stream.clone_htod(&x.iter().map(|&c| c as f32).collect::<Vec<f32>>()).map_err(cuda_err);
+        let t = Arc::new((up(a)?, up(b)?));
+        v.push((be.ordinal, t.clone()));
+        Ok(t)
     }
 }
 
@@ -205,7 +232,7 @@ impl CudaBackend {
     pub(crate) fn index_add(self: &Arc<Self>, idx: &[u32], src: &Tensor, shape: &[usize]) -> Result<Tensor> {
         let row: usize = src.shape()[1..].iter().product();
         let n = idx.len() * row;
-        let o = self.alloc(DType::F32, shape.iter().product())?;
+        let o = self.alloc_zeroed(DType::F32, shape.iter().product())?;
         if n > 0 {
             let di = self.upload_u32(idx)?;
             let args = [
@@ -246,7 +273,7 @@ impl CudaBackend {
         shape: &[usize],
     ) -> Result<Tensor> {
         let n = idx.len();
-        let o = self.alloc(DType::F32, shape.iter().product())?;
+        let o = self.alloc_zeroed(DType::F32, shape.iter().product())?;
         if n > 0 {
             let di = self.upload_u32(idx)?;
             let args = [
@@ -347,17 +374,15 @@ impl CudaBackend {
         let n_pairs = x.numel() / 2;
         let o = self.alloc(x.dtype(), x.numel())?;
         if n_pairs > 0 {
-            let cs: Vec<f32> = table.cos.iter().map(|&c| c as f32).collect();
-            let sn: Vec<f32> = table.sin.iter().map(|&c| c as f32).collect();
-            let (dc, ds) =
-                (self.stream.clone_htod(&cs).map_err(cuda_err)?, self.stream.clone_htod(&sn).map_err(cuda_err)?);
+            let tables = table.device.get_or_upload(self, &table.cos, &table.sin)?;
+            let (dc, ds) = (&tables.0, &tables.1);
             let dpos = self.upload_u32(positions)?;
             let args = [
                 Arg::P(o.ptr(&self.stream)),
                 Arg::P(self.p(x)),
                 Arg::P(self.dptr(&dpos)),
-                Arg::P(self.dptr(&dc)),
-                Arg::P(self.dptr(&ds)),
+                Arg::P(self.dptr(dc)),
+                Arg::P(self.dptr(ds)),
                 Arg::I64(n_pairs as i64),
                 Arg::I64(h as i64),
                 Arg::I64(half as i64),

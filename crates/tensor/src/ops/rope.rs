@@ -96,6 +96,10 @@ pub struct RopeTable {
     pub cos: Vec<f64>,
     /// `[max_positions, d/2]`.
     pub sin: Vec<f64>,
+    /// f32 copies of `cos` / `sin` per CUDA device, uploaded on first use (shared by clones; the
+    /// table is immutable once built).
+    #[cfg(feature = "cuda")]
+    pub(crate) device: std::sync::Arc<crate::cuda::DeviceTables>,
 }
 
 impl RopeTable {
@@ -118,7 +122,14 @@ impl RopeTable {
                 sin.push(ang.sin() * a);
             }
         }
-        Ok(RopeTable { dim, max_positions, cos, sin })
+        Ok(RopeTable {
+            dim,
+            max_positions,
+            cos,
+            sin,
+            #[cfg(feature = "cuda")]
+            device: Default::default(),
+        })
     }
 }
 
