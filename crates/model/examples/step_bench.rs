@@ -100,6 +100,11 @@ fn main() -> Res<()> {
     let (mut step_t, mut fwd_t, mut loss_t, mut bwd_t, mut opt_t) = (vec![], vec![], vec![], vec![], vec![]);
     let mut loss = f64::NAN;
     for step in 0..WARMUP + steps {
+        #[cfg(feature = "cuda")]
+        if step == WARMUP {
+            // With R1_CUDA_PROFILE=1, profile the timed steps only.
+            let _ = tensor::cuda::profile_report();
+        }
         let ts = Instant::now();
         let (logits, saved) = m.forward(&ids, b, s, &pos, &AttnMask::causal())?;
         dev.synchronize()?;
@@ -131,6 +136,17 @@ fn main() -> Res<()> {
             loss_t.push(t_loss - t_fwd);
             bwd_t.push(t_bwd - t_loss);
             opt_t.push(t_step - t_bwd);
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let prof = tensor::cuda::profile_report();
+        if !prof.is_empty() {
+            let total: f64 = prof.iter().map(|p| p.2).sum();
+            eprintln!("R1_CUDA_PROFILE over {steps} steps: {total:.3} s in kernels / GEMMs (synchronised)");
+            for (name, n, secs) in prof.iter().take(30) {
+                eprintln!("{secs:>9.4} s {n:>8} calls  {name}");
+            }
         }
     }
     let med = median(&step_t);

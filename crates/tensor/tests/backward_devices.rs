@@ -83,6 +83,12 @@ fn backward_parity_on_every_device() {
                     shape::cat(&[x[0].clone(), x[1].clone()], 2)?,
                     shape::narrow_backward(&x[1], &[3, 4, 7, 6], 2, 4)?,
                     shape::broadcast_to(&shape::narrow(&x[0], 1, 0, 1)?, &[3, 4, 5, 6])?,
+                    // Contiguous runs (a device memcpy on CUDA): along dim 0, and behind size-1 dims.
+                    shape::narrow(&x[0], 0, 1, 2)?,
+                    shape::cat(&[x[0].clone(), x[1].clone(), x[0].clone()], 2)?,
+                    shape::cat(&[x[0].clone(), x[0].clone()], 0)?,
+                    shape::narrow(&x[0].reshape(&[1, 12, 5, 6])?, 1, 3, 4)?,
+                    shape::cat(&[x[1].reshape(&[1, 24, 6])?, x[0].reshape(&[1, 60, 6])?], 1)?,
                 ])
             });
             parity("index ops", &dev, dt, &[&[10, 24], &[13, 24], &[13, 3]], |x| {

@@ -186,6 +186,10 @@ impl CudaBackend {
 
     /// Launch `module::name` with `args` (device pointers as u64, then scalars).
     fn launch(&self, module: &str, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        self.profiled(name, || self.launch_now(module, name, cfg, args))
+    }
+
+    fn launch_now(&self, module: &str, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let f = self.func(module, name)?;
         let mut b = self.stream.launch_builder(&f);
         for a in args {
@@ -202,12 +206,44 @@ impl CudaBackend {
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(cuda_err)
     }
 
+    /// Run `f`; with `R1_CUDA_PROFILE=1`, synchronise around it and add its wall time to `name`'s
+    /// entry of [`profile_report`] (a crude per-kernel profile for machines without Nsight; the
+    /// synchronisation itself slows the run).
+    fn profiled<R>(&self, name: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let Some(table) = profile_table() else { return f() };
+        self.synchronize()?;
+        let t0 = std::time::Instant::now();
+        let r = f()?;
+        self.synchronize()?;
+        let mut t = table.lock().expect("profile lock");
+        let e = t.entry(name.to_string()).or_insert((0, 0.0));
+        e.0 += 1;
+        e.1 += t0.elapsed().as_secs_f64();
+        Ok(r)
+    }
+
     fn this(t: &Tensor) -> Arc<CudaBackend> {
         match t.device() {
             Device::Cuda(b) => b.clone(),
             Device::Cpu => unreachable!("dispatched on a CUDA tensor"),
         }
     }
+}
+
+type ProfileTable = Mutex<HashMap<String, (u64, f64)>>;
+
+fn profile_table() -> Option<&'static ProfileTable> {
+    static T: OnceLock<Option<ProfileTable>> = OnceLock::new();
+    T.get_or_init(|| std::env::var("R1_CUDA_PROFILE").is_ok_and(|v| v == "1").then(Default::default)).as_ref()
+}
+
+/// With `R1_CUDA_PROFILE=1`: `(kernel or GEMM class, calls, seconds)` since the last call, most
+/// time first; empty otherwise. Clears the table.
+pub fn profile_report() -> Vec<(String, u64, f64)> {
+    let Some(t) = profile_table() else { return Vec::new() };
+    let mut v: Vec<(String, u64, f64)> = t.lock().expect("profile lock").drain().map(|(k, (n, s))| (k, n, s)).collect();
+    v.sort_by(|a, b| b.2.total_cmp(&a.2));
+    v
 }
 
 /// cuBLAS strided-batched configuration for row-major `C = op(A)·op(B)` computed as
@@ -407,6 +443,28 @@ impl CudaBackend {
         d: MmDims,
         shape: &[usize],
     ) -> Result<Tensor> {
+        let flops = 2.0 * (d.batch * d.m * d.n * d.k) as f64;
+        let size = if flops < 1e9 {
+            "< 1 GFLOP"
+        } else if flops < 1e11 {
+            "< 100 GFLOP"
+        } else {
+            ">= 100 GFLOP"
+        };
+        let class =
+            format!("gemm {:?} {} {size}", a.dtype(), if d.batch > 1 && !d.b_shared { "batched" } else { "2d" });
+        self.profiled(&class, || self.matmul_now(a, b, ta, tb, d, shape))
+    }
+
+    fn matmul_now(
+        self: &Arc<Self>,
+        a: &Tensor,
+        b: &Tensor,
+        ta: bool,
+        tb: bool,
+        d: MmDims,
+        shape: &[usize],
+    ) -> Result<Tensor> {
         let MmDims { batch, m, n, k, b_shared } = d;
         let (batch, m) = if b_shared && !ta { (1, batch * m) } else { (batch, m) };
         // cuBLAS with beta = 0 writes all of C when k > 0; with k = 0 the product is zeros.
@@ -415,22 +473,28 @@ impl CudaBackend {
         let dims = (batch, m, n, k);
         match (a.storage(), b.storage(), c) {
             (Storage::Cuda(CudaStorage::F32(sa)), Storage::Cuda(CudaStorage::F32(sb)), CudaStorage::F32(mut sc)) => {
-                // SAFETY: dimensions and leading dimensions describe the buffers' extents.
+                let cfg = batched_cfg(1.0f32, 0.0f32, dims, ta, tb, b_shared);
+                // SAFETY: dimensions and leading dimensions describe the buffers' extents. One
+                // product goes to the plain GEMM (cuBLAS picks its kernels for batch 1 there).
                 unsafe {
-                    self.blas.gemm_strided_batched(batched_cfg(1.0f32, 0.0f32, dims, ta, tb, b_shared), sb, sa, &mut sc)
+                    if batch == 1 {
+                        self.blas.gemm(cfg.gemm, sb, sa, &mut sc)
+                    } else {
+                        self.blas.gemm_strided_batched(cfg, sb, sa, &mut sc)
+                    }
                 }
                 .map_err(cuda_err)?;
                 Ok(self.wrap(CudaStorage::F32(sc), shape))
             }
             (Storage::Cuda(CudaStorage::BF16(sa)), Storage::Cuda(CudaStorage::BF16(sb)), CudaStorage::BF16(mut sc)) => {
+                let cfg = batched_cfg(bf16::ONE, bf16::ZERO, dims, ta, tb, b_shared);
                 // SAFETY: as above; cudarc's bf16 GEMM accumulates in f32 (CUBLAS_COMPUTE_32F).
                 unsafe {
-                    self.blas.gemm_strided_batched(
-                        batched_cfg(bf16::ONE, bf16::ZERO, dims, ta, tb, b_shared),
-                        sb,
-                        sa,
-                        &mut sc,
-                    )
+                    if batch == 1 {
+                        self.blas.gemm(cfg.gemm, sb, sa, &mut sc)
+                    } else {
+                        self.blas.gemm_strided_batched(cfg, sb, sa, &mut sc)
+                    }
                 }
                 .map_err(cuda_err)?;
                 Ok(self.wrap(CudaStorage::BF16(sc), shape))

@@ -105,14 +105,39 @@ impl CudaBackend {
             return Ok(());
         }
         let e = elem_bytes(dt);
+        // 32-bit index arithmetic when the count and every offset fit in 31 bits.
+        let reach = |st: &[usize]| shape.iter().zip(st).map(|(&d, &s)| (d - 1) * s).sum::<usize>();
+        let small = n.max(reach(s_dst)).max(reach(s_src)) < (1 << 31);
         let g = Strided::new(shape, s_dst, s_src, &[]);
         let args = [
             Arg::P(dst + dst_off as u64 * e),
             Arg::P(src + src_off as u64 * e),
             Arg::I64(n as i64),
             Arg::S(Box::new(g)),
+            Arg::I32(small as i32),
         ];
         self.launch("layout", &format!("copy_strided_{}", suffix(dt)), grid(n), &args)
+    }
+
+    /// `n` contiguous elements `src[src_off..]` → `dst[dst_off..]` (a device memcpy on the stream).
+    fn copy_contiguous(&self, dt: DType, dst: u64, dst_off: usize, src: u64, src_off: usize, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let e = elem_bytes(dt);
+        self.profiled("memcpy_dtod", || {
+            // SAFETY: both ranges lie inside live device buffers of this stream (callers pass
+            // offsets and counts within the tensors' extents).
+            unsafe {
+                cudarc::driver::result::memcpy_dtod_async(
+                    dst + dst_off as u64 * e,
+                    src + src_off as u64 * e,
+                    n * e as usize,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(cuda_err)
+        })
     }
 
     /// A contiguous tensor of `shape` read from `x` with `strides` (permute, broadcast).
@@ -129,6 +154,11 @@ impl CudaBackend {
         let cs = contiguous_strides(x.shape());
         let o = self.alloc(x.dtype(), shape.iter().product())?;
         let op = o.ptr(&self.stream);
+        if x.shape()[..dim].iter().all(|&d| d == 1) {
+            // One contiguous run (e.g. an expert's rows): a memcpy.
+            self.copy_contiguous(x.dtype(), op, 0, self.p(x), start * cs[dim], shape.iter().product())?;
+            return Ok(self.wrap(o, &shape));
+        }
         self.copy_strided(x.dtype(), op, 0, self.p(x), start * cs[dim], &shape, &contiguous_strides(&shape), &cs)?;
         Ok(self.wrap(o, &shape))
     }
@@ -138,8 +168,13 @@ impl CudaBackend {
         let o = self.alloc(dt, shape.iter().product())?;
         let (op, cs) = (o.ptr(&self.stream), contiguous_strides(shape));
         let mut at = 0;
+        let contiguous = shape[..dim].iter().all(|&d| d == 1);
         for x in xs {
-            self.copy_strided(dt, op, at * cs[dim], self.p(x), 0, x.shape(), &cs, &contiguous_strides(x.shape()))?;
+            if contiguous {
+                self.copy_contiguous(dt, op, at * cs[dim], self.p(x), 0, x.numel())?;
+            } else {
+                self.copy_strided(dt, op, at * cs[dim], self.p(x), 0, x.shape(), &cs, &contiguous_strides(x.shape()))?;
+            }
             at += x.shape()[dim];
         }
         Ok(self.wrap(o, shape))
