@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use tensor::ops::activation::{swiglu, swiglu_backward};
 use tensor::ops::elementwise::{add, mul};
 use tensor::ops::index::{index_add, index_select};
+use tensor::ops::matmul::{grouped_linear, grouped_linear_backward};
 use tensor::ops::reduce::sum_dim;
 use tensor::ops::shape::{cat, narrow};
 use tensor::{DType, Device, Tensor};
@@ -106,6 +107,13 @@ pub struct Expert {
     /// Arithmetic of the three projections (DeepSeek-V3 §3.3); [`LinearPrecision::F32`] after
     /// `init` / `load`.
     pub precision: LinearPrecision,
+}
+
+/// What the routed experts kept: per expert (CPU, FP8 precision), or the grouped activations of
+/// all experts at once (CUDA with f32/bf16 projections: one grouped GEMM per projection).
+enum RoutedSaved {
+    PerExpert(Vec<Option<ExpertSaved>>),
+    Grouped { x: Tensor, g: Tensor, u: Tensor, h: Tensor },
 }
 
 /// What [`Expert::forward`] keeps for [`Expert::backward`].
@@ -199,7 +207,7 @@ pub struct MoeSaved {
     offsets: Vec<usize>,
     y_perm: Tensor,
     w_perm: Tensor,
-    experts: Vec<Option<ExpertSaved>>,
+    experts: RoutedSaved,
     shared: Option<ExpertSaved>,
     tokens: usize,
 }
@@ -272,6 +280,18 @@ impl Moe {
         vec![("gate.e_score_correction_bias".to_string(), &self.e_score_correction_bias)]
     }
 
+    /// Whether the routed experts run as grouped GEMMs: on a GPU, with every expert's projections
+    /// in plain (f32 / bf16) arithmetic.
+    fn grouped(&self, x: &Tensor) -> bool {
+        !x.device().is_cpu() && self.experts.iter().all(|e| e.precision == LinearPrecision::F32)
+    }
+
+    /// The routed experts' gate, up and down projection weights, in expert order.
+    fn routed_weights(&self) -> [Vec<Tensor>; 3] {
+        let pick = |f: fn(&Expert) -> &Tensor| self.experts.iter().map(|e| f(e).clone()).collect();
+        [pick(|e| &e.gate_proj), pick(|e| &e.up_proj), pick(|e| &e.down_proj)]
+    }
+
     /// `x [T, hidden]` (tokens of `seq_len`-long sequences, for the balance loss) → `[T, hidden]`.
     pub fn forward(&self, x: &Tensor, seq_len: usize) -> Result<(Tensor, MoeSaved)> {
         let t = x.dim(0);
@@ -291,29 +311,39 @@ impl Moe {
         }
         offsets.push(perm_tokens.len());
         let x_perm = index_select(x, &perm_tokens)?;
-        // On the CPU the experts run concurrently (each a few hundred rows: too small to keep
-        // both cores busy inside one GEMM); on a GPU they queue on one stream in order.
-        let run = |e: usize| -> Result<Option<(Tensor, ExpertSaved)>> {
-            let n = offsets[e + 1] - offsets[e];
-            if n == 0 {
-                return Ok(None);
-            }
-            Ok(Some(self.experts[e].forward(&narrow(&x_perm, 0, offsets[e], n)?)?))
-        };
-        let outs: Vec<Option<(Tensor, ExpertSaved)>> = if x.device().is_cpu() {
-            (0..self.experts.len()).into_par_iter().map(run).collect::<Result<_>>()?
+        let (y_perm, esaved) = if self.grouped(x) {
+            // One grouped GEMM per projection over all experts' rows (rows sorted by expert).
+            let [gw, uw, dw] = self.routed_weights();
+            let g = grouped_linear(&x_perm, &gw, &offsets)?;
+            let u = grouped_linear(&x_perm, &uw, &offsets)?;
+            let h = swiglu(&g, &u)?;
+            let y = grouped_linear(&h, &dw, &offsets)?;
+            (y, RoutedSaved::Grouped { x: x_perm, g, u, h })
         } else {
-            (0..self.experts.len()).map(run).collect::<Result<_>>()?
+            // On the CPU the experts run concurrently (each a few hundred rows: too small to keep
+            // both cores busy inside one GEMM).
+            let run = |e: usize| -> Result<Option<(Tensor, ExpertSaved)>> {
+                let n = offsets[e + 1] - offsets[e];
+                if n == 0 {
+                    return Ok(None);
+                }
+                Ok(Some(self.experts[e].forward(&narrow(&x_perm, 0, offsets[e], n)?)?))
+            };
+            let outs: Vec<Option<(Tensor, ExpertSaved)>> = if x.device().is_cpu() {
+                (0..self.experts.len()).into_par_iter().map(run).collect::<Result<_>>()?
+            } else {
+                (0..self.experts.len()).map(run).collect::<Result<_>>()?
+            };
+            let mut ys = Vec::new();
+            let mut esaved = Vec::with_capacity(self.experts.len());
+            for o in outs {
+                esaved.push(o.map(|(y, s)| {
+                    ys.push(y);
+                    s
+                }));
+            }
+            (cat(&ys, 0)?, RoutedSaved::PerExpert(esaved))
         };
-        let mut ys = Vec::new();
-        let mut esaved = Vec::with_capacity(self.experts.len());
-        for o in outs {
-            esaved.push(o.map(|(y, s)| {
-                ys.push(y);
-                s
-            }));
-        }
-        let y_perm = cat(&ys, 0)?;
         let w_perm = index_select(&routing.weights.reshape(&[t * k, 1])?, &perm_slots)?.to_dtype(x.dtype())?;
         let mut y = index_add(t, &perm_tokens, &mul(&y_perm, &w_perm)?)?;
         let mut shared = None;
@@ -347,28 +377,48 @@ impl Moe {
         let dw_perm = sum_dim(&mul(&d_yw, &sv.y_perm)?, 1)?.reshape(&[t * k, 1])?;
         let dw = index_add(t * k, &sv.perm_slots, &dw_perm)?.reshape(&[t, k])?;
         let d_y_perm = mul(&d_yw, &sv.w_perm)?;
-        // Each expert's gradients go to its own `Grads` (concurrently on the CPU, as in the
-        // forward) and are merged in expert order.
-        let run = |e: usize| -> Result<Option<(Tensor, Grads)>> {
-            let Some(s) = &sv.experts[e] else { return Ok(None) };
-            let d = narrow(&d_y_perm, 0, sv.offsets[e], sv.offsets[e + 1] - sv.offsets[e])?;
-            let mut g = Grads::default();
-            let dx = self.experts[e].backward(s, &d, &mut g, &format!("{prefix}.experts.{e}"))?;
-            Ok(Some((dx, g)))
-        };
-        let outs: Vec<Option<(Tensor, Grads)>> = if dy.device().is_cpu() {
-            (0..self.experts.len()).into_par_iter().map(run).collect::<Result<_>>()?
-        } else {
-            (0..self.experts.len()).map(run).collect::<Result<_>>()?
-        };
-        let mut dxs = Vec::new();
-        for (dx, g) in outs.into_iter().flatten() {
-            for (name, t) in g.iter() {
-                grads.accumulate(name, t)?;
+        let dx_perm = match &sv.experts {
+            RoutedSaved::Grouped { x, g, u, h } => {
+                let [gw, uw, dw] = self.routed_weights();
+                let (dh, d_down) = grouped_linear_backward(h, &dw, &sv.offsets, &d_y_perm)?;
+                let (dg, du) = swiglu_backward(g, u, &dh)?;
+                let (dx1, d_gate) = grouped_linear_backward(x, &gw, &sv.offsets, &dg)?;
+                let (dx2, d_up) = grouped_linear_backward(x, &uw, &sv.offsets, &du)?;
+                for (e, ((dg, du), dd)) in d_gate.iter().zip(&d_up).zip(&d_down).enumerate() {
+                    if let (Some(dg), Some(du), Some(dd)) = (dg, du, dd) {
+                        grads.accumulate(&format!("{prefix}.experts.{e}.gate_proj.weight"), dg)?;
+                        grads.accumulate(&format!("{prefix}.experts.{e}.up_proj.weight"), du)?;
+                        grads.accumulate(&format!("{prefix}.experts.{e}.down_proj.weight"), dd)?;
+                    }
+                }
+                add(&dx1, &dx2)?
             }
-            dxs.push(dx);
-        }
-        let mut dx = index_add(t, &sv.perm_tokens, &cat(&dxs, 0)?)?;
+            RoutedSaved::PerExpert(saved) => {
+                // Each expert's gradients go to its own `Grads` (concurrently on the CPU, as in
+                // the forward) and are merged in expert order.
+                let run = |e: usize| -> Result<Option<(Tensor, Grads)>> {
+                    let Some(s) = &saved[e] else { return Ok(None) };
+                    let d = narrow(&d_y_perm, 0, sv.offsets[e], sv.offsets[e + 1] - sv.offsets[e])?;
+                    let mut g = Grads::default();
+                    let dx = self.experts[e].backward(s, &d, &mut g, &format!("{prefix}.experts.{e}"))?;
+                    Ok(Some((dx, g)))
+                };
+                let outs: Vec<Option<(Tensor, Grads)>> = if dy.device().is_cpu() {
+                    (0..self.experts.len()).into_par_iter().map(run).collect::<Result<_>>()?
+                } else {
+                    (0..self.experts.len()).map(run).collect::<Result<_>>()?
+                };
+                let mut dxs = Vec::new();
+                for (dx, g) in outs.into_iter().flatten() {
+                    for (name, t) in g.iter() {
+                        grads.accumulate(name, t)?;
+                    }
+                    dxs.push(dx);
+                }
+                cat(&dxs, 0)?
+            }
+        };
+        let mut dx = index_add(t, &sv.perm_tokens, &dx_perm)?;
         if let (Some(se), Some(s)) = (&self.shared_experts, &sv.shared) {
             dx = add(&dx, &se.backward(s, dy, grads, &format!("{prefix}.shared_experts"))?)?;
         }

@@ -474,3 +474,144 @@ impl CudaBackend {
         Ok(self.wrap(d, logits.shape()))
     }
 }
+
+/// One row-major product `C = op(A)·op(B)` (`op(A)` is `m × k`, `op(B)` `k × n`, all buffers
+/// contiguous) as device addresses, for [`CudaBackend::grouped_gemm`].
+struct RowMajorProduct {
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    a: u64,
+    b: u64,
+    c: u64,
+}
+
+impl CudaBackend {
+    /// Many products of one dtype in a single `cublasGemmGroupedBatchedEx` call (f32 accumulation),
+    /// each computed column-major as `Cᵀ = op(B)ᵀ·op(A)ᵀ` like [`CudaBackend::matmul`].
+    fn grouped_gemm(&self, dt: DType, ps: &[RowMajorProduct]) -> Result<()> {
+        use cudarc::cublas::sys::{self as cb, cublasComputeType_t, cublasOperation_t as Op, cudaDataType_t};
+        let ps: Vec<&RowMajorProduct> = ps.iter().filter(|p| p.m > 0 && p.n > 0 && p.k > 0).collect();
+        if ps.is_empty() {
+            return Ok(());
+        }
+        let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
+        let (transa, transb): (Vec<Op>, Vec<Op>) = ps.iter().map(|p| (op(p.tb), op(p.ta))).unzip();
+        let m: Vec<i32> = ps.iter().map(|p| p.n as i32).collect();
+        let n: Vec<i32> = ps.iter().map(|p| p.m as i32).collect();
+        let k: Vec<i32> = ps.iter().map(|p| p.k as i32).collect();
+        let lda: Vec<i32> = ps.iter().map(|p| if p.tb { p.k } else { p.n } as i32).collect();
+        let ldb: Vec<i32> = ps.iter().map(|p| if p.ta { p.m } else { p.k } as i32).collect();
+        let ldc: Vec<i32> = ps.iter().map(|p| p.n as i32).collect();
+        let g = ps.len();
+        let (alpha, beta, group_size) = (vec![1.0f32; g], vec![0.0f32; g], vec![1i32; g]);
+        let ptrs = |f: &dyn Fn(&RowMajorProduct) -> u64| -> Result<CudaSlice<u64>> {
+            self.stream.clone_htod(&ps.iter().map(|p| f(p)).collect::<Vec<u64>>()).map_err(cuda_err)
+        };
+        let (da, db, dc) = (ptrs(&|p| p.b)?, ptrs(&|p| p.a)?, ptrs(&|p| p.c)?);
+        let ty = if dt == DType::BF16 { cudaDataType_t::CUDA_R_16BF } else { cudaDataType_t::CUDA_R_32F };
+        self.profiled("grouped gemm", || {
+            // SAFETY: the host arrays hold one entry per group and outlive the call; the pointer
+            // arrays are device buffers of the same length on this stream; every product's
+            // dimensions and leading dimensions describe its buffers (contiguous row-major).
+            unsafe {
+                cb::cublasGemmGroupedBatchedEx(
+                    *self.blas.handle(),
+                    transa.as_ptr(),
+                    transb.as_ptr(),
+                    m.as_ptr(),
+                    n.as_ptr(),
+                    k.as_ptr(),
+                    alpha.as_ptr().cast(),
+                    self.dptr(&da) as *const *const std::ffi::c_void,
+                    ty,
+                    lda.as_ptr(),
+                    self.dptr(&db) as *const *const std::ffi::c_void,
+                    ty,
+                    ldb.as_ptr(),
+                    beta.as_ptr().cast(),
+                    self.dptr(&dc) as *const *mut std::ffi::c_void,
+                    ty,
+                    ldc.as_ptr(),
+                    g as i32,
+                    group_size.as_ptr(),
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                )
+            }
+            .result()
+            .map_err(cuda_err)
+        })
+    }
+
+    pub(crate) fn grouped_linear(self: &Arc<Self>, x: &Tensor, ws: &[Tensor], offsets: &[usize]) -> Result<Tensor> {
+        let (rows, inf, outf, dt) = (x.dim(0), x.dim(1), ws[0].dim(0), x.dtype());
+        let e = elem_bytes(dt);
+        let y = self.alloc(dt, rows * outf)?;
+        let (xp, yp) = (self.p(x), y.ptr(&self.stream));
+        let ps: Vec<RowMajorProduct> = (0..ws.len())
+            .map(|g| RowMajorProduct {
+                m: offsets[g + 1] - offsets[g],
+                n: outf,
+                k: inf,
+                ta: false,
+                tb: true,
+                a: xp + (offsets[g] * inf) as u64 * e,
+                b: self.p(&ws[g]),
+                c: yp + (offsets[g] * outf) as u64 * e,
+            })
+            .collect();
+        self.grouped_gemm(dt, &ps)?;
+        Ok(self.wrap(y, &[rows, outf]))
+    }
+
+    pub(crate) fn grouped_linear_backward(
+        self: &Arc<Self>,
+        x: &Tensor,
+        ws: &[Tensor],
+        offsets: &[usize],
+        dy: &Tensor,
+    ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
+        let (rows, inf, outf, dt) = (x.dim(0), x.dim(1), ws[0].dim(0), x.dtype());
+        let e = elem_bytes(dt);
+        let dx = self.alloc(dt, rows * inf)?;
+        let (xp, dyp, dxp) = (self.p(x), self.p(dy), dx.ptr(&self.stream));
+        let mut ps = Vec::new();
+        let mut dws = Vec::with_capacity(ws.len());
+        for g in 0..ws.len() {
+            let n = offsets[g + 1] - offsets[g];
+            if n == 0 {
+                dws.push(None);
+                continue;
+            }
+            let (x_g, dy_g) = (xp + (offsets[g] * inf) as u64 * e, dyp + (offsets[g] * outf) as u64 * e);
+            // dx_g = dy_g · W_g
+            ps.push(RowMajorProduct {
+                m: n,
+                n: inf,
+                k: outf,
+                ta: false,
+                tb: false,
+                a: dy_g,
+                b: self.p(&ws[g]),
+                c: dxp + (offsets[g] * inf) as u64 * e,
+            });
+            // dW_g = dy_gᵀ · x_g
+            let dw = self.alloc(dt, outf * inf)?;
+            ps.push(RowMajorProduct {
+                m: outf,
+                n: inf,
+                k: n,
+                ta: true,
+                tb: false,
+                a: dy_g,
+                b: x_g,
+                c: dw.ptr(&self.stream),
+            });
+            dws.push(Some(self.wrap(dw, &[outf, inf])));
+        }
+        self.grouped_gemm(dt, &ps)?;
+        Ok((self.wrap(dx, &[rows, inf]), dws))
+    }
+}

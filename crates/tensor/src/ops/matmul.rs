@@ -210,3 +210,98 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 pub fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     matmul_backward(x, w, false, true, dy)
 }
+
+fn check_groups(op: &'static str, x: &Tensor, ws: &[Tensor], offsets: &[usize], cols: usize) -> Result<()> {
+    let bad = |d: String| shape_err(op, d, &[x.shape()]);
+    if x.rank() != 2 {
+        return Err(bad("x must be [rows, features]".into()));
+    }
+    if offsets.len() != ws.len() + 1 || offsets.first() != Some(&0) || offsets.last() != Some(&x.dim(0)) {
+        return Err(bad(format!(
+            "offsets {offsets:?} must run from 0 to the {} rows, one more than the weights",
+            x.dim(0)
+        )));
+    }
+    if offsets.windows(2).any(|w| w[1] < w[0]) {
+        return Err(bad(format!("offsets {offsets:?} decrease")));
+    }
+    if let Some((e, w)) =
+        ws.iter().enumerate().find(|(_, w)| w.rank() != 2 || w.dim(1) != cols || w.dim(0) != ws[0].dim(0))
+    {
+        return Err(shape_err(op, format!("weight {e} must be [{}, {cols}]", ws[0].dim(0)), &[w.shape()]));
+    }
+    same_device(op, &[x, &ws[0]])?;
+    same_dtype(op, &[x, &ws[0]])?;
+    Ok(())
+}
+
+/// Grouped linear (the routed experts' projections, DeepSeekMoE): rows
+/// `offsets[e]..offsets[e+1]` of `x [N, in]` go through `ws[e] [out, in]`, giving `[N, out]`.
+/// On CUDA one cuBLAS grouped GEMM replaces a product per expert; on the CPU the groups run
+/// concurrently, each as [`linear`] would compute it.
+pub fn grouped_linear(x: &Tensor, ws: &[Tensor], offsets: &[usize]) -> Result<Tensor> {
+    if ws.is_empty() {
+        return Err(shape_err("grouped_linear", "no weights", &[x.shape()]));
+    }
+    check_groups("grouped_linear", x, ws, offsets, x.dim(-1))?;
+    let out_f = ws[0].dim(0);
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = x.device() {
+        return be.grouped_linear(x, ws, offsets);
+    }
+    let parts: Vec<Tensor> = (0..ws.len())
+        .into_par_iter()
+        .filter(|&e| offsets[e + 1] > offsets[e])
+        .map(|e| linear(&super::shape::narrow(x, 0, offsets[e], offsets[e + 1] - offsets[e])?, &ws[e]))
+        .collect::<Result<_>>()?;
+    if parts.is_empty() {
+        return Tensor::zeros(&[0, out_f], x.dtype(), x.device());
+    }
+    super::shape::cat(&parts, 0)
+}
+
+/// Backward of [`grouped_linear`]: `dx [N, in]` and each group's `dW [out, in]` (`None` for a
+/// group without rows).
+pub fn grouped_linear_backward(
+    x: &Tensor,
+    ws: &[Tensor],
+    offsets: &[usize],
+    dy: &Tensor,
+) -> Result<(Tensor, Vec<Option<Tensor>>)> {
+    if ws.is_empty() {
+        return Err(shape_err("grouped_linear_backward", "no weights", &[x.shape()]));
+    }
+    check_groups("grouped_linear_backward", x, ws, offsets, x.dim(-1))?;
+    if dy.shape() != &[x.dim(0), ws[0].dim(0)] {
+        return Err(shape_err("grouped_linear_backward", "dy must be [N, out]", &[x.shape(), dy.shape()]));
+    }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = x.device() {
+        return be.grouped_linear_backward(x, ws, offsets, dy);
+    }
+    let res: Vec<Option<(Tensor, Tensor)>> = (0..ws.len())
+        .into_par_iter()
+        .map(|e| {
+            let n = offsets[e + 1] - offsets[e];
+            if n == 0 {
+                return Ok(None);
+            }
+            let xe = super::shape::narrow(x, 0, offsets[e], n)?;
+            let de = super::shape::narrow(dy, 0, offsets[e], n)?;
+            Ok(Some(linear_backward(&xe, &ws[e], &de)?))
+        })
+        .collect::<Result<_>>()?;
+    let (mut dxs, mut dws) = (Vec::new(), Vec::new());
+    for r in res {
+        match r {
+            Some((dx, dw)) => {
+                dxs.push(dx);
+                dws.push(Some(dw));
+            }
+            None => dws.push(None),
+        }
+    }
+    let dx =
+        if dxs.is_empty() { Tensor::zeros(x.shape(), x.dtype(), x.device())? } else { super::shape::cat(&dxs, 0)? };
+    Ok((dx, dws))
+}
