@@ -31,6 +31,26 @@ __device__ void scatter_last(float* out, const T* dy, const unsigned* idx, long 
     GRID_STRIDE(i, n) atomicAdd(out + (i / k) * e + idx[i], ld(dy, i));
 }
 
+// out[r, c] = src_row[r] < 0 ? 0 : x[src_row[r], c] (padding expert groups to one length).
+template <typename T>
+__device__ void gather_rows(T* out, const T* x, const long long* src_row, long long n, long long row) {
+    GRID_STRIDE(i, n) {
+        long long r = i / row, c = i - r * row, s = src_row[r];
+        out[i] = s < 0 ? (T)0 : x[s * row + c];
+    }
+}
+
+// Stack equal-sized buffers given by address into one: out[i] = bufs[i / per][i % per]; `scatter`
+// reverses the direction (one contiguous source into the separate buffers).
+template <typename T>
+__device__ void stack_bufs(T* flat, const unsigned long long* bufs, long long per, long long n, int scatter) {
+    GRID_STRIDE(i, n) {
+        T* b = (T*)bufs[i / per];
+        if (scatter) b[i % per] = flat[i];
+        else flat[i] = b[i % per];
+    }
+}
+
 #define INSTANTIATE(T, S)                                                                                     \
     extern "C" __global__ void index_select_##S(T* o, const T* x, const unsigned* idx, long long n,          \
                                                 long long row) {                                            \
@@ -49,5 +69,16 @@ __device__ void scatter_last(float* out, const T* dy, const unsigned* idx, long 
         scatter_last(o, d, idx, n, k, e);                                                                     \
     }
 
+#define INSTANTIATE_ROWS(T, S)                                                                                \
+    extern "C" __global__ void gather_rows_##S(T* o, const T* x, const long long* src, long long n, long long row) { \
+        gather_rows(o, x, src, n, row);                                                                       \
+    }                                                                                                         \
+    extern "C" __global__ void stack_bufs_##S(T* f, const unsigned long long* b, long long per, long long n,  \
+                                              int scatter) {                                                  \
+        stack_bufs(f, b, per, n, scatter);                                                                    \
+    }
+
+INSTANTIATE_ROWS(float, f32)
+INSTANTIATE_ROWS(bf16_t, bf16)
 INSTANTIATE(float, f32)
 INSTANTIATE(bf16_t, bf16)

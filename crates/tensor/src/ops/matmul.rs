@@ -237,8 +237,8 @@ fn check_groups(op: &'static str, x: &Tensor, ws: &[Tensor], offsets: &[usize], 
 
 /// Grouped linear (the routed experts' projections, DeepSeekMoE): rows
 /// `offsets[e]..offsets[e+1]` of `x [N, in]` go through `ws[e] [out, in]`, giving `[N, out]`.
-/// On CUDA one cuBLAS grouped GEMM replaces a product per expert; on the CPU the groups run
-/// concurrently, each as [`linear`] would compute it.
+/// On CUDA one strided-batched GEMM over the groups padded to the largest replaces a product
+/// per expert; on the CPU the groups run concurrently, each as [`linear`] would compute it.
 pub fn grouped_linear(x: &Tensor, ws: &[Tensor], offsets: &[usize]) -> Result<Tensor> {
     if ws.is_empty() {
         return Err(shape_err("grouped_linear", "no weights", &[x.shape()]));
