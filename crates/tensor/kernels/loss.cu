@@ -2,16 +2,23 @@
 // the gradient g · (softmax − onehot) (0 on ignored rows). One block per row of logits [N, V].
 #include "common.cuh"
 
+// The row's max `m` and Σ exp(x − m), on every thread of the block.
+template <typename T>
+__device__ void row_max_sum(const T* x, long long v, float& m, float& z) {
+    m = NEG_INF;
+    for (long long j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, ld(x, j));
+    m = block_max(m);
+    z = 0.0f;
+    for (long long j = threadIdx.x; j < v; j += blockDim.x) z += __expf(ld(x, j) - m);
+    z = block_sum(z);
+}
+
 template <typename T>
 __device__ void ce_rows(float* loss, const T* logits, const long long* tgt, long long v, long long ignore) {
     long long r = blockIdx.x;
     const T* x = logits + r * v;
-    float m = NEG_INF;
-    for (long long j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, ld(x, j));
-    m = block_max(m);
-    float z = 0.0f;
-    for (long long j = threadIdx.x; j < v; j += blockDim.x) z += __expf(ld(x, j) - m);
-    z = block_sum(z);
+    float m, z;
+    row_max_sum(x, v, m, z);
     if (threadIdx.x == 0) loss[r] = tgt[r] == ignore ? 0.0f : m + logf(z) - ld(x, tgt[r]);
 }
 
@@ -23,12 +30,8 @@ __device__ void ce_bwd(T* d, const T* logits, const long long* tgt, long long v,
         for (long long j = threadIdx.x; j < v; j += blockDim.x) st(d, r * v + j, 0.0f);
         return;
     }
-    float m = NEG_INF;
-    for (long long j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, ld(x, j));
-    m = block_max(m);
-    float z = 0.0f;
-    for (long long j = threadIdx.x; j < v; j += blockDim.x) z += __expf(ld(x, j) - m);
-    z = block_sum(z);
+    float m, z;
+    row_max_sum(x, v, m, z);
     float gz = g / z;
     for (long long j = threadIdx.x; j < v; j += blockDim.x)
         st(d, r * v + j, gz * __expf(ld(x, j) - m) - (j == tgt[r] ? g : 0.0f));

@@ -556,49 +556,4 @@ impl CudaBackend {
         self.launch("adamw", &name, grid(n), &args)?;
         Ok(self.wrap(o, p.shape()))
     }
-
-    /// One fused AdamW step on f32 buffers: updates `p`, `m`, `v` in place.
-    #[allow(clippy::too_many_arguments)]
-    pub fn adamw_step(
-        &self,
-        p: &Tensor,
-        m: &Tensor,
-        v: &Tensor,
-        g: &Tensor,
-        lr: f32,
-        betas: (f32, f32),
-        eps: f32,
-        wd: f32,
-        step: i32,
-        gscale: f32,
-    ) -> Result<()> {
-        for t in [p, m, v, g] {
-            if t.dtype() != DType::F32 || t.device().is_cpu() {
-                return Err(TensorError::DType {
-                    op: "adamw_step",
-                    got: t.dtype(),
-                    detail: "fused AdamW takes f32 CUDA buffers".into(),
-                });
-            }
-        }
-        let n = p.numel();
-        let bc1 = 1.0 - betas.0.powi(step);
-        let bc2 = 1.0 - betas.1.powi(step);
-        let args = [
-            Arg::P(self.p(p)),
-            Arg::P(self.p(m)),
-            Arg::P(self.p(v)),
-            Arg::P(self.p(g)),
-            Arg::I64(n as i64),
-            Arg::F32(lr),
-            Arg::F32(betas.0),
-            Arg::F32(betas.1),
-            Arg::F32(eps),
-            Arg::F32(wd),
-            Arg::F32(bc1),
-            Arg::F32(bc2),
-            Arg::F32(gscale),
-        ];
-        self.launch("adamw", "adamw_f32", grid(n), &args)
-    }
 }
