@@ -245,58 +245,44 @@ impl CudaBackend {
         Ok(self.wrap(o, target))
     }
 
+    /// Launch `index::{kernel}_{dtype of src}(out, src, idx, n, dims...)` over `n` elements (the
+    /// shared signature of the index kernels), uploading `idx`.
+    fn launch_indexed(
+        &self,
+        kernel: &str,
+        out: u64,
+        src: &Tensor,
+        idx: &[u32],
+        n: usize,
+        dims: &[usize],
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let di = self.upload_u32(idx)?;
+        let mut args = vec![Arg::P(out), Arg::P(self.p(src)), Arg::P(self.dptr(&di)), Arg::I64(n as i64)];
+        args.extend(dims.iter().map(|&d| Arg::I64(d as i64)));
+        self.launch("index", &format!("{kernel}_{}", suffix(src.dtype())), grid(n), &args)
+    }
+
     pub(crate) fn index_select(self: &Arc<Self>, x: &Tensor, idx: &[u32], shape: &[usize]) -> Result<Tensor> {
         let row: usize = x.shape()[1..].iter().product();
-        let n = idx.len() * row;
-        let o = self.alloc(x.dtype(), n)?;
-        if n > 0 {
-            let di = self.upload_u32(idx)?;
-            let args = [
-                Arg::P(o.ptr(&self.stream)),
-                Arg::P(self.p(x)),
-                Arg::P(self.dptr(&di)),
-                Arg::I64(n as i64),
-                Arg::I64(row as i64),
-            ];
-            self.launch("index", &format!("index_select_{}", suffix(x.dtype())), grid(n), &args)?;
-        }
+        let o = self.alloc(x.dtype(), idx.len() * row)?;
+        self.launch_indexed("index_select", o.ptr(&self.stream), x, idx, idx.len() * row, &[row])?;
         Ok(self.wrap(o, shape))
     }
 
     /// `out = zeros([n_rows, ...]); out[idx[i]] += src[i]`, accumulated in f32.
     pub(crate) fn index_add(self: &Arc<Self>, idx: &[u32], src: &Tensor, shape: &[usize]) -> Result<Tensor> {
         let row: usize = src.shape()[1..].iter().product();
-        let n = idx.len() * row;
         let o = self.alloc_zeroed(DType::F32, shape.iter().product())?;
-        if n > 0 {
-            let di = self.upload_u32(idx)?;
-            let args = [
-                Arg::P(o.ptr(&self.stream)),
-                Arg::P(self.p(src)),
-                Arg::P(self.dptr(&di)),
-                Arg::I64(n as i64),
-                Arg::I64(row as i64),
-            ];
-            self.launch("index", &format!("index_add_{}", suffix(src.dtype())), grid(n), &args)?;
-        }
+        self.launch_indexed("index_add", o.ptr(&self.stream), src, idx, idx.len() * row, &[row])?;
         self.wrap(o, shape).to_dtype(src.dtype())
     }
 
     pub(crate) fn gather_last(self: &Arc<Self>, x: &Tensor, idx: &[u32], k: usize, shape: &[usize]) -> Result<Tensor> {
-        let n = idx.len();
-        let o = self.alloc(x.dtype(), n)?;
-        if n > 0 {
-            let di = self.upload_u32(idx)?;
-            let args = [
-                Arg::P(o.ptr(&self.stream)),
-                Arg::P(self.p(x)),
-                Arg::P(self.dptr(&di)),
-                Arg::I64(n as i64),
-                Arg::I64(k as i64),
-                Arg::I64(x.dim(-1) as i64),
-            ];
-            self.launch("index", &format!("gather_last_{}", suffix(x.dtype())), grid(n), &args)?;
-        }
+        let o = self.alloc(x.dtype(), idx.len())?;
+        self.launch_indexed("gather_last", o.ptr(&self.stream), x, idx, idx.len(), &[k, x.dim(-1)])?;
         Ok(self.wrap(o, shape))
     }
 
@@ -307,20 +293,8 @@ impl CudaBackend {
         e: usize,
         shape: &[usize],
     ) -> Result<Tensor> {
-        let n = idx.len();
         let o = self.alloc_zeroed(DType::F32, shape.iter().product())?;
-        if n > 0 {
-            let di = self.upload_u32(idx)?;
-            let args = [
-                Arg::P(o.ptr(&self.stream)),
-                Arg::P(self.p(dy)),
-                Arg::P(self.dptr(&di)),
-                Arg::I64(n as i64),
-                Arg::I64(dy.dim(-1) as i64),
-                Arg::I64(e as i64),
-            ];
-            self.launch("index", &format!("scatter_last_{}", suffix(dy.dtype())), grid(n), &args)?;
-        }
+        self.launch_indexed("scatter_last", o.ptr(&self.stream), dy, idx, idx.len(), &[dy.dim(-1), e])?;
         self.wrap(o, shape).to_dtype(dy.dtype())
     }
 
