@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use tensor::ops::activation::{swiglu, swiglu_backward};
 use tensor::ops::elementwise::{add, mul};
 use tensor::ops::index::{index_add, index_select};
-use tensor::ops::matmul::{grouped_linear, grouped_linear_backward};
+use tensor::ops::matmul::{matmul, pad_groups, stack, unpad_groups, unstack};
 use tensor::ops::reduce::sum_dim;
 use tensor::ops::shape::{cat, narrow};
 use tensor::{DType, Device, Tensor};
@@ -110,10 +110,20 @@ pub struct Expert {
 }
 
 /// What the routed experts kept: per expert (CPU, FP8 precision), or the grouped activations of
-/// all experts at once (CUDA with f32/bf16 projections: one grouped GEMM per projection).
+/// all experts at once (CUDA with f32/bf16 projections: one batched GEMM per projection).
 enum RoutedSaved {
     PerExpert(Vec<Option<ExpertSaved>>),
-    Grouped { x: Tensor, g: Tensor, u: Tensor, h: Tensor },
+    Grouped(Box<GroupedSaved>),
+}
+
+/// Padded `[experts, m_max, ·]` activations and the stacked weights `[experts, out, in]`.
+struct GroupedSaved {
+    x: Tensor,
+    g: Tensor,
+    u: Tensor,
+    h: Tensor,
+    w: [Tensor; 3],
+    m_max: usize,
 }
 
 /// What [`Expert::forward`] keeps for [`Expert::backward`].
@@ -312,13 +322,17 @@ impl Moe {
         offsets.push(perm_tokens.len());
         let x_perm = index_select(x, &perm_tokens)?;
         let (y_perm, esaved) = if self.grouped(x) {
-            // One grouped GEMM per projection over all experts' rows (rows sorted by expert).
+            // All experts at once: rows padded per expert to the largest load, one batched GEMM
+            // per projection, padded rows staying zero through SwiGLU.
+            let m_max = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0).max(1);
             let [gw, uw, dw] = self.routed_weights();
-            let g = grouped_linear(&x_perm, &gw, &offsets)?;
-            let u = grouped_linear(&x_perm, &uw, &offsets)?;
+            let w = [stack(&gw)?, stack(&uw)?, stack(&dw)?];
+            let xp = pad_groups(&x_perm, &offsets, m_max)?;
+            let g = matmul(&xp, &w[0], false, true)?;
+            let u = matmul(&xp, &w[1], false, true)?;
             let h = swiglu(&g, &u)?;
-            let y = grouped_linear(&h, &dw, &offsets)?;
-            (y, RoutedSaved::Grouped { x: x_perm, g, u, h })
+            let y = unpad_groups(&matmul(&h, &w[2], false, true)?, &offsets)?;
+            (y, RoutedSaved::Grouped(Box::new(GroupedSaved { x: xp, g, u, h, w, m_max })))
         } else {
             // On the CPU the experts run concurrently (each a few hundred rows: too small to keep
             // both cores busy inside one GEMM).
@@ -378,12 +392,19 @@ impl Moe {
         let dw = index_add(t * k, &sv.perm_slots, &dw_perm)?.reshape(&[t, k])?;
         let d_y_perm = mul(&d_yw, &sv.w_perm)?;
         let dx_perm = match &sv.experts {
-            RoutedSaved::Grouped { x, g, u, h } => {
-                let [gw, uw, dw] = self.routed_weights();
-                let (dh, d_down) = grouped_linear_backward(h, &dw, &sv.offsets, &d_y_perm)?;
+            RoutedSaved::Grouped(gs) => {
+                let GroupedSaved { x, g, u, h, w, m_max } = gs.as_ref();
+                let dyp = pad_groups(&d_y_perm, &sv.offsets, *m_max)?;
+                let dh = matmul(&dyp, &w[2], false, false)?;
+                let d_down = matmul(&dyp, h, true, false)?;
                 let (dg, du) = swiglu_backward(g, u, &dh)?;
-                let (dx1, d_gate) = grouped_linear_backward(x, &gw, &sv.offsets, &dg)?;
-                let (dx2, d_up) = grouped_linear_backward(x, &uw, &sv.offsets, &du)?;
+                let dxp = add(&matmul(&dg, &w[0], false, false)?, &matmul(&du, &w[1], false, false)?)?;
+                let d_gate = matmul(&dg, x, true, false)?;
+                let d_up = matmul(&du, x, true, false)?;
+                // Experts without rows get no gradient, as on the per-expert path.
+                let keep: Vec<bool> = sv.offsets.windows(2).map(|o| o[1] > o[0]).collect();
+                let (d_gate, d_up, d_down) =
+                    (unstack(&d_gate, &keep)?, unstack(&d_up, &keep)?, unstack(&d_down, &keep)?);
                 for (e, ((dg, du), dd)) in d_gate.iter().zip(&d_up).zip(&d_down).enumerate() {
                     if let (Some(dg), Some(du), Some(dd)) = (dg, du, dd) {
                         grads.accumulate(&format!("{prefix}.experts.{e}.gate_proj.weight"), dg)?;
@@ -391,7 +412,7 @@ impl Moe {
                         grads.accumulate(&format!("{prefix}.experts.{e}.down_proj.weight"), dd)?;
                     }
                 }
-                add(&dx1, &dx2)?
+                unpad_groups(&dxp, &sv.offsets)?
             }
             RoutedSaved::PerExpert(saved) => {
                 // Each expert's gradients go to its own `Grads` (concurrently on the CPU, as in

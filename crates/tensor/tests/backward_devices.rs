@@ -109,7 +109,23 @@ fn backward_parity_on_every_device() {
                 let y = matmul::grouped_linear(&x[0], &ws, &offsets)?;
                 let (dx, dws) = matmul::grouped_linear_backward(&x[0], &ws, &offsets, &x[4])?;
                 assert!(dws[1].is_none(), "an empty group has no weight gradient");
-                Ok(vec![y, dx, dws[0].clone().unwrap(), dws[2].clone().unwrap()])
+                // The padded layout the MoE's batched path uses, and its inverse.
+                let padded = matmul::pad_groups(&x[0], &offsets, 9)?;
+                let round_trip = matmul::unpad_groups(&padded, &offsets)?;
+                let stacked = matmul::stack(&ws)?;
+                let parts = matmul::unstack(&stacked, &[true, false, true])?;
+                assert!(parts[1].is_none(), "unstack keeps only the flagged matrices");
+                Ok(vec![
+                    y,
+                    dx,
+                    dws[0].clone().unwrap(),
+                    dws[2].clone().unwrap(),
+                    padded,
+                    round_trip,
+                    stacked,
+                    parts[0].clone().unwrap(),
+                    parts[2].clone().unwrap(),
+                ])
             });
             let table = rope::RopeTable::new(8, 10000.0, 64, None).unwrap();
             parity("rope fwd+bwd", &dev, dt, &[&[2, 5, 3, 8]], |x| {

@@ -470,7 +470,7 @@ impl CudaBackend {
 
     /// Rows `offsets[e]..offsets[e+1]` of `x [N, cols]` into slot `e` of `[groups, m_max, cols]`,
     /// zero rows after each group's own.
-    fn pad_groups(self: &Arc<Self>, x: &Tensor, offsets: &[usize], m_max: usize) -> Result<Tensor> {
+    pub(crate) fn pad_groups(self: &Arc<Self>, x: &Tensor, offsets: &[usize], m_max: usize) -> Result<Tensor> {
         let groups = offsets.len() - 1;
         let src: Vec<i64> = (0..groups)
             .flat_map(|e| {
@@ -481,7 +481,7 @@ impl CudaBackend {
     }
 
     /// The inverse of [`CudaBackend::pad_groups`]: `[groups, m_max, cols]` → `[N, cols]`.
-    fn unpad_groups(self: &Arc<Self>, y: &Tensor, offsets: &[usize]) -> Result<Tensor> {
+    pub(crate) fn unpad_groups(self: &Arc<Self>, y: &Tensor, offsets: &[usize]) -> Result<Tensor> {
         let (groups, m_max, cols) = (y.dim(0), y.dim(1), y.dim(2));
         let src: Vec<i64> =
             (0..groups).flat_map(|e| (0..offsets[e + 1] - offsets[e]).map(move |r| (e * m_max + r) as i64)).collect();
@@ -502,12 +502,34 @@ impl CudaBackend {
     }
 
     /// `ws` (each `[out, in]`) stacked into `[groups, out, in]`.
-    fn stack(self: &Arc<Self>, ws: &[Tensor]) -> Result<Tensor> {
+    pub(crate) fn stack(self: &Arc<Self>, ws: &[Tensor]) -> Result<Tensor> {
         let (out, inf, dt) = (ws[0].dim(0), ws[0].dim(1), ws[0].dtype());
         let o = self.alloc(dt, ws.len() * out * inf)?;
         let ptrs: Vec<u64> = ws.iter().map(|w| self.p(w)).collect();
         self.stack_bufs(dt, o.ptr(&self.stream), &ptrs, out * inf, false)?;
         Ok(self.wrap(o, &[ws.len(), out, inf]))
+    }
+
+    /// `[k, rows, cols]` → the kept matrices as separate tensors, in one launch.
+    pub(crate) fn unstack(self: &Arc<Self>, w: &Tensor, keep: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (k, rows, cols, dt) = (w.dim(0), w.dim(1), w.dim(2), w.dtype());
+        let per = rows * cols;
+        let mut outs: Vec<Option<Tensor>> = Vec::with_capacity(k);
+        let (mut ptrs, mut kept) = (Vec::new(), Vec::new());
+        for (g, &on) in keep.iter().enumerate() {
+            if !on {
+                outs.push(None);
+                continue;
+            }
+            let st = self.alloc(dt, per)?;
+            ptrs.push(st.ptr(&self.stream));
+            kept.push(g as i64);
+            outs.push(Some(self.wrap(st, &[rows, cols])));
+        }
+        // The kept matrices are not contiguous in `w` when some are dropped: gather them first.
+        let src = if kept.len() == k { w.clone() } else { self.gather_rows(&w.reshape(&[k, per])?, &kept, per)? };
+        self.stack_bufs(dt, self.p(&src), &ptrs, per, true)?;
+        Ok(outs)
     }
 
     /// Grouped linear as one strided-batched GEMM over the groups padded to the largest group
@@ -538,28 +560,7 @@ impl CudaBackend {
             (self.pad_groups(x, offsets, m_max)?, self.pad_groups(dy, offsets, m_max)?, self.stack(ws)?);
         let dx = self.unpad_groups(&matmul(&dy_pad, &w, false, false)?, offsets)?;
         let dw = matmul(&dy_pad, &x_pad, true, false)?;
-        let (out, inf, dt) = (ws[0].dim(0), ws[0].dim(1), x.dtype());
-        // Split [groups, out, in] into one tensor per group that has rows, in one launch.
-        let mut dws: Vec<Option<Tensor>> = Vec::with_capacity(ws.len());
-        let (mut ptrs, mut firsts) = (Vec::new(), Vec::new());
-        for e in 0..ws.len() {
-            if offsets[e + 1] == offsets[e] {
-                dws.push(None);
-                continue;
-            }
-            let st = self.alloc(dt, out * inf)?;
-            ptrs.push(st.ptr(&self.stream));
-            firsts.push(e);
-            dws.push(Some(self.wrap(st, &[out, inf])));
-        }
-        // The kept groups are not contiguous in `dw` when some are empty: gather them first.
-        let src = if firsts.len() == ws.len() {
-            dw
-        } else {
-            let rows: Vec<i64> = firsts.iter().map(|&e| e as i64).collect();
-            self.gather_rows(&dw.reshape(&[ws.len(), out * inf])?, &rows, out * inf)?
-        };
-        self.stack_bufs(dt, self.p(&src), &ptrs, out * inf, true)?;
-        Ok((dx, dws))
+        let keep: Vec<bool> = offsets.windows(2).map(|w| w[1] > w[0]).collect();
+        Ok((dx, self.unstack(&dw, &keep)?))
     }
 }

@@ -305,3 +305,92 @@ pub fn grouped_linear_backward(
         if dxs.is_empty() { Tensor::zeros(x.shape(), x.dtype(), x.device())? } else { super::shape::cat(&dxs, 0)? };
     Ok((dx, dws))
 }
+
+/// Rows `offsets[g]..offsets[g+1]` of `x [N, cols]` into slot `g` of `[groups, m_max, cols]`,
+/// zero rows after each group's own (`m_max` ≥ the largest group): the padded layout in which a
+/// grouped product is one batched GEMM.
+pub fn pad_groups(x: &Tensor, offsets: &[usize], m_max: usize) -> Result<Tensor> {
+    let groups = offsets.len().saturating_sub(1);
+    if x.rank() != 2
+        || offsets.first() != Some(&0)
+        || offsets.last() != Some(&x.dim(0))
+        || offsets.windows(2).any(|w| w[1] < w[0] || w[1] - w[0] > m_max)
+    {
+        return Err(shape_err("pad_groups", format!("offsets {offsets:?} / m_max {m_max} do not fit"), &[x.shape()]));
+    }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = x.device() {
+        return be.pad_groups(x, offsets, m_max);
+    }
+    let cols = x.dim(1);
+    let hx = host(x)?;
+    with_float!(x.dtype(), T, {
+        let xs = sl::<T>(&hx);
+        let mut v = vec![T::zero(); groups * m_max * cols];
+        for g in 0..groups {
+            let n = offsets[g + 1] - offsets[g];
+            v[g * m_max * cols..(g * m_max + n) * cols].copy_from_slice(&xs[offsets[g] * cols..offsets[g + 1] * cols]);
+        }
+        out(v, &[groups, m_max, cols], x.dtype(), x.device())
+    })
+}
+
+/// The inverse of [`pad_groups`]: `[groups, m_max, cols]` → `[N, cols]` (each group's first rows).
+pub fn unpad_groups(y: &Tensor, offsets: &[usize]) -> Result<Tensor> {
+    if y.rank() != 3
+        || offsets.len() != y.dim(0) + 1
+        || offsets.first() != Some(&0)
+        || offsets.windows(2).any(|w| w[1] < w[0] || w[1] - w[0] > y.dim(1))
+    {
+        return Err(shape_err("unpad_groups", format!("offsets {offsets:?} do not fit"), &[y.shape()]));
+    }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = y.device() {
+        return be.unpad_groups(y, offsets);
+    }
+    let (m_max, cols) = (y.dim(1), y.dim(2));
+    let hy = host(y)?;
+    with_float!(y.dtype(), T, {
+        let ys = sl::<T>(&hy);
+        let mut v = Vec::with_capacity(offsets[offsets.len() - 1] * cols);
+        for g in 0..y.dim(0) {
+            let n = offsets[g + 1] - offsets[g];
+            v.extend_from_slice(&ys[g * m_max * cols..(g * m_max + n) * cols]);
+        }
+        out(v, &[offsets[offsets.len() - 1], cols], y.dtype(), y.device())
+    })
+}
+
+/// Equal-shaped matrices stacked into `[k, rows, cols]` (the experts' weights for a batched GEMM).
+pub fn stack(ws: &[Tensor]) -> Result<Tensor> {
+    let first = ws.first().ok_or_else(|| crate::TensorError::Arg { op: "stack", detail: "no tensors".into() })?;
+    if let Some(w) = ws.iter().find(|w| w.shape() != first.shape() || w.rank() != 2) {
+        return Err(shape_err("stack", "matrices must share one 2-D shape", &[first.shape(), w.shape()]));
+    }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = first.device() {
+        return be.stack(ws);
+    }
+    let parts: Vec<Tensor> = ws.iter().map(|w| w.reshape(&[1, first.dim(0), first.dim(1)])).collect::<Result<_>>()?;
+    super::shape::cat(&parts, 0)
+}
+
+/// The inverse of [`stack`]: `[k, rows, cols]` → `k` matrices `[rows, cols]` (only those `keep`
+/// selects; the others are `None`).
+pub fn unstack(w: &Tensor, keep: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    if w.rank() != 3 || keep.len() != w.dim(0) {
+        return Err(shape_err("unstack", format!("{} flags for a stack of {}", keep.len(), w.dim(0)), &[w.shape()]));
+    }
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = w.device() {
+        return be.unstack(w, keep);
+    }
+    (0..w.dim(0))
+        .map(|g| {
+            if !keep[g] {
+                return Ok(None);
+            }
+            Ok(Some(super::shape::narrow(w, 0, g, 1)?.reshape(&[w.dim(1), w.dim(2)])?))
+        })
+        .collect()
+}
