@@ -534,8 +534,8 @@ impl CudaBackend {
 
     /// Grouped linear as one strided-batched GEMM over the groups padded to the largest group
     /// (zero rows; the routed experts' loads are near balanced, so little work is wasted).
-    /// cuBLAS's own grouped GEMM (`cublasGemmGroupedBatchedEx`) measured ~10 TFLOP/s on these
-    /// shapes, the batched tensor-core kernels several times that.
+    /// cuBLAS's own grouped GEMM (`cublasGemmGroupedBatchedEx`) was slower on the gpu-medium
+    /// expert shapes (docs/PERF.md, gpu-medium training step).
     pub(crate) fn grouped_linear(self: &Arc<Self>, x: &Tensor, ws: &[Tensor], offsets: &[usize]) -> Result<Tensor> {
         let m_max = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
         if m_max == 0 {
