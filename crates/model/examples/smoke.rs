@@ -43,38 +43,61 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut opt = AdamW::new(AdamWConfig::default());
     let t0 = Instant::now();
     let mut times = Vec::new();
+    // Per-phase times (forward + loss, backward, optimizer) of the timed steps.
+    let mut phases: [Vec<f64>; 3] = Default::default();
     let total = if bench { steps + 2 } else { steps };
-    for step in 0..total {
-        let ts = Instant::now();
-        let (logits, saved) = m.forward(&ids, b, s, &pos, &AttnMask::causal())?;
-        let (loss, dl) = lm_loss(&logits, &targets, -100)?;
-        let mut grads = Grads::default();
-        m.backward(&saved, &dl, &mut grads)?;
-        let mut p = Params::default();
-        for (n, t) in m.named_parameters() {
-            p.insert(n, t)?;
-        }
-        opt.step(&mut p, &grads, 1e-3)?;
-        m = DeepseekV3::load(cfg.clone(), &p)?;
-        if bench {
-            if step >= 2 {
-                times.push(ts.elapsed().as_secs_f64());
+    // The loop runs on the thread pool: its ops fork and join there instead of waking it up.
+    let res: Result<(), Box<dyn std::error::Error + Send + Sync>> = tensor::on_pool(|| {
+        for step in 0..total {
+            if step == 2 {
+                tensor::ops::matmul::gemm_profile_reset();
             }
-            if step + 1 == total {
-                times.sort_by(f64::total_cmp);
-                let med = times[times.len() / 2];
-                println!(
-                    "{{\"who\": \"r1\", \"threads\": {}, \"params\": {n_params}, \"step_s\": {med:.4}, \"tokens_per_s\": {:.1}, \"loss\": {loss:.4}}}",
-                    rayon::current_num_threads(),
-                    (b * s) as f64 / med
-                );
+            let ts = Instant::now();
+            let (logits, saved) = m.forward(&ids, b, s, &pos, &AttnMask::causal())?;
+            let (loss, dl) = lm_loss(&logits, &targets, -100)?;
+            let t_fwd = ts.elapsed().as_secs_f64();
+            let mut grads = Grads::default();
+            m.backward(&saved, &dl, &mut grads)?;
+            drop(saved);
+            let t_bwd = ts.elapsed().as_secs_f64();
+            let mut p = Params::default();
+            for (n, t) in m.named_parameters() {
+                p.insert(n, t)?;
             }
-            continue;
+            opt.step(&mut p, &grads, 1e-3)?;
+            m = DeepseekV3::load(cfg.clone(), &p)?;
+            if bench {
+                if step >= 2 {
+                    let t = ts.elapsed().as_secs_f64();
+                    times.push(t);
+                    for (v, x) in phases.iter_mut().zip([t_fwd, t_bwd - t_fwd, t - t_bwd]) {
+                        v.push(x);
+                    }
+                }
+                if step + 1 == total {
+                    let median = |v: &mut Vec<f64>| {
+                        v.sort_by(f64::total_cmp);
+                        v[v.len() / 2]
+                    };
+                    let med = median(&mut times);
+                    let [f, bw, o] = phases.each_mut().map(median);
+                    println!(
+                        "{{\"who\": \"r1\", \"threads\": {}, \"params\": {n_params}, \"step_s\": {med:.4}, \"tokens_per_s\": {:.1}, \"loss\": {loss:.4}, \"forward_s\": {f:.4}, \"backward_s\": {bw:.4}, \"optimizer_s\": {o:.4}}}",
+                        rayon::current_num_threads(),
+                        (b * s) as f64 / med
+                    );
+                }
+                continue;
+            }
+            if step % 10 == 0 || step + 1 == steps {
+                let el = t0.elapsed().as_secs_f64();
+                println!("step {step:>4}  loss {loss:.4}  {:.0} tokens/s", ((step + 1) * b * s) as f64 / el);
+            }
         }
-        if step % 10 == 0 || step + 1 == steps {
-            let el = t0.elapsed().as_secs_f64();
-            println!("step {step:>4}  loss {loss:.4}  {:.0} tokens/s", ((step + 1) * b * s) as f64 / el);
-        }
-    }
+        Ok(())
+    });
+    res.map_err(|e| e.to_string())?;
+    // With R1_GEMM_PROFILE=1: the timed steps' GEMMs by shape.
+    eprint!("{}", tensor::ops::matmul::gemm_profile_report());
     Ok(())
 }

@@ -37,10 +37,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     // SAFETY: sets a process-wide allocator option before any other thread exists.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    // On the CPU thread pool: the tensor ops fork and join there instead of waking it per op.
+    tensor::on_pool(|| match command {
         Command::Rewards(args) => cli::rewards::run(args),
         Command::Logits(args) => cli::logits::run(args),
         Command::Generate(args) => cli::generate::run(args),
         Command::Train(args) => cli::train::run(args),
-    }
+    })
 }

@@ -444,3 +444,20 @@ fn shape_errors_name_op_and_shapes() {
     let e = a.reshape(&[7]).unwrap_err().to_string();
     assert!(e.contains("reshape") && e.contains("[7]"), "{e}");
 }
+
+/// The fused CPU SwiGLU backward rounds exactly as `silu`, `mul` and `silu_backward` applied one
+/// after another (f32, over several parallel chunks with a ragged tail).
+#[test]
+fn swiglu_backward_equals_its_composition_bitwise() {
+    let dev = Device::Cpu;
+    let shape = [3, 40_001];
+    let g = Tensor::randn(&shape, 2.0, 1, DType::F32, &dev).unwrap();
+    let u = Tensor::randn(&shape, 1.0, 2, DType::F32, &dev).unwrap();
+    let dy = Tensor::randn(&shape, 1.0, 3, DType::F32, &dev).unwrap();
+    let (dg, du) = activation::swiglu_backward(&g, &u, &dy).unwrap();
+    let du_ref = elementwise::mul(&dy, &activation::silu(&g).unwrap()).unwrap();
+    let dg_ref = activation::silu_backward(&g, &elementwise::mul(&dy, &u).unwrap()).unwrap();
+    let bits = |t: &Tensor| t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&du), bits(&du_ref), "d up");
+    assert_eq!(bits(&dg), bits(&dg_ref), "d gate");
+}

@@ -89,6 +89,7 @@ pub(crate) fn gemm_ld<T: Float>(
             && c.len() >= need(m, n, ldc),
         "gemm_ld: operand buffers too short for the product"
     );
+    let t0 = std::time::Instant::now();
     // SAFETY: the assertion above shows every addressed element lies inside its slice.
     unsafe {
         gemm::gemm(
@@ -113,6 +114,48 @@ pub(crate) fn gemm_ld<T: Float>(
             par,
         );
     }
+    if gemm_profile_on() {
+        let mut g = GEMM_PROFILE.lock().unwrap_or_else(|e| e.into_inner());
+        let e = g.entry((m, n, k, ta, tb, !matches!(par, gemm::Parallelism::None))).or_default();
+        e.0 += 1;
+        e.1 += t0.elapsed().as_secs_f64();
+    }
+}
+
+/// Per-shape CPU GEMM times, kept when `R1_GEMM_PROFILE` is set: `(m, n, k, ta, tb, threaded)` →
+/// (calls, seconds on the calling thread).
+type GemmProfile = std::collections::BTreeMap<(usize, usize, usize, bool, bool, bool), (usize, f64)>;
+static GEMM_PROFILE: std::sync::Mutex<GemmProfile> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn gemm_profile_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("R1_GEMM_PROFILE").is_some())
+}
+
+/// Forget the GEMM times recorded so far (e.g. after warm-up steps).
+pub fn gemm_profile_reset() {
+    GEMM_PROFILE.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+/// The CPU GEMM profile (`R1_GEMM_PROFILE=1`): one line per shape, slowest first, with the rate
+/// each call reached on its thread (a threaded call's time is wall time on both cores, so its
+/// rate is for both); empty when profiling is off.
+pub fn gemm_profile_report() -> String {
+    let g = GEMM_PROFILE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rows: Vec<_> = g.iter().collect();
+    rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+    let mut s = String::new();
+    for ((m, n, k, ta, tb, par), (calls, t)) in rows {
+        let gflop = 2.0 * (m * n * k * calls) as f64 / 1e9;
+        let threads = if *par { "both cores" } else { "one thread" };
+        s += &format!(
+            "{m:>5}x{n:<5}x{k:<5} ta={} tb={} {threads}: {calls:>6} calls {t:>8.4} s {:>6.1} GFLOP/s\n",
+            *ta as u8,
+            *tb as u8,
+            gflop / t
+        );
+    }
+    s
 }
 
 /// Batched product on host buffers.
