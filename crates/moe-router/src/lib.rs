@@ -25,10 +25,9 @@ use optim::{Grads, Params};
 use rayon::prelude::*;
 use tensor::ops::activation::{swiglu, swiglu_backward};
 use tensor::ops::elementwise::{add, mul};
-use tensor::ops::index::{index_add, index_select};
+use tensor::ops::index::{combine_rows, combine_rows_backward, index_add, index_select};
 use tensor::ops::matmul::{matmul, pad_groups, stack, unpad_groups, unstack};
 use tensor::ops::reduce::sum_dim;
-use tensor::ops::shape::{cat, narrow};
 use tensor::{DType, Device, Tensor};
 
 /// Errors of the MoE layer.
@@ -112,11 +111,20 @@ pub struct Expert {
 /// What the routed experts kept: per expert (CPU, FP8 precision), or the grouped activations of
 /// all experts at once (CUDA with f32/bf16 projections: one batched GEMM per projection).
 enum RoutedSaved {
-    PerExpert(Vec<Option<ExpertSaved>>),
+    PerExpert(Box<PerExpertSaved>),
     Grouped(Box<GroupedSaved>),
 }
 
-/// Padded `[experts, m_max, ·]` activations and the stacked weights `[experts, out, in]`.
+/// Each expert's activations and output rows (`[0, hidden]` for an expert without tokens), and
+/// where each `t·k + j` routing slot's row lies: `(expert, row)`.
+struct PerExpertSaved {
+    experts: Vec<Option<ExpertSaved>>,
+    ys: Vec<Tensor>,
+    loc: Vec<(u32, u32)>,
+}
+
+/// Padded `[experts, m_max, ·]` activations and the stacked weights `[experts, out, in]`, and
+/// the unpadded outputs `y_perm` with their routing weights `w_perm` (rows in dispatch order).
 struct GroupedSaved {
     x: Tensor,
     g: Tensor,
@@ -124,6 +132,8 @@ struct GroupedSaved {
     h: Tensor,
     w: [Tensor; 3],
     m_max: usize,
+    y_perm: Tensor,
+    w_perm: Tensor,
 }
 
 /// What [`Expert::forward`] keeps for [`Expert::backward`].
@@ -215,8 +225,8 @@ pub struct MoeSaved {
     perm_tokens: Vec<u32>,
     perm_slots: Vec<u32>,
     offsets: Vec<usize>,
-    y_perm: Tensor,
-    w_perm: Tensor,
+    /// The routing weights `[T, k]` in the activations' dtype.
+    weights: Tensor,
     experts: RoutedSaved,
     shared: Option<ExpertSaved>,
     tokens: usize,
@@ -320,10 +330,11 @@ impl Moe {
             perm_slots.extend(b.iter().map(|p| p.1));
         }
         offsets.push(perm_tokens.len());
-        let x_perm = index_select(x, &perm_tokens)?;
-        let (y_perm, esaved) = if self.grouped(x) {
+        let weights = routing.weights.to_dtype(x.dtype())?;
+        let (mut y, esaved) = if self.grouped(x) {
             // All experts at once: rows padded per expert to the largest load, one batched GEMM
             // per projection, padded rows staying zero through SwiGLU.
+            let x_perm = index_select(x, &perm_tokens)?;
             let m_max = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0).max(1);
             let [gw, uw, dw] = self.routed_weights();
             let w = [stack(&gw)?, stack(&uw)?, stack(&dw)?];
@@ -331,35 +342,37 @@ impl Moe {
             let g = matmul(&xp, &w[0], false, true)?;
             let u = matmul(&xp, &w[1], false, true)?;
             let h = swiglu(&g, &u)?;
-            let y = unpad_groups(&matmul(&h, &w[2], false, true)?, &offsets)?;
-            (y, RoutedSaved::Grouped(Box::new(GroupedSaved { x: xp, g, u, h, w, m_max })))
+            let y_perm = unpad_groups(&matmul(&h, &w[2], false, true)?, &offsets)?;
+            let w_perm = index_select(&weights.reshape(&[t * k, 1])?, &perm_slots)?;
+            let y = index_add(t, &perm_tokens, &mul(&y_perm, &w_perm)?)?;
+            (y, RoutedSaved::Grouped(Box::new(GroupedSaved { x: xp, g, u, h, w, m_max, y_perm, w_perm })))
         } else {
-            // On the CPU the experts run concurrently (each a few hundred rows: too small to keep
-            // both cores busy inside one GEMM).
-            let run = |e: usize| -> Result<Option<(Tensor, ExpertSaved)>> {
-                let n = offsets[e + 1] - offsets[e];
-                if n == 0 {
-                    return Ok(None);
+            // Each expert gathers its own rows; on the CPU the experts run concurrently (each a
+            // few hundred rows: too small to keep both cores busy inside one GEMM). The outputs
+            // are combined straight from the experts' buffers.
+            let run = |e: usize| -> Result<(Tensor, Option<ExpertSaved>)> {
+                let rows = &perm_tokens[offsets[e]..offsets[e + 1]];
+                if rows.is_empty() {
+                    return Ok((Tensor::zeros(&[0, x.dim(1)], x.dtype(), x.device())?, None));
                 }
-                Ok(Some(self.experts[e].forward(&narrow(&x_perm, 0, offsets[e], n)?)?))
+                let (y, s) = self.experts[e].forward(&index_select(x, rows)?)?;
+                Ok((y, Some(s)))
             };
-            let outs: Vec<Option<(Tensor, ExpertSaved)>> = if x.device().is_cpu() {
+            let outs: Vec<(Tensor, Option<ExpertSaved>)> = if x.device().is_cpu() {
                 (0..self.experts.len()).into_par_iter().map(run).collect::<Result<_>>()?
             } else {
                 (0..self.experts.len()).map(run).collect::<Result<_>>()?
             };
-            let mut ys = Vec::new();
-            let mut esaved = Vec::with_capacity(self.experts.len());
-            for o in outs {
-                esaved.push(o.map(|(y, s)| {
-                    ys.push(y);
-                    s
-                }));
+            let (ys, experts): (Vec<Tensor>, Vec<Option<ExpertSaved>>) = outs.into_iter().unzip();
+            let mut loc = vec![(0u32, 0u32); t * k];
+            for e in 0..self.experts.len() {
+                for (r, &slot) in perm_slots[offsets[e]..offsets[e + 1]].iter().enumerate() {
+                    loc[slot as usize] = (e as u32, r as u32);
+                }
             }
-            (cat(&ys, 0)?, RoutedSaved::PerExpert(esaved))
+            let y = combine_rows(&ys, &loc, k, Some(&weights))?;
+            (y, RoutedSaved::PerExpert(Box::new(PerExpertSaved { experts, ys, loc })))
         };
-        let w_perm = index_select(&routing.weights.reshape(&[t * k, 1])?, &perm_slots)?.to_dtype(x.dtype())?;
-        let mut y = index_add(t, &perm_tokens, &mul(&y_perm, &w_perm)?)?;
         let mut shared = None;
         if let Some(se) = &self.shared_experts {
             let (ys, s) = se.forward(x)?;
@@ -372,8 +385,7 @@ impl Moe {
             perm_tokens,
             perm_slots,
             offsets,
-            y_perm,
-            w_perm,
+            weights,
             experts: esaved,
             shared,
             tokens: t,
@@ -386,14 +398,14 @@ impl Moe {
     /// gradient (its value is in `saved.routing.balance_loss`).
     pub fn backward(&self, sv: &MoeSaved, dy: &Tensor, grads: &mut Grads, prefix: &str) -> Result<Tensor> {
         let (t, k) = (sv.tokens, self.cfg.num_experts_per_tok);
-        let d_yw = index_select(dy, &sv.perm_tokens)?;
-        // d w for each routed row = <dy_t, y_row>; gathered back to [T, k].
-        let dw_perm = sum_dim(&mul(&d_yw, &sv.y_perm)?, 1)?.reshape(&[t * k, 1])?;
-        let dw = index_add(t * k, &sv.perm_slots, &dw_perm)?.reshape(&[t, k])?;
-        let d_y_perm = mul(&d_yw, &sv.w_perm)?;
-        let dx_perm = match &sv.experts {
+        let (mut dx, dw) = match &sv.experts {
             RoutedSaved::Grouped(gs) => {
-                let GroupedSaved { x, g, u, h, w, m_max } = gs.as_ref();
+                let GroupedSaved { x, g, u, h, w, m_max, y_perm, w_perm } = gs.as_ref();
+                let d_yw = index_select(dy, &sv.perm_tokens)?;
+                // d w for each routed row = <dy_t, y_row>; gathered back to [T, k].
+                let dw_perm = sum_dim(&mul(&d_yw, y_perm)?, 1)?.reshape(&[t * k, 1])?;
+                let dw = index_add(t * k, &sv.perm_slots, &dw_perm)?.reshape(&[t, k])?;
+                let d_y_perm = mul(&d_yw, w_perm)?;
                 let dyp = pad_groups(&d_y_perm, &sv.offsets, *m_max)?;
                 let dh = matmul(&dyp, &w[2], false, false)?;
                 let d_down = matmul(&dyp, h, true, false)?;
@@ -412,34 +424,36 @@ impl Moe {
                         grads.accumulate(&format!("{prefix}.experts.{e}.down_proj.weight"), dd)?;
                     }
                 }
-                unpad_groups(&dxp, &sv.offsets)?
+                (index_add(t, &sv.perm_tokens, &unpad_groups(&dxp, &sv.offsets)?)?, dw)
             }
-            RoutedSaved::PerExpert(saved) => {
+            RoutedSaved::PerExpert(ps) => {
+                let PerExpertSaved { experts, ys, loc } = ps.as_ref();
+                // Each expert's output gradient (w · dy at its rows) and the weights' (<dy, y>).
+                let (d_ys, dw) = combine_rows_backward(ys, loc, k, Some(&sv.weights), dy)?;
+                let dw = dw.expect("weights were given");
                 // Each expert's gradients go to its own `Grads` (concurrently on the CPU, as in
                 // the forward) and are merged in expert order.
-                let run = |e: usize| -> Result<Option<(Tensor, Grads)>> {
-                    let Some(s) = &saved[e] else { return Ok(None) };
-                    let d = narrow(&d_y_perm, 0, sv.offsets[e], sv.offsets[e + 1] - sv.offsets[e])?;
+                let run = |e: usize| -> Result<(Tensor, Option<Grads>)> {
+                    let Some(s) = &experts[e] else { return Ok((d_ys[e].clone(), None)) };
                     let mut g = Grads::default();
-                    let dx = self.experts[e].backward(s, &d, &mut g, &format!("{prefix}.experts.{e}"))?;
-                    Ok(Some((dx, g)))
+                    let dx = self.experts[e].backward(s, &d_ys[e], &mut g, &format!("{prefix}.experts.{e}"))?;
+                    Ok((dx, Some(g)))
                 };
-                let outs: Vec<Option<(Tensor, Grads)>> = if dy.device().is_cpu() {
+                let outs: Vec<(Tensor, Option<Grads>)> = if dy.device().is_cpu() {
                     (0..self.experts.len()).into_par_iter().map(run).collect::<Result<_>>()?
                 } else {
                     (0..self.experts.len()).map(run).collect::<Result<_>>()?
                 };
-                let mut dxs = Vec::new();
-                for (dx, g) in outs.into_iter().flatten() {
-                    for (name, t) in g.iter() {
+                let mut dxs = Vec::with_capacity(outs.len());
+                for (dx, g) in outs {
+                    for (name, t) in g.iter().flat_map(|g| g.iter()) {
                         grads.accumulate(name, t)?;
                     }
                     dxs.push(dx);
                 }
-                cat(&dxs, 0)?
+                (combine_rows(&dxs, loc, k, None)?, dw)
             }
         };
-        let mut dx = index_add(t, &sv.perm_tokens, &dx_perm)?;
         if let (Some(se), Some(s)) = (&self.shared_experts, &sv.shared) {
             dx = add(&dx, &se.backward(s, dy, grads, &format!("{prefix}.shared_experts"))?)?;
         }

@@ -169,6 +169,27 @@ proptest! {
            move |x, r| { let (_, idx) = index::topk(&x[0], k)?; Ok(vec![index::topk_backward(r, &idx, e)?]) });
     }
 
+    /// Expert combine: gradients of every source and of the weights (each source row named by at
+    /// most one slot; some rows by none).
+    #[test]
+    fn combine_rows_grad(n in 1usize..5, k in 1usize..4, d in 1usize..5, seed in 0u64..1000) {
+        // Slot s names row s / 3 of source s % 3 (each row once); every source has one more row
+        // that no slot names.
+        let slots = n * k;
+        let loc: Vec<(u32, u32)> = (0..slots).map(|s| ((s % 3) as u32, (s / 3) as u32)).collect();
+        let rows = |e: usize| (0..slots).filter(|s| s % 3 == e).count() + 1;
+        let mut inputs: Vec<Tensor> = (0..3).map(|e| rand64(&[rows(e), d], seed + e as u64)).collect();
+        inputs.push(rand64(&[n, k], seed + 7));
+        let (l1, l2) = (loc.clone(), loc.clone());
+        gc("combine_rows", inputs, seed,
+           move |x| index::combine_rows(&x[..3], &l1, k, Some(&x[3])),
+           move |x, r| {
+               let (mut g, dw) = index::combine_rows_backward(&x[..3], &l2, k, Some(&x[3]), r)?;
+               g.push(dw.expect("weighted"));
+               Ok(g)
+           });
+    }
+
     #[test]
     fn cross_entropy_grad(n in 1usize..6, v in 2usize..9, seed in 0u64..1000) {
         let tg: Vec<i64> = (0..n).map(|i| if (i as u64 + seed).is_multiple_of(4) { -100 } else { ((i as u64 * 7 + seed) % v as u64) as i64 }).collect();

@@ -461,3 +461,68 @@ fn swiglu_backward_equals_its_composition_bitwise() {
     assert_eq!(bits(&du), bits(&du_ref), "d up");
     assert_eq!(bits(&dg), bits(&dg_ref), "d gate");
 }
+
+/// Expert combine: `combine_rows` against a naive sum over the slots, with and without weights,
+/// with a source that no slot names and one without rows; its backward against the naive
+/// scatter (each named row gets `w · dy`, unnamed rows zero) and `⟨dy, row⟩` for the weights.
+#[test]
+fn combine_rows_forward_and_backward() {
+    for dev in devices() {
+        let d = 5;
+        let lens = [3usize, 0, 4, 2];
+        let srcs: Vec<(Tensor, Vec<f64>)> =
+            lens.iter().enumerate().map(|(e, &n)| rand_on(&[n, d], 40 + e as u64, &dev)).collect();
+        // Four outputs × k = 2: rows of sources 0 and 2, and one of 3 (its row 1 is never named).
+        let loc = [(2u32, 3u32), (0, 0), (0, 2), (2, 0), (3, 0), (2, 1), (0, 1), (2, 2)];
+        let (k, n) = (2, 4);
+        let (w, wv) = rand_on(&[n, k], 50, &dev);
+        let (dy, dv) = rand_on(&[n, d], 51, &dev);
+        let ts: Vec<Tensor> = srcs.iter().map(|s| s.0.clone()).collect();
+        let row = |e: u32, r: u32| &srcs[e as usize].1[r as usize * d..(r as usize + 1) * d];
+        for weighted in [true, false] {
+            let wt = weighted.then_some(&w);
+            let got = index::combine_rows(&ts, &loc, k, wt).unwrap().to_vec_f64().unwrap();
+            let mut want = vec![0.0; n * d];
+            for (s, &(e, r)) in loc.iter().enumerate() {
+                let c = if weighted { wv[s] } else { 1.0 };
+                for j in 0..d {
+                    want[(s / k) * d + j] += c * row(e, r)[j];
+                }
+            }
+            assert!(rel_err(&got, &want) < tol(&dev), "{dev:?} weighted={weighted}");
+            let (d_srcs, dw) = index::combine_rows_backward(&ts, &loc, k, wt, &dy).unwrap();
+            for (e, ds) in d_srcs.iter().enumerate() {
+                assert_eq!(ds.shape(), ts[e].shape());
+                let mut want = vec![0.0; lens[e] * d];
+                for (s, &(se, r)) in loc.iter().enumerate() {
+                    if se as usize == e {
+                        let c = if weighted { wv[s] } else { 1.0 };
+                        for j in 0..d {
+                            want[r as usize * d + j] = c * dv[(s / k) * d + j];
+                        }
+                    }
+                }
+                assert!(rel_err(&ds.to_vec_f64().unwrap(), &want) < tol(&dev), "{dev:?} source {e}");
+            }
+            match dw {
+                Some(dw) => {
+                    assert_eq!(dw.shape(), &[n, k]);
+                    let want: Vec<f64> = loc
+                        .iter()
+                        .enumerate()
+                        .map(|(s, &(e, r))| (0..d).map(|j| dv[(s / k) * d + j] * row(e, r)[j]).sum())
+                        .collect();
+                    assert!(rel_err(&dw.to_vec_f64().unwrap(), &want) < tol(&dev), "{dev:?} dw");
+                }
+                None => assert!(!weighted),
+            }
+        }
+        // Errors: a row out of range, a source out of range, a slot count not a multiple of k,
+        // a row named twice (backward), weights of the wrong size.
+        assert!(index::combine_rows(&ts, &[(0, 3), (0, 0)], 2, None).is_err());
+        assert!(index::combine_rows(&ts, &[(4, 0), (0, 0)], 2, None).is_err());
+        assert!(index::combine_rows(&ts, &loc[..3], 2, None).is_err());
+        assert!(index::combine_rows_backward(&ts, &[(0, 1), (0, 1)], 2, None, &dy.reshape(&[4, d]).unwrap()).is_err());
+        assert!(index::combine_rows(&ts, &loc, k, Some(&dy)).is_err());
+    }
+}

@@ -184,3 +184,217 @@ pub fn topk(x: &Tensor, k: usize) -> Result<(Tensor, Vec<u32>)> {
 pub fn topk_backward(dvalues: &Tensor, idx: &[u32], e: usize) -> Result<Tensor> {
     scatter_last(dvalues, idx, e)
 }
+
+/// Checks shared by [`combine_rows`] and its backward; returns the row width.
+fn combine_check(op: &'static str, srcs: &[Tensor], loc: &[(u32, u32)], k: usize, w: Option<&Tensor>) -> Result<usize> {
+    let first = srcs.first().ok_or_else(|| TensorError::Arg { op, detail: "no sources".into() })?;
+    let row_shape = &first.shape()[1..];
+    if first.rank() == 0 || srcs.iter().any(|s| s.rank() == 0 || &s.shape()[1..] != row_shape) {
+        return Err(shape_err(
+            op,
+            "sources must share their row shape",
+            &srcs.iter().map(|s| s.shape()).collect::<Vec<_>>(),
+        ));
+    }
+    if k == 0 || !loc.len().is_multiple_of(k) {
+        return Err(TensorError::Arg { op, detail: format!("{} slots are not a multiple of k = {k}", loc.len()) });
+    }
+    check_idx(op, &loc.iter().map(|l| l.0).collect::<Vec<_>>(), srcs.len())?;
+    for &(e, r) in loc {
+        check_idx(op, &[r], srcs[e as usize].dim(0))?;
+    }
+    if let Some(w) = w {
+        if w.numel() != loc.len() {
+            return Err(shape_err(op, format!("weights must hold the {} slots", loc.len()), &[w.shape()]));
+        }
+        super::same_dtype(op, &[first, w])?;
+    }
+    Ok(row_shape.iter().product())
+}
+
+/// Slot order within each output row: by source, then row (the order expert dispatch sums in).
+fn combine_order(loc: &[(u32, u32)], k: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..loc.len() as u32).collect();
+    order.par_chunks_mut(k).for_each(|o| o.sort_by_key(|&s| loc[s as usize]));
+    order
+}
+
+/// The combine step of expert dispatch: a weighted sum of rows gathered from several sources,
+/// `out[i] = Σ_j w[i, j] · srcs[e][r]` with `(e, r) = loc[i·k + j]`, for `i < loc.len() / k`;
+/// the `k` terms are added in increasing `(e, r)` order, each product rounded first (as
+/// `index_add` of `mul`). `w` has the sources' dtype and `loc.len()` entries (`None`: weight 1).
+/// On the CPU one pass over the sources; elsewhere `cat`, `index_select`, `mul`, `index_add`.
+pub fn combine_rows(srcs: &[Tensor], loc: &[(u32, u32)], k: usize, w: Option<&Tensor>) -> Result<Tensor> {
+    let row = combine_check("combine_rows", srcs, loc, k, w)?;
+    let n = loc.len() / k;
+    let first = &srcs[0];
+    let mut shape = first.shape().clone();
+    shape[0] = n;
+    if !first.device().is_cpu() {
+        let (all, rows) = cat_rows(srcs, loc)?;
+        let order = combine_order(loc, k);
+        let picked: Vec<u32> = order.iter().map(|&s| rows[s as usize]).collect();
+        let mut y = index_select(&all, &picked)?;
+        if let Some(w) = w {
+            y = super::elementwise::mul(&y, &index_select(&w.reshape(&[loc.len(), 1])?, &order)?)?;
+        }
+        let dest: Vec<u32> = order.iter().map(|&s| s / k as u32).collect();
+        return index_add(n, &dest, &y);
+    }
+    let hs: Vec<Tensor> = srcs.iter().map(host).collect::<Result<_>>()?;
+    let hw = w.map(host).transpose()?;
+    let order = combine_order(loc, k);
+    with_float!(first.dtype(), T, {
+        let ss: Vec<&[T]> = hs.iter().map(sl::<T>).collect();
+        let ws = hw.as_ref().map(sl::<T>);
+        let mut v = vec![T::zero(); n * row];
+        if row > 0 {
+            v.par_chunks_mut(row).with_min_len((PAR_MIN / row).max(1)).enumerate().for_each(|(i, dst)| {
+                simd(|| {
+                    for &s in &order[i * k..(i + 1) * k] {
+                        let (e, r) = loc[s as usize];
+                        let src = &ss[e as usize][r as usize * row..(r as usize + 1) * row];
+                        match ws {
+                            Some(ws) => {
+                                let c = ws[s as usize];
+                                dst.iter_mut().zip(src).for_each(|(d, &x)| *d += x * c);
+                            }
+                            None => dst.iter_mut().zip(src).for_each(|(d, &x)| *d += x),
+                        }
+                    }
+                })
+            });
+        }
+        out(v, &shape, first.dtype(), first.device())
+    })
+}
+
+/// The sources concatenated along rows, and each slot's row in that concatenation.
+fn cat_rows(srcs: &[Tensor], loc: &[(u32, u32)]) -> Result<(Tensor, Vec<u32>)> {
+    let mut start = vec![0u32; srcs.len()];
+    for e in 1..srcs.len() {
+        start[e] = start[e - 1] + srcs[e - 1].dim(0) as u32;
+    }
+    let rows = loc.iter().map(|&(e, r)| start[e as usize] + r).collect();
+    Ok((super::shape::cat(srcs, 0)?, rows))
+}
+
+/// Backward of [`combine_rows`]: each source's gradient (`w[i, j] · dy[i]` at the row slot
+/// `i·k + j` names, zero rows where none does) and, with weights, theirs (`[n, k]`:
+/// `⟨dy[i], srcs[e][r]⟩`). Each source row may be named by at most one slot (expert dispatch
+/// sends a token to an expert once).
+pub fn combine_rows_backward(
+    srcs: &[Tensor],
+    loc: &[(u32, u32)],
+    k: usize,
+    w: Option<&Tensor>,
+    dy: &Tensor,
+) -> Result<(Vec<Tensor>, Option<Tensor>)> {
+    let op = "combine_rows_backward";
+    let row = combine_check(op, srcs, loc, k, w)?;
+    let n = loc.len() / k;
+    let first = &srcs[0];
+    if dy.dim(0) != n || dy.numel() != n * row {
+        return Err(shape_err(op, format!("dy must be [{n}, row]"), &[dy.shape(), first.shape()]));
+    }
+    super::same_dtype(op, &[first, dy])?;
+    // Which slot names each source row.
+    let mut slot_of: Vec<Vec<u32>> = srcs.iter().map(|s| vec![u32::MAX; s.dim(0)]).collect();
+    for (s, &(e, r)) in loc.iter().enumerate() {
+        let at = &mut slot_of[e as usize][r as usize];
+        if *at != u32::MAX {
+            return Err(TensorError::Arg { op, detail: format!("row {r} of source {e} is named by two slots") });
+        }
+        *at = s as u32;
+    }
+    let dw_shape = [n, k];
+    if !first.device().is_cpu() {
+        let (all, rows) = cat_rows(srcs, loc)?;
+        let slots: Vec<u32> = (0..loc.len() as u32).collect();
+        let tokens: Vec<u32> = slots.iter().map(|&s| s / k as u32).collect();
+        let d_sel = index_select(dy, &tokens)?;
+        let dw = match w {
+            Some(_) => {
+                let prod = super::elementwise::mul(&d_sel, &index_select(&all, &rows)?)?;
+                let per = super::reduce::sum_dim(&prod.reshape(&[loc.len(), row])?, 1)?;
+                Some(per.reshape(&dw_shape)?)
+            }
+            None => None,
+        };
+        let scaled = match w {
+            Some(w) => super::elementwise::mul(&d_sel, &w.reshape(&[loc.len(), 1])?)?,
+            None => d_sel,
+        };
+        let d_all = index_add(all.dim(0), &rows, &scaled)?;
+        let mut d_srcs = Vec::with_capacity(srcs.len());
+        let mut at = 0;
+        for s in srcs {
+            d_srcs.push(super::shape::narrow(&d_all, 0, at, s.dim(0))?);
+            at += s.dim(0);
+        }
+        return Ok((d_srcs, dw));
+    }
+    let hs: Vec<Tensor> = srcs.iter().map(host).collect::<Result<_>>()?;
+    let (hw, hd) = (w.map(host).transpose()?, host(dy)?);
+    with_float!(first.dtype(), T, {
+        let ss: Vec<&[T]> = hs.iter().map(sl::<T>).collect();
+        let (ws, ds) = (hw.as_ref().map(sl::<T>), sl::<T>(&hd));
+        let d_srcs = srcs
+            .par_iter()
+            .zip(&slot_of)
+            .map(|(s, slots)| {
+                let mut v = vec![T::zero(); s.numel()];
+                if row > 0 {
+                    v.par_chunks_mut(row).zip(slots.par_iter()).with_min_len((PAR_MIN / row).max(1)).for_each(
+                        |(dst, &slot)| {
+                            if slot == u32::MAX {
+                                return;
+                            }
+                            let i = slot as usize / k;
+                            let src = &ds[i * row..(i + 1) * row];
+                            simd(|| match ws {
+                                Some(ws) => {
+                                    let c = ws[slot as usize];
+                                    dst.iter_mut().zip(src).for_each(|(d, &g)| *d = g * c);
+                                }
+                                None => dst.copy_from_slice(src),
+                            })
+                        },
+                    );
+                }
+                out(v, s.shape(), s.dtype(), s.device())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let dw = match ws {
+            Some(_) => {
+                let mut v = vec![T::zero(); loc.len()];
+                v.par_iter_mut().with_min_len((PAR_MIN / row.max(1)).max(1)).enumerate().for_each(|(s, o)| {
+                    let (e, r) = loc[s];
+                    let y = &ss[e as usize][r as usize * row..(r as usize + 1) * row];
+                    let g = &ds[(s / k) * row..(s / k + 1) * row];
+                    *o = simd(|| dot(g, y));
+                });
+                Some(out(v, &dw_shape, first.dtype(), first.device())?)
+            }
+            None => None,
+        };
+        Ok((d_srcs, dw))
+    })
+}
+
+/// `Σ a[i]·b[i]` in eight interleaved partial sums (vectorises), then added pairwise.
+#[inline(always)]
+fn dot<T: crate::Float>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        acc[l] += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
