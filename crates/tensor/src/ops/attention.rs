@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::matmul::gemm_ld;
-use super::vmath::simd;
+use super::vmath::{self, simd};
 use super::{host, out, same_device, same_dtype, sl, with_float};
 use crate::error::shape_err;
 use crate::{Float, Result, Tensor};
@@ -59,17 +59,13 @@ fn softmax_row<T: Float>(row: &mut [T], lim: usize, scale: T, visible: Option<&d
     if let Some(vis) = visible {
         head.iter_mut().enumerate().filter(|(j, _)| !vis(*j)).for_each(|(_, x)| *x = T::neg_infinity());
     }
-    let m = head.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+    let m = vmath::max(head);
     if m == T::neg_infinity() {
         head.iter_mut().for_each(|x| *x = T::zero());
         return false;
     }
-    let mut z = T::zero();
-    for x in head.iter_mut() {
-        *x = (*x - m).fexp();
-        z += *x;
-    }
-    let rz = T::one() / z;
+    head.iter_mut().for_each(|x| *x = (*x - m).fexp());
+    let rz = T::one() / vmath::sum(head);
     head.iter_mut().for_each(|x| *x *= rz);
     true
 }
@@ -219,7 +215,7 @@ pub fn attention_backward(
                         gemm_ld(rows, end, dv, (dblk, dv, false), (vb, dv, true), (&mut dp[..], t), false, none);
                         for r in 0..rows {
                             let (pr, dr) = (&pb[(i0 + r) * t..(i0 + r) * t + end], &mut dp[r * t..r * t + end]);
-                            let dot: T = pr.iter().zip(dr.iter()).map(|(&a, &c)| a * c).sum();
+                            let dot = vmath::dot(pr, dr);
                             for (d, &pv) in dr.iter_mut().zip(pr) {
                                 *d = T::c(scale) * pv * (*d - dot);
                             }

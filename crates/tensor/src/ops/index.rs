@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::vmath::simd;
+use super::vmath::{dot, simd};
 use super::{PAR_MIN, host, out, sl, with_float};
 use crate::error::shape_err;
 use crate::{Result, Tensor, TensorError};
@@ -380,21 +380,4 @@ pub fn combine_rows_backward(
         };
         Ok((d_srcs, dw))
     })
-}
-
-/// `Σ a[i]·b[i]` in eight interleaved partial sums (vectorises), then added pairwise.
-#[inline(always)]
-fn dot<T: crate::Float>(a: &[T], b: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
-        acc[l] += x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }

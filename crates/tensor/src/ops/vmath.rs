@@ -37,9 +37,85 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     }
 }
 
+/// Eight lanes folded pairwise: `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`.
+#[inline(always)]
+fn fold8<T: crate::Float>(l: [T; 8]) -> T {
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
+}
+
+/// `Σ a[i]·b[i]` in eight interleaved partial sums (element `i` into lane `i mod 8`, so the loop
+/// vectorises), then [`fold8`].
+#[inline(always)]
+pub(crate) fn dot<T: crate::Float>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        acc[l] += x * y;
+    }
+    fold8(acc)
+}
+
+/// `Σ a[i]` in the lane order of [`dot`].
+#[inline(always)]
+pub(crate) fn sum<T: crate::Float>(a: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let c = a.chunks_exact(8);
+    let r = c.remainder();
+    for x in c {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    for (l, &x) in r.iter().enumerate() {
+        acc[l] += x;
+    }
+    fold8(acc)
+}
+
+/// The largest element (−∞ for an empty slice; NaN is ignored as by `f32::max`), eight lanes
+/// at a time.
+#[inline(always)]
+pub(crate) fn max<T: crate::Float>(a: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); 8];
+    let c = a.chunks_exact(8);
+    let r = c.remainder();
+    for x in c {
+        for l in 0..8 {
+            acc[l] = acc[l].max(x[l]);
+        }
+    }
+    for (l, &x) in r.iter().enumerate() {
+        acc[l] = acc[l].max(x);
+    }
+    acc.iter().fold(T::neg_infinity(), |m, &x| m.max(x))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::exp_f32;
+    use super::{dot, exp_f32, max, sum};
+
+    /// The lane-split reductions at every length 0..40 (ragged tails included): sums and dot
+    /// products within f32 rounding of the f64 results (|Δ| ≤ 1e-6 · Σ|terms|), the maximum
+    /// exact, −∞ for an empty slice.
+    #[test]
+    fn lane_reductions_match_f64() {
+        for n in 0..40usize {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.37).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 13 % 7) as f32 - 3.0) * 1.9).collect();
+            let (sa, sab) = (a.iter().map(|&x| x as f64), a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64));
+            let (want_s, want_d) = (sa.clone().sum::<f64>(), sab.clone().sum::<f64>());
+            let (mag_s, mag_d) = (sa.map(f64::abs).sum::<f64>(), sab.map(f64::abs).sum::<f64>());
+            assert!((sum(&a) as f64 - want_s).abs() <= 1e-6 * mag_s.max(1e-30), "sum, n = {n}");
+            assert!((dot(&a, &b) as f64 - want_d).abs() <= 1e-6 * mag_d.max(1e-30), "dot, n = {n}");
+            assert_eq!(max(&a), a.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)), "max, n = {n}");
+        }
+    }
 
     /// Property: against f64 `exp` rounded to f32, the result is at most 3 representable f32
     /// values away (distance of the bit patterns) over the range, with exact 0 / ∞ / NaN at the
