@@ -19,11 +19,11 @@ pub use fp8::LinearPrecision;
 use fp8::{LinearSaved, linear_with, linear_with_backward};
 use optim::{Grads, Params};
 use serde::{Deserialize, Serialize};
-use tensor::ops::attention::{AttnMask, attention, attention_backward};
+use tensor::ops::attention::{AttnMask, attention_bshd, attention_bshd_backward};
 use tensor::ops::elementwise::add;
 use tensor::ops::norm::{rms_norm, rms_norm_backward};
 use tensor::ops::rope::{RopeTable, Yarn, rope, rope_backward};
-use tensor::ops::shape::{broadcast_to, broadcast_to_backward, cat, permute, split_last};
+use tensor::ops::shape::{broadcast_to, broadcast_to_backward, cat, split_last};
 use tensor::{DType, Device, Tensor};
 
 /// Errors of the MLA layer.
@@ -313,10 +313,9 @@ impl Mla {
         let (q, qa, q_first, q_b) = self.queries_with(x, positions, prec)?;
         let ((ckv, ckv_n, rstd_kv, k_pe), kv_a) = self.compress_kv_with(x, positions, prec)?;
         let (k, v, kv_b) = self.expand_kv_with(&ckv_n, &k_pe, prec)?;
-        let bhsd = [0, 2, 1, 3];
-        let (q, k, v) = (permute(&q, &bhsd)?, permute(&k, &bhsd)?, permute(&v, &bhsd)?);
-        let (o, p) = attention(&q, &k, &v, c.softmax_scale(), mask)?;
-        let attn_out = permute(&o, &bhsd)?.reshape(&[b, s, h * c.v_head_dim])?;
+        // Heads stay in the projections' [B, S, H, D] order (no permutes around the attention).
+        let (o, p) = attention_bshd(&q, &k, &v, c.softmax_scale(), mask)?;
+        let attn_out = o.reshape(&[b, s, h * c.v_head_dim])?;
         let (y, o) = linear_with(prec, &attn_out, &self.o_proj)?;
         let lin = LinSaved { q_first, q_b, kv_a, kv_b, o };
         let saved = MlaSaved {
@@ -343,14 +342,12 @@ impl Mla {
         let (b, s, h) = (sv.x.dim(0), sv.x.dim(1), c.num_attention_heads);
         let (nope, rd, vd) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
         let mut acc = |n: &str, g: &Tensor| grads.accumulate(&format!("{prefix}.{n}"), g);
-        let bhsd = [0, 2, 1, 3];
 
         let lin = &sv.lin;
         let (d_attn, d_o_proj) = linear_with_backward(&sv.attn_out, &self.o_proj, &lin.o, dy)?;
         acc("o_proj.weight", &d_o_proj)?;
-        let d_o = permute(&d_attn.reshape(&[b, s, h, vd])?, &bhsd)?;
-        let (dq, dk, dv) = attention_backward(&sv.q, &sv.k, &sv.v, &sv.p, c.softmax_scale(), &d_o)?;
-        let (dq, dk, dv) = (permute(&dq, &bhsd)?, permute(&dk, &bhsd)?, permute(&dv, &bhsd)?);
+        let d_o = d_attn.reshape(&[b, s, h, vd])?;
+        let (dq, dk, dv) = attention_bshd_backward(&sv.q, &sv.k, &sv.v, &sv.p, c.softmax_scale(), &d_o)?;
 
         // Keys: k_nope and v come from kv_b_proj(c_kv); the shared k_pe sums over heads.
         let dks = split_last(&dk, &[nope, rd])?;

@@ -57,6 +57,35 @@ fn attention_grad_across_row_blocks() {
     }
 }
 
+/// The `[B, S, H, D]`-layout attention's backward (heads read and written in place), in a
+/// one-thread pool so the in-place path runs even for one batch element; causal, packed segments
+/// and padding, over two row blocks.
+#[test]
+fn attention_bshd_grad() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool.install(|| {
+        let (b, h, s, dk, dv) = (2, 3, 40, 4, 3);
+        let mask = attention::AttnMask {
+            causal: true,
+            key_padding: Some((0..b * s).map(|i| i % 13 != 6).collect()),
+            segment_ids: Some((0..b * s).map(|i| u32::from(i % s >= s / 3)).collect()),
+        };
+        let ins = vec![rand64(&[b, s, h, dk], 17), rand64(&[b, s, h, dk], 18), rand64(&[b, s, h, dv], 19)];
+        let m2 = mask.clone();
+        gc(
+            "attention_bshd",
+            ins,
+            17,
+            move |x| Ok(attention::attention_bshd(&x[0], &x[1], &x[2], 0.7, &mask)?.0),
+            move |x, r| {
+                let (_, p) = attention::attention_bshd(&x[0], &x[1], &x[2], 0.7, &m2)?;
+                let (dq, dk, dv) = attention::attention_bshd_backward(&x[0], &x[1], &x[2], &p, 0.7, r)?;
+                Ok(vec![dq, dk, dv])
+            },
+        );
+    });
+}
+
 proptest! {
     #![proptest_config(cfg())]
 

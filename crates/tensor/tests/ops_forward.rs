@@ -526,3 +526,42 @@ fn combine_rows_forward_and_backward() {
         assert!(index::combine_rows(&ts, &loc, k, Some(&dy)).is_err());
     }
 }
+
+/// `attention_bshd` and its backward equal `attention` / `attention_backward` on permuted
+/// operands (outputs permuted back; the same probabilities), on every device, both on the CPU's
+/// in-place path (a one-thread pool) and its permuting fallback (more threads than batch
+/// elements).
+#[test]
+fn attention_bshd_matches_head_major() {
+    let bhsd = [0, 2, 1, 3];
+    for dev in devices() {
+        for threads in [1, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let (b, s, h, dk, dv) = (3, 37, 2, 6, 5);
+                let (q, _) = rand_on(&[b, s, h, dk], 21, &dev);
+                let (k, _) = rand_on(&[b, s, h, dk], 22, &dev);
+                let (v, _) = rand_on(&[b, s, h, dv], 23, &dev);
+                let (d_o, _) = rand_on(&[b, s, h, dv], 24, &dev);
+                let seg: Vec<u32> = (0..b * s).map(|i| u32::from(i % s > 20)).collect();
+                let mask = attention::AttnMask { causal: true, key_padding: None, segment_ids: Some(seg) };
+                let perm = |x: &Tensor| shape::permute(x, &bhsd).unwrap();
+                let (o, p) = attention::attention_bshd(&q, &k, &v, 0.4, &mask).unwrap();
+                let (o_ref, p_ref) = attention::attention(&perm(&q), &perm(&k), &perm(&v), 0.4, &mask).unwrap();
+                let f = |x: &Tensor| x.to_vec_f64().unwrap();
+                assert!(rel_err(&f(&o), &f(&perm(&o_ref))) < tol(&dev), "{dev:?} {threads} threads: o");
+                assert!(rel_err(&f(&p), &f(&p_ref)) < tol(&dev), "{dev:?} {threads} threads: p");
+                let (dq, dk, dv) = attention::attention_bshd_backward(&q, &k, &v, &p, 0.4, &d_o).unwrap();
+                let (rq, rk, rv) =
+                    attention::attention_backward(&perm(&q), &perm(&k), &perm(&v), &p_ref, 0.4, &perm(&d_o)).unwrap();
+                for (name, got, want) in [("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)] {
+                    assert!(rel_err(&f(&got), &f(&perm(&want))) < tol(&dev), "{dev:?} {threads} threads: {name}");
+                }
+                assert!(
+                    attention::attention_bshd_backward(&q, &k, &v, &p, 0.4, &perm(&d_o)).is_err(),
+                    "dO in the wrong layout"
+                );
+            });
+        }
+    }
+}

@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use super::matmul::gemm_ld;
+use super::shape::permute;
 use super::vmath::{self, simd};
 use super::{host, out, same_device, same_dtype, sl, with_float};
 use crate::error::shape_err;
@@ -113,6 +114,58 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask
     if let crate::Device::Cuda(be) = q.device() {
         return be.attention(q, k, v, scale, mask);
     }
+    attention_cpu(q, k, v, scale, mask, Layout::Bhsd, Dims { b, h, s, t, dk, dv })
+}
+
+/// Memory order of `q`, `k`, `v`, `o` and their gradients: `[B, H, len, D]` (each head's rows
+/// contiguous) or `[B, len, H, D]` (the order the projections produce: a head's rows `H·D` apart).
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    Bhsd,
+    Bshd,
+}
+
+impl Layout {
+    /// Offset of head `h`'s first row within one batch element, and the distance between rows.
+    fn head(self, h: usize, heads: usize, len: usize, d: usize) -> (usize, usize) {
+        match self {
+            Layout::Bhsd => (h * len * d, d),
+            Layout::Bshd => (h * d, heads * d),
+        }
+    }
+}
+
+/// [`attention`] with `q [B, S, H, Dk]`, `k [B, T, H, Dk]`, `v [B, T, H, Dv]` → `o [B, S, H, Dv]`
+/// (the layout the projections produce, so no permutes are needed around it); `p` is
+/// `[B, H, S, T]` as in [`attention`]. The CPU reads and writes the heads in place; other devices
+/// permute around [`attention`].
+pub fn attention_bshd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
+    let bhsd = [0, 2, 1, 3];
+    if !q.device().is_cpu() || q.rank() != 4 || q.dim(0) < rayon::current_num_threads() {
+        // Elsewhere, and for batches too small to spread over the threads, via the head-major op.
+        let (pq, pk, pv) = (permute(q, &bhsd)?, permute(k, &bhsd)?, permute(v, &bhsd)?);
+        let (o, p) = attention(&pq, &pk, &pv, scale, mask)?;
+        return Ok((permute(&o, &bhsd)?, p));
+    }
+    let (pq, pk, pv) = (q.reshape(&bhsd_shape(q))?, k.reshape(&bhsd_shape(k))?, v.reshape(&bhsd_shape(v))?);
+    let d = dims("attention_bshd", &pq, &pk, &pv, mask)?;
+    attention_cpu(q, k, v, scale, mask, Layout::Bshd, d)
+}
+
+/// The `[B, H, len, D]` shape of a `[B, len, H, D]` tensor (for the shape checks only).
+fn bhsd_shape(x: &Tensor) -> [usize; 4] {
+    [x.dim(0), x.dim(2), x.dim(1), x.dim(3)]
+}
+
+fn attention_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: &AttnMask,
+    lay: Layout,
+    Dims { b, h, s, t, dk, dv }: Dims,
+) -> Result<(Tensor, Tensor)> {
     let (hq, hk, hv) = (host(q)?, host(k)?, host(v)?);
     let extra = mask.key_padding.is_some() || mask.segment_ids.is_some();
     with_float!(q.dtype(), T, {
@@ -120,46 +173,65 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask
         let mut p = vec![T::zero(); b * h * s * t];
         let mut o = vec![T::zero(); b * h * s * dv];
         let none = gemm::Parallelism::None;
-        p.par_chunks_mut(s * t).zip(o.par_chunks_mut(s * dv)).enumerate().for_each(|(bh, (pb, ob))| {
-            let bi = bh / h;
-            let qb = &qs[bh * s * dk..(bh + 1) * s * dk];
-            let kb = &ks[bh * t * dk..(bh + 1) * t * dk];
-            let vb = &vs[bh * t * dv..(bh + 1) * t * dv];
-            simd(|| {
-                for i0 in (0..s).step_by(ROW_BLOCK) {
-                    let i1 = (i0 + ROW_BLOCK).min(s);
-                    let end = mask.row(s, t, i1 - 1).1;
-                    gemm_ld(
-                        i1 - i0,
-                        end,
-                        dk,
-                        (&qb[i0 * dk..], dk, false),
-                        (kb, dk, true),
-                        (&mut pb[i0 * t..], t),
-                        false,
-                        none,
-                    );
-                    for i in i0..i1 {
-                        let (qp, lim) = mask.row(s, t, i);
-                        let vis = |j: usize| mask.key_visible(bi, t, qp, j);
-                        let vis: Option<&dyn Fn(usize) -> bool> = if extra { Some(&vis) } else { None };
-                        softmax_row(&mut pb[i * t..(i + 1) * t], lim, T::c(scale), vis);
-                    }
-                    gemm_ld(
-                        i1 - i0,
-                        dv,
-                        end,
-                        (&pb[i0 * t..], t, false),
-                        (vb, dv, false),
-                        (&mut ob[i0 * dv..], dv),
-                        false,
-                        none,
-                    );
+        // One head: scores, softmax and values, block by block of query rows.
+        let head = |bi: usize, hi: usize, pb: &mut [T], ob: &mut [T], ldo: usize| {
+            let (q0, ldq) = lay.head(hi, h, s, dk);
+            let (k0, ldk) = lay.head(hi, h, t, dk);
+            let (v0, ldv) = lay.head(hi, h, t, dv);
+            let qb = &qs[bi * h * s * dk + q0..];
+            let kb = &ks[bi * h * t * dk + k0..];
+            let vb = &vs[bi * h * t * dv + v0..];
+            for i0 in (0..s).step_by(ROW_BLOCK) {
+                let i1 = (i0 + ROW_BLOCK).min(s);
+                let end = mask.row(s, t, i1 - 1).1;
+                gemm_ld(
+                    i1 - i0,
+                    end,
+                    dk,
+                    (&qb[i0 * ldq..], ldq, false),
+                    (kb, ldk, true),
+                    (&mut pb[i0 * t..], t),
+                    false,
+                    none,
+                );
+                for i in i0..i1 {
+                    let (qp, lim) = mask.row(s, t, i);
+                    let vis = |j: usize| mask.key_visible(bi, t, qp, j);
+                    let vis: Option<&dyn Fn(usize) -> bool> = if extra { Some(&vis) } else { None };
+                    softmax_row(&mut pb[i * t..(i + 1) * t], lim, T::c(scale), vis);
                 }
-            });
-        });
+                gemm_ld(
+                    i1 - i0,
+                    dv,
+                    end,
+                    (&pb[i0 * t..], t, false),
+                    (vb, ldv, false),
+                    (&mut ob[i0 * ldo..], ldo),
+                    false,
+                    none,
+                );
+            }
+        };
+        match lay {
+            Layout::Bhsd => p
+                .par_chunks_mut(s * t)
+                .zip(o.par_chunks_mut(s * dv))
+                .enumerate()
+                .for_each(|(bh, (pb, ob))| simd(|| head(bh / h, bh % h, pb, ob, dv))),
+            // A batch element's heads interleave in `o`: one task per batch element.
+            Layout::Bshd => {
+                p.par_chunks_mut(h * s * t).zip(o.par_chunks_mut(h * s * dv)).enumerate().for_each(|(bi, (pb, ob))| {
+                    simd(|| {
+                        for (hi, pbh) in pb.chunks_mut(s * t).enumerate() {
+                            head(bi, hi, pbh, &mut ob[hi * dv..], h * dv)
+                        }
+                    })
+                })
+            }
+        }
+        let o_shape = if lay == Layout::Bhsd { [b, h, s, dv] } else { [b, s, h, dv] };
         let cd = super::compute_dtype(q.dtype());
-        Ok((out(o, &[b, h, s, dv], q.dtype(), q.device())?, out(p, &[b, h, s, t], cd, q.device())?))
+        Ok((out(o, &o_shape, q.dtype(), q.device())?, out(p, &[b, h, s, t], cd, q.device())?))
     })
 }
 
@@ -187,6 +259,47 @@ pub fn attention_backward(
     if let crate::Device::Cuda(be) = q.device() {
         return be.attention_backward(q, k, v, p, scale, d_o);
     }
+    attention_backward_cpu(q, k, v, p, scale, d_o, Layout::Bhsd, Dims { b, h, s, t, dk, dv })
+}
+
+/// Backward of [`attention_bshd`]: `(dq, dk, dv)` in the `[B, len, H, D]` layout.
+pub fn attention_bshd_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    p: &Tensor,
+    scale: f64,
+    d_o: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let bhsd = [0, 2, 1, 3];
+    if !q.device().is_cpu() || q.rank() != 4 || q.dim(0) < rayon::current_num_threads() {
+        let (pq, pk, pv, pd) = (permute(q, &bhsd)?, permute(k, &bhsd)?, permute(v, &bhsd)?, permute(d_o, &bhsd)?);
+        let (dq, dk, dv) = attention_backward(&pq, &pk, &pv, p, scale, &pd)?;
+        return Ok((permute(&dq, &bhsd)?, permute(&dk, &bhsd)?, permute(&dv, &bhsd)?));
+    }
+    let (pq, pk, pv) = (q.reshape(&bhsd_shape(q))?, k.reshape(&bhsd_shape(k))?, v.reshape(&bhsd_shape(v))?);
+    let d = dims("attention_bshd_backward", &pq, &pk, &pv, &AttnMask::default())?;
+    if p.shape() != &[d.b, d.h, d.s, d.t] || d_o.shape() != &[d.b, d.s, d.h, d.dv] {
+        return Err(shape_err(
+            "attention_bshd_backward",
+            "p must be [B,H,S,T] and dO [B,S,H,Dv]",
+            &[p.shape(), d_o.shape()],
+        ));
+    }
+    attention_backward_cpu(q, k, v, p, scale, d_o, Layout::Bshd, d)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_backward_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    p: &Tensor,
+    scale: f64,
+    d_o: &Tensor,
+    lay: Layout,
+    Dims { b, h, s, t, dk, dv }: Dims,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (hq, hk, hv, hp, hd) =
         (host(q)?, host(k)?, host(v)?, host(&p.to_dtype(super::compute_dtype(q.dtype()))?)?, host(d_o)?);
     with_float!(q.dtype(), T, {
@@ -195,55 +308,82 @@ pub fn attention_backward(
         let mut dkk = vec![T::zero(); b * h * t * dk];
         let mut dvv = vec![T::zero(); b * h * t * dv];
         let none = gemm::Parallelism::None;
-        dq.par_chunks_mut(s * dk).zip(dkk.par_chunks_mut(t * dk)).zip(dvv.par_chunks_mut(t * dv)).enumerate().for_each(
-            |(bh, ((dqb, dkb), dvb))| {
-                let qb = &qs[bh * s * dk..(bh + 1) * s * dk];
-                let kb = &ks[bh * t * dk..(bh + 1) * t * dk];
-                let vb = &vs[bh * t * dv..(bh + 1) * t * dv];
-                let pb = &ps[bh * s * t..(bh + 1) * s * t];
-                let db = &ds[bh * s * dv..(bh + 1) * s * dv];
-                let mut dp = vec![T::zero(); ROW_BLOCK * t];
-                simd(|| {
-                    for i0 in (0..s).step_by(ROW_BLOCK) {
-                        let (i1, rows) = ((i0 + ROW_BLOCK).min(s), (ROW_BLOCK).min(s - i0));
-                        let end = (i0..i1)
-                            .map(|i| pb[i * t..(i + 1) * t].iter().rposition(|&x| x != T::zero()).map_or(0, |j| j + 1))
-                            .max()
-                            .unwrap_or(0);
-                        let (pblk, dblk) = (&pb[i0 * t..], &db[i0 * dv..]);
-                        gemm_ld(end, dv, rows, (pblk, t, true), (dblk, dv, false), (&mut dvb[..], dv), true, none);
-                        gemm_ld(rows, end, dv, (dblk, dv, false), (vb, dv, true), (&mut dp[..], t), false, none);
-                        for r in 0..rows {
-                            let (pr, dr) = (&pb[(i0 + r) * t..(i0 + r) * t + end], &mut dp[r * t..r * t + end]);
-                            let dot = vmath::dot(pr, dr);
-                            for (d, &pv) in dr.iter_mut().zip(pr) {
-                                *d = T::c(scale) * pv * (*d - dot);
-                            }
-                        }
-                        gemm_ld(
-                            rows,
-                            dk,
-                            end,
-                            (&dp[..], t, false),
-                            (kb, dk, false),
-                            (&mut dqb[i0 * dk..], dk),
-                            false,
-                            none,
-                        );
-                        gemm_ld(
-                            end,
-                            dk,
-                            rows,
-                            (&dp[..], t, true),
-                            (&qb[i0 * dk..], dk, false),
-                            (&mut dkb[..], dk),
-                            true,
-                            none,
-                        );
+        // One head, block by block of query rows; `dp` is a block's scratch. The dq / dk / dv
+        // chunks hold this head alone (`own` true) or the whole batch element, where the head's
+        // rows start at its layout offset.
+        let head = |bi: usize, hi: usize, own: bool, dqb: &mut [T], dkb: &mut [T], dvb: &mut [T], dp: &mut [T]| {
+            let (q0, ldq) = lay.head(hi, h, s, dk);
+            let (k0, ldk) = lay.head(hi, h, t, dk);
+            let (v0, ldv) = lay.head(hi, h, t, dv);
+            let (o0, ldo) = lay.head(hi, h, s, dv);
+            let qb = &qs[bi * h * s * dk + q0..];
+            let kb = &ks[bi * h * t * dk + k0..];
+            let vb = &vs[bi * h * t * dv + v0..];
+            let db = &ds[bi * h * s * dv + o0..];
+            let pb = &ps[(bi * h + hi) * s * t..(bi * h + hi + 1) * s * t];
+            let (cq, ck, cv) = if own { (0, 0, 0) } else { (q0, k0, v0) };
+            for i0 in (0..s).step_by(ROW_BLOCK) {
+                let (i1, rows) = ((i0 + ROW_BLOCK).min(s), (ROW_BLOCK).min(s - i0));
+                let end = (i0..i1)
+                    .map(|i| pb[i * t..(i + 1) * t].iter().rposition(|&x| x != T::zero()).map_or(0, |j| j + 1))
+                    .max()
+                    .unwrap_or(0);
+                let (pblk, dblk) = (&pb[i0 * t..], &db[i0 * ldo..]);
+                gemm_ld(end, dv, rows, (pblk, t, true), (dblk, ldo, false), (&mut dvb[cv..], ldv), true, none);
+                gemm_ld(rows, end, dv, (dblk, ldo, false), (vb, ldv, true), (&mut dp[..], t), false, none);
+                for r in 0..rows {
+                    let (pr, dr) = (&pb[(i0 + r) * t..(i0 + r) * t + end], &mut dp[r * t..r * t + end]);
+                    let dot = vmath::dot(pr, dr);
+                    for (d, &pv) in dr.iter_mut().zip(pr) {
+                        *d = T::c(scale) * pv * (*d - dot);
                     }
-                });
-            },
-        );
+                }
+                gemm_ld(
+                    rows,
+                    dk,
+                    end,
+                    (&dp[..], t, false),
+                    (kb, ldk, false),
+                    (&mut dqb[cq + i0 * ldq..], ldq),
+                    false,
+                    none,
+                );
+                gemm_ld(
+                    end,
+                    dk,
+                    rows,
+                    (&dp[..], t, true),
+                    (&qb[i0 * ldq..], ldq, false),
+                    (&mut dkb[ck..], ldk),
+                    true,
+                    none,
+                );
+            }
+        };
+        match lay {
+            Layout::Bhsd => dq
+                .par_chunks_mut(s * dk)
+                .zip(dkk.par_chunks_mut(t * dk))
+                .zip(dvv.par_chunks_mut(t * dv))
+                .enumerate()
+                .for_each(|(bh, ((dqb, dkb), dvb))| {
+                    let mut dp = vec![T::zero(); ROW_BLOCK * t];
+                    simd(|| head(bh / h, bh % h, true, dqb, dkb, dvb, &mut dp))
+                }),
+            Layout::Bshd => dq
+                .par_chunks_mut(h * s * dk)
+                .zip(dkk.par_chunks_mut(h * t * dk))
+                .zip(dvv.par_chunks_mut(h * t * dv))
+                .enumerate()
+                .for_each(|(bi, ((dqb, dkb), dvb))| {
+                    let mut dp = vec![T::zero(); ROW_BLOCK * t];
+                    simd(|| {
+                        for hi in 0..h {
+                            head(bi, hi, false, dqb, dkb, dvb, &mut dp)
+                        }
+                    })
+                }),
+        }
         let dev = q.device();
         Ok((
             out(dq, q.shape(), q.dtype(), dev)?,
