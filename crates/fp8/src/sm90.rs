@@ -37,38 +37,48 @@ use crate::{BLOCK, Fp8Error, Result};
 /// The kernel source (self-contained CUDA C++; no headers).
 pub const SOURCE: &str = include_str!("../kernels/fp8_gemm_sm90.cu");
 
-/// Compiled variants: (`block_m`, `block_n`, stages, cluster size); each is an `extern "C"`
-/// kernel `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}`.
-pub const VARIANTS: &[(u32, u32, u32, u32)] = &[
-    (128, 128, 6, 1),
-    (128, 128, 6, 2),
-    (128, 160, 5, 1),
-    (128, 160, 5, 2),
-    (128, 192, 5, 1),
-    (128, 192, 5, 2),
-    (192, 128, 5, 1),
-    (192, 128, 5, 2),
+/// Compiled variants: (`block_m`, `block_n`, stages, cluster size, multicast A, pipelined); each
+/// is an `extern "C"` kernel `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}{a|b}{_p}`.
+pub const VARIANTS: &[(u32, u32, u32, u32, bool, bool)] = &[
+    (128, 128, 6, 1, false, false),
+    (128, 128, 6, 2, false, false),
+    (128, 128, 6, 1, false, true),
+    (128, 128, 6, 2, false, true),
+    (128, 160, 5, 1, false, false),
+    (128, 192, 5, 1, false, false),
+    (128, 192, 5, 2, false, false),
+    (192, 128, 5, 1, false, false),
+    (256, 128, 4, 1, false, false),
+    (256, 128, 4, 2, false, false),
+    (256, 128, 4, 2, true, false),
 ];
 
 /// One configuration of the kernel (a compiled variant plus the tile order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sm90Config {
-    /// Output tile height: 128 (two math warpgroups) or 192 (three).
+    /// Output tile height: 128 (two math warpgroups of 64 rows), 192 (three) or 256 (two, each
+    /// running two 64-row waves per K block).
     pub block_m: u32,
     /// Output tile width (128, 160 or 192 columns).
     pub block_n: u32,
     /// Shared-memory pipeline stages (each holds a `block_m`×128 A tile, a `block_n`×128 B tile
     /// and `block_m` activation scales).
     pub stages: u32,
-    /// CTAs per cluster along M (1, or 2 for TMA multicast of the shared B tile).
+    /// CTAs per cluster (1, or 2 for TMA multicast of the shared operand tile).
     pub cluster: u32,
+    /// With `cluster` 2: the cluster's CTAs take horizontally adjacent tiles and share (multicast)
+    /// the A tile; otherwise vertically adjacent ones sharing the B tile.
+    pub multicast_a: bool,
+    /// Each math warpgroup keeps two K blocks in flight (two scratch fragments): it issues block
+    /// k+1's wgmma before promoting block k. `block_m` 128 only.
+    pub pipelined: bool,
     /// The persistent CTAs walk the tiles in column groups of this many tiles (L2 reuse).
     pub group: u32,
 }
 
 impl Default for Sm90Config {
     fn default() -> Self {
-        Sm90Config { block_m: 128, block_n: 128, stages: 6, cluster: 2, group: 16 }
+        Sm90Config { block_m: 128, block_n: 128, stages: 6, cluster: 2, multicast_a: false, pipelined: false, group: 16 }
     }
 }
 
@@ -77,21 +87,47 @@ impl Sm90Config {
     pub fn all(group: u32) -> Vec<Sm90Config> {
         VARIANTS
             .iter()
-            .map(|&(block_m, block_n, stages, cluster)| Sm90Config { block_m, block_n, stages, cluster, group })
+            .map(|&(block_m, block_n, stages, cluster, multicast_a, pipelined)| Sm90Config {
+                block_m,
+                block_n,
+                stages,
+                cluster,
+                multicast_a,
+                pipelined,
+                group,
+            })
             .collect()
     }
 
-    fn variant(&self) -> (u32, u32, u32, u32) {
-        (self.block_m, self.block_n, self.stages, self.cluster)
+    fn variant(&self) -> (u32, u32, u32, u32, bool, bool) {
+        (self.block_m, self.block_n, self.stages, self.cluster, self.multicast_a, self.pipelined)
     }
 
     fn kernel_name(&self) -> String {
-        format!("fp8_gemm_m{}_n{}_s{}_c{}", self.block_m, self.block_n, self.stages, self.cluster)
+        format!(
+            "fp8_gemm_m{}_n{}_s{}_c{}{}{}",
+            self.block_m,
+            self.block_n,
+            self.stages,
+            self.cluster,
+            if self.multicast_a { "a" } else { "b" },
+            if self.pipelined { "_p" } else { "" }
+        )
     }
 
-    /// A producer warpgroup plus one math warpgroup per 64 rows.
+    /// A producer warpgroup plus the math warpgroups (three for `block_m` 192, else two).
     fn threads(&self) -> u32 {
-        128 * (1 + self.block_m / 64)
+        128 * (1 + if self.block_m == 192 { 3 } else { 2 })
+    }
+
+    /// The CTAs of a cluster sharing the A tile (1 without A multicast).
+    fn share_a(&self) -> u32 {
+        if self.multicast_a { self.cluster } else { 1 }
+    }
+
+    /// The CTAs of a cluster sharing the B tile (1 with A multicast).
+    fn share_b(&self) -> u32 {
+        if self.multicast_a { 1 } else { self.cluster }
     }
 
     /// Dynamic shared memory: the stages, the barriers and 1 KiB of alignment slack.
@@ -115,7 +151,7 @@ struct Params {
 
 /// A compiled variant and the most CTAs of it the device runs at once (the persistent grid).
 struct Variant {
-    key: (u32, u32, u32, u32),
+    key: (u32, u32, u32, u32, bool, bool),
     func: CudaFunction,
     max_ctas: u32,
 }
@@ -235,7 +271,7 @@ impl Sm90Gemm {
             return Err(Fp8Error::Arg {
                 field: "Sm90Config".into(),
                 value: format!("{cfg:?}"),
-                detail: format!("compiled (block_m, block_n, stages, cluster): {VARIANTS:?}"),
+                detail: format!("compiled (block_m, block_n, stages, cluster, multicast_a, pipelined): {VARIANTS:?}"),
             });
         };
         if cfg.group == 0 {
@@ -265,8 +301,8 @@ impl Sm90Gemm {
             )
         };
         let bm = cfg.block_m;
-        let ta = fp8_map(pa, m, bm)?;
-        let tb = fp8_map(pb, n, cfg.block_n / cfg.cluster)?;
+        let ta = fp8_map(pa, m, bm / cfg.share_a())?;
+        let tb = fp8_map(pb, n, cfg.block_n / cfg.share_b())?;
         let tsa = tensor_map(TmaType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32, psa, [m, kb], m * 4, [bm, 1], false, &shape)?;
         let params = Params {
             sb: psb,
@@ -278,7 +314,8 @@ impl Sm90Gemm {
             group: cfg.group as i32,
         };
         // Persistent grid: one CTA per SM (a whole number of clusters), at most one per tile.
-        let tiles = m.div_ceil(bm as usize).next_multiple_of(cfg.cluster as usize) * n.div_ceil(cfg.block_n as usize);
+        let tiles = m.div_ceil(bm as usize).next_multiple_of(cfg.share_b() as usize)
+            * n.div_ceil(cfg.block_n as usize).next_multiple_of(cfg.share_a() as usize);
         let grid = var.max_ctas.min(tiles as u32).max(cfg.cluster);
         let mut attr = cluster_attr(cfg.cluster);
         let config = launch_config(&cfg, grid, stream.cu_stream(), &mut attr);
