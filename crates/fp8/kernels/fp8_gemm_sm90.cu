@@ -8,12 +8,18 @@
 // the two scales and adds it into a separate fp32 accumulator on the CUDA cores (promotion every
 // N_C = 128 elements), so the limited-precision tensor-core sum never spans more than one block.
 //
-// Layout of one CTA (128 * (1 + BM/64) threads, persistent over output tiles):
+// Layout of one CTA (128 * (1 + consumer warpgroups) threads, persistent over output tiles):
 //   warpgroup 0: producer; one thread issues TMA loads (128B swizzle) into a ring of STAGES
-//                shared-memory stages, guarded by `full` / `empty` mbarriers;
-//   warpgroups 1 .. BM/64: consumers, each owns 64 rows of the BM x BN tile (wgmma m64nBNk32).
-// With CL = 2 the two CTAs of a cluster work on vertically adjacent tiles (same columns) and
-// each loads half of the shared B tile, multicast into both CTAs' shared memory.
+//                shared-memory stages, guarded by `full` / `empty` mbarriers, and (SBS) stores
+//                the K block's weight scales into the stage;
+//   warpgroups 1..: consumers (two; three for BM = 192); each owns 64 rows of a 64-row wave:
+//                BM = 128: one wave, BM = 192: one wave of three warpgroups, BM = 256: two waves
+//                (rows cw*64 and 128 + cw*64), each a wgmma m64nBNk32 chain per K block.
+// Consumer schedules (MODE): 0 issues a K block, waits for it and promotes it; 2 ("pipelined",
+// one wave) keeps two K blocks in flight in two scratch fragments (wait_group 1).
+// With CL = 2 the two CTAs of a cluster work on vertically adjacent tiles (same columns; each
+// loads half of the shared B tile, multicast into both CTAs' shared memory) or, with MCA, on
+// horizontally adjacent tiles sharing the A tile the same way.
 //
 // Self-contained (no headers) so that NVRTC compiles it at run time; `cargo xtask kernels`
 // compiles it with nvcc for sm_90a as a check.
@@ -266,6 +272,7 @@ struct Grid {
 struct Ring {
     u32 a, b, bars;     // A stages, B stages, full[STAGES] then empty[STAGES]
     const float* sa;    // activation-scale stages (generic pointer)
+    float* sb;          // weight scales per stage: [STAGES][4] (first and second 128-column block)
 };
 
 /// Issue the four k32 wgmma steps of one 128-wide K block for the 64 A rows at byte offset
@@ -330,13 +337,24 @@ struct Shape {
     static constexpr int waves = BM / (64 * wgs);
 };
 
-/// bf16 pairs straight from the fragment (row, 8j + 2(lane%4) .. +1), edges guarded.
+/// bf16 pairs straight from the fragment (row, 8j + 2(lane%4) .. +1). Rows and columns inside
+/// the matrix take one address computation and BN/4 unguarded stores; edge tiles are guarded.
 template <int BN>
 __device__ __forceinline__ void store_tile(const Params& p, const float* acc, int r0, int n0) {
-    const int lane = threadIdx.x % 32, r1 = r0 + 8;
+    const int lane = threadIdx.x % 32, r1 = r0 + 8, c0 = n0 + 2 * (lane % 4);
+    if (r1 < p.m && n0 + BN <= p.n) {
+        u16* y0 = p.y + (size_t)r0 * p.n + c0;
+        u16* y1 = y0 + (size_t)8 * p.n;
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+            st_global_b32(y0 + 8 * j, pack_bf16(acc[4 * j], acc[4 * j + 1]));
+            st_global_b32(y1 + 8 * j, pack_bf16(acc[4 * j + 2], acc[4 * j + 3]));
+        }
+        return;
+    }
 #pragma unroll
     for (int j = 0; j < BN / 8; ++j) {
-        const int col = n0 + 8 * j + 2 * (lane % 4);
+        const int col = c0 + 8 * j;
         if (col < p.n) {
             if (r0 < p.m) st_global_b32(p.y + (size_t)r0 * p.n + col, pack_bf16(acc[4 * j], acc[4 * j + 1]));
             if (r1 < p.m) st_global_b32(p.y + (size_t)r1 * p.n + col, pack_bf16(acc[4 * j + 2], acc[4 * j + 3]));
@@ -347,12 +365,12 @@ __device__ __forceinline__ void store_tile(const Params& p, const float* acc, in
 /// One consumer warpgroup's work on one tile: all K blocks, promotion, bf16 epilogue. OFF is the
 /// tile's first column modulo 128 (where the weight-scale block changes inside the tile).
 ///
-/// PIPE = false: per K block and wave, issue the block's wgmma into `tmp`, wait for it, promote;
-/// the other consumer warpgroup(s) keep the tensor cores busy meanwhile.
-/// PIPE = true (one wave): two scratch fragments; block kb+1 is issued before block kb is
-/// promoted (`wgmma.wait_group 1`), so this warpgroup's own work stays queued on the tensor cores
-/// while it promotes.
-template <int BM, int BN, int STAGES, int CL, bool PIPE, int OFF>
+/// MODE 0: per K block and wave, issue the block's wgmma into `tmp`, wait for it, promote; the
+/// other consumer warpgroup(s) keep the tensor cores busy meanwhile.
+/// MODE 2 (one wave): two scratch fragments; block kb+1 is issued before block kb is promoted
+/// (`wgmma.wait_group 1`), so this warpgroup's own work stays queued on the tensor cores while it
+/// promotes. SBS: the weight scales come from the stage (else from global memory, per K block).
+template <int BM, int BN, int STAGES, int CL, int MODE, bool SBS, int OFF>
 __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int mb, int nb, bool keep, int cw,
                                              int& stage, u32& phase) {
     constexpr int R = BN / 2;  // fragment registers per thread (m64 x BN over 128 threads)
@@ -371,11 +389,22 @@ __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int
 #pragma unroll
     for (int i = 0; i < WAVES * R; ++i) acc[i] = 0.f;
 
-    if constexpr (!PIPE) {
+    // The block's weight scales: from the stage (SBS, written by the producer) or from global.
+    auto bscale = [&](int kb, int st, float& y0, float& y1) {
+        if constexpr (SBS) {
+            y0 = r.sb[st * 4];
+            y1 = r.sb[st * 4 + 1];
+        } else {
+            y0 = __ldg(sb0 + kb);
+            y1 = two ? __ldg(sb1 + kb) : y0;
+        }
+    };
+    if constexpr (MODE == 0) {
         float tmp[R];
         for (int kb = 0; kb < kbs; ++kb) {
-            const float b0 = __ldg(sb0 + kb), b1 = two ? __ldg(sb1 + kb) : b0;
             mbar_wait(r.bars + 8 * stage, phase);
+            float b0, b1;
+            bscale(kb, stage, b0, b1);
 #pragma unroll
             for (int w = 0; w < WAVES; ++w) {
                 // Scales are read before the stage can be released.
@@ -388,7 +417,7 @@ __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int
             advance(stage, phase, STAGES);
         }
     } else {
-        static_assert(WAVES == 1, "the pipelined consumer runs one wave");
+        static_assert(MODE == 2 && WAVES == 1, "the pipelined consumer runs one wave");
         float t0[R], t1[R];
         // Every path keeps the same blocks in flight at each merge point (ptxas tracks the
         // wgmma pipeline per register set, not per path): block kb in t0 at the loop head.
@@ -396,9 +425,8 @@ __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int
         u32 ph = phase;
         float a0, a1, b0, b1, c0, c1, d0, d1;
         auto issue = [&](int kb, float* t, float& x0, float& x1, float& y0, float& y1) {
-            y0 = __ldg(sb0 + kb);
-            y1 = two ? __ldg(sb1 + kb) : y0;
             mbar_wait(r.bars + 8 * st, ph);
+            bscale(kb, st, y0, y1);
             x0 = r.sa[st * BM + row];
             x1 = r.sa[st * BM + row + 8];
             issue_mma<BM, BN>(r, st, cw * 64 * BK, t);
@@ -449,18 +477,20 @@ struct Regs {
     static constexpr int producer = 40, consumer = Shape<BM>::wgs == 2 ? 232 : 152;
 };
 
-template <int BM, int BN, int STAGES, int CL, bool MCA, bool PIPE>
+template <int BM, int BN, int STAGES, int CL, bool MCA, int MODE, bool SBS>
 __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, const TmaMap* tsa, const Params& p) {
     constexpr u32 A_BYTES = BM * BK, B_BYTES = BN * BK, SA_BYTES = BM * 4;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const u32 raw = smem_addr(smem_raw);
-    const u32 base = (raw + 1023) & ~1023u;
+    // Warp-uniform (the shuffle lets the compiler keep the descriptors in uniform registers).
+    const u32 base = __shfl_sync(0xffffffffu, (raw + 1023) & ~1023u, 0);
     Ring r;
     r.a = base;
     r.b = r.a + STAGES * A_BYTES;
     const u32 s_sa = r.b + STAGES * B_BYTES;
     r.bars = s_sa + STAGES * SA_BYTES;
     r.sa = reinterpret_cast<const float*>(smem_raw + (s_sa - raw));
+    r.sb = reinterpret_cast<float*>(smem_raw + (r.bars + 16 * STAGES - raw));
 
     const int wg = threadIdx.x / 128;
     const u32 rank = CL == 1 ? 0 : cluster_rank();
@@ -492,9 +522,30 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
                 grid.tile(u, p.group, rank, mb, nb);
                 // A CTA past the last block loads the last one again; its results are dropped.
                 const int m0 = min(mb, grid.mb_count - 1) * BM, n0 = min(nb, grid.nb_count - 1) * BN;
+                // SBS: the weight scales of the tile's (up to two) 128-column blocks, one K block
+                // ahead, stored into the stage before the arrival that completes it (release).
+                const int nblk0 = min(n0 / 128, (p.n - 1) / 128), nblk1 = min(nblk0 + 1, (p.n - 1) / 128);
+                const float* sb0 = p.sb + (size_t)nblk0 * p.sb_ld;
+                const float* sb1 = p.sb + (size_t)nblk1 * p.sb_ld;
+                float v0 = 0.f, v1 = 0.f;
+                if (SBS) {
+                    v0 = __ldg(sb0);
+                    v1 = __ldg(sb1);
+                }
                 for (int kb = 0; kb < kbs; ++kb) {
                     const u32 full = r.bars + 8 * stage, empty = r.bars + 8 * (STAGES + stage);
+                    float w0 = 0.f, w1 = 0.f;
+                    if (SBS && kb + 1 < kbs) {
+                        w0 = __ldg(sb0 + kb + 1);
+                        w1 = __ldg(sb1 + kb + 1);
+                    }
                     mbar_wait(empty, phase ^ 1);
+                    if (SBS) {
+                        r.sb[stage * 4] = v0;
+                        r.sb[stage * 4 + 1] = v1;
+                        v0 = w0;
+                        v1 = w1;
+                    }
                     mbar_expect_tx(full, A_BYTES + B_BYTES + SA_BYTES);
                     if (CL == 1 || !MCA) {
                         tma_load(r.a + stage * A_BYTES, ta, kb * BK, m0, full);
@@ -525,13 +576,13 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
             nb = min(nb, grid.nb_count - 1);
             const int off = (nb * BN) % 128;
             if (BN % 128 == 0 || off == 0) {
-                consume_tile<BM, BN, STAGES, CL, PIPE, 0>(p, r, mb, nb, keep, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 0>(p, r, mb, nb, keep, cw, stage, phase);
             } else if (BN % 64 == 0 || off == 64) {
-                consume_tile<BM, BN, STAGES, CL, PIPE, 64>(p, r, mb, nb, keep, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 64>(p, r, mb, nb, keep, cw, stage, phase);
             } else if (off == 32) {
-                consume_tile<BM, BN, STAGES, CL, PIPE, 32>(p, r, mb, nb, keep, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 32>(p, r, mb, nb, keep, cw, stage, phase);
             } else {
-                consume_tile<BM, BN, STAGES, CL, PIPE, 96>(p, r, mb, nb, keep, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 96>(p, r, mb, nb, keep, cw, stage, phase);
             }
         }
     }
@@ -539,26 +590,25 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
     if (CL > 1) cluster_sync();
 }
 
-// Variants: fp8_gemm_m{BM}_n{BN}_s{STAGES}_c{CL}{a|b}{_p}: CL CTAs per cluster multicasting the
-// A tile (a: along N) or the B tile (b: along M); _p the pipelined consumer. 128 * (1 + BM/64)
-// threads (BM = 256: 384); dynamic shared memory STAGES * (BM*128 + BN*128 + BM*4) + 16 * STAGES
-// + 1024 bytes (the host computes the same).
-#define VARIANT(BM, BN, STAGES, CL, AB, MCA, P, PIPE)                                                          \
+// Variants: fp8_gemm_m{BM}_n{BN}_s{STAGES}_c{CL}{a|b}{SUFFIX}: CL CTAs per cluster multicasting the
+// A tile (a: along N) or the B tile (b: along M); SUFFIX _p for the pipelined consumer, _l for
+// weight scales read from global memory by the consumers. 128 * (1 + consumer warpgroups)
+// threads; dynamic shared memory STAGES * (BM*128 + BN*128 + BM*4) + 32 * STAGES + 1024 bytes
+// (the host computes the same).
+#define VARIANT(BM, BN, STAGES, CL, AB, MCA, SUFFIX, MODE, SBS)                                                \
     extern "C" __global__ void __launch_bounds__(128 * (1 + Shape<BM>::wgs), 1)                                \
-        fp8_gemm_m##BM##_n##BN##_s##STAGES##_c##CL##AB##P(                                                     \
+        fp8_gemm_m##BM##_n##BN##_s##STAGES##_c##CL##AB##SUFFIX(                                                \
             const __grid_constant__ TmaMap ta, const __grid_constant__ TmaMap tb, const __grid_constant__ TmaMap tsa, \
             const Params p) {                                                                                  \
-        gemm_body<BM, BN, STAGES, CL, MCA, PIPE>(&ta, &tb, &tsa, p);                                           \
+        gemm_body<BM, BN, STAGES, CL, MCA, MODE, SBS>(&ta, &tb, &tsa, p);                                      \
     }
 
-VARIANT(128, 128, 6, 1, b, false, , false)
-VARIANT(128, 128, 6, 2, b, false, , false)
-VARIANT(128, 128, 6, 1, b, false, _p, true)
-VARIANT(128, 128, 6, 2, b, false, _p, true)
-VARIANT(128, 160, 5, 1, b, false, , false)
-VARIANT(128, 192, 5, 1, b, false, , false)
-VARIANT(128, 192, 5, 2, b, false, , false)
-VARIANT(192, 128, 5, 1, b, false, , false)
-VARIANT(256, 128, 4, 1, b, false, , false)
-VARIANT(256, 128, 4, 2, b, false, , false)
-VARIANT(256, 128, 4, 2, a, true, , false)
+VARIANT(128, 128, 6, 1, b, false, , 0, true)
+VARIANT(128, 128, 6, 2, b, false, , 0, true)
+VARIANT(128, 128, 6, 2, b, false, _l, 0, false)
+VARIANT(128, 128, 6, 1, b, false, _p, 2, true)
+VARIANT(128, 128, 6, 2, b, false, _pl, 2, false)
+VARIANT(128, 192, 5, 1, b, false, , 0, true)
+VARIANT(128, 192, 5, 2, b, false, , 0, true)
+VARIANT(192, 128, 5, 1, b, false, , 0, true)
+VARIANT(256, 128, 4, 2, a, true, , 0, true)
