@@ -6,8 +6,11 @@
 //! alone (no cuBLASLt, no bf16 baseline), for quick iterations.
 //!
 //! Own kernel (`own_*` fields): every compiled [`Sm90Config`] variant with column groups of 8 and
-//! 16 tiles, timed with the protocol below in two passes (each configuration keeps its faster
-//! median); "default" is [`Sm90Config::default`], "best" the fastest; `own_rel_err` the best one's
+//! 16 cluster units (`R1_OWN_GROUPS=4,8,...` for others), timed with the protocol below in two
+//! passes (each configuration keeps its faster median), after ~0.5 s of launches that bring the
+//! GPU to its power-limited clocks (as it is when cuBLASLt is timed after them; without this the
+//! first configuration ran on a cool chip and read up to ~15 % high; `R1_OWN_NO_HEAT=1` skips
+//! it); "default" is [`Sm90Config::for_shape`], "best" the fastest; `own_rel_err` the best one's
 //! error, measured like `rel_err`.
 //!
 //! Data: standard normal activations with row magnitudes 1…7 and weights ×0.02 with block-row
@@ -98,9 +101,24 @@ fn own(g: &GpuGemm, kern: &Sm90Gemm, ga: &GpuFp8, gb: &GpuFp8, check: &dyn Fn(&[
     let (m, n, k) = (ga.rows, gb.rows, ga.cols);
     let f = 2.0 * m as f64 * n as f64 * k as f64;
     let mut y = g.alloc_out(m, n, OutType::Bf16)?;
-    let mut configs = vec![Sm90Config::default()];
-    for group in [8, 16] {
-        configs.extend(Sm90Config::all(group).into_iter().filter(|c| *c != Sm90Config::default()));
+    let first = Sm90Config::for_shape(m, n, kern.sms());
+    let mut configs = vec![first];
+    let groups: Vec<u32> = match std::env::var("R1_OWN_GROUPS") {
+        Ok(v) => v.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        Err(_) => vec![8, 16],
+    };
+    for group in groups {
+        configs.extend(Sm90Config::all(group).into_iter().filter(|c| *c != first));
+    }
+    // Heat the GPU first (~0.5 s of the default configuration), so that the first configuration
+    // is not timed on a cool chip with more clock headroom than the others (and than cuBLASLt).
+    let heat = if std::env::var("R1_OWN_NO_HEAT").is_ok_and(|v| v == "1") { 0.0 } else { 0.5 };
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs_f64() < heat {
+        for _ in 0..20 {
+            kern.run(g, ga, gb, &mut y, configs[0])?;
+        }
+        g.synchronize()?;
     }
     // Two passes over the configurations (the clocks drift with temperature); each keeps its
     // faster median.

@@ -8,12 +8,18 @@
 // the two scales and adds it into a separate fp32 accumulator on the CUDA cores (promotion every
 // N_C = 128 elements), so the limited-precision tensor-core sum never spans more than one block.
 //
-// Layout of one CTA (128 * (1 + BM/64) threads, persistent over output tiles):
+// Layout of one CTA (128 * (1 + consumer warpgroups) threads, persistent over output tiles):
 //   warpgroup 0: producer; one thread issues TMA loads (128B swizzle) into a ring of STAGES
-//                shared-memory stages, guarded by `full` / `empty` mbarriers;
-//   warpgroups 1 .. BM/64: consumers, each owns 64 rows of the BM x BN tile (wgmma m64nBNk32).
-// With CL = 2 the two CTAs of a cluster work on vertically adjacent tiles (same columns) and
-// each loads half of the shared B tile, multicast into both CTAs' shared memory.
+//                shared-memory stages, guarded by `full` / `empty` mbarriers, and (SBS) stores
+//                the K block's weight scales into the stage;
+//   warpgroups 1..: consumers (two; three for BM = 192); each owns 64 rows of a 64-row wave:
+//                BM = 128: one wave, BM = 192: one wave of three warpgroups, BM = 256: two waves
+//                (rows cw*64 and 128 + cw*64), each a wgmma m64nBNk32 chain per K block.
+// Consumer schedules (MODE): 0 issues a K block, waits for it and promotes it; 2 ("pipelined",
+// one wave) keeps two K blocks in flight in two scratch fragments (wait_group 1).
+// With CL = 2 the two CTAs of a cluster work on vertically adjacent tiles (same columns; each
+// loads half of the shared B tile, multicast into both CTAs' shared memory) or, with MCA, on
+// horizontally adjacent tiles sharing the A tile the same way.
 //
 // Self-contained (no headers) so that NVRTC compiles it at run time; `cargo xtask kernels`
 // compiles it with nvcc for sm_90a as a check.
@@ -223,36 +229,57 @@ struct Params {
     u16* y;           // output, bf16 [M][N]
     int m, n, k;
     int sb_ld;
-    int group;  // output tiles are visited in column groups of this many BN-wide blocks (L2 reuse)
+    int group;  // output tiles are visited in column groups of this many cluster units (L2 reuse)
 };
 
-/// Tile `u` of the persistent walk -> (block row unit, block column): column groups of
-/// `group` blocks, row-major inside a group, so concurrently running CTAs share A rows and B columns.
-__device__ __forceinline__ void tile_of(int u, int mu_count, int nb_count, int group, int& mu, int& nb) {
-    int per_group = mu_count * group;
+/// Unit `u` of the persistent walk over a `rows` x `cols` grid of units -> (unit row, unit
+/// column): column groups of `group` units, row-major inside a group, so concurrently running
+/// CTAs share A rows and B columns.
+__device__ __forceinline__ void unit_of(int u, int rows, int cols, int group, int& ur, int& uc) {
+    int per_group = rows * group;
     int g = u / per_group;
     int first = g * group;
-    int width = min(group, nb_count - first);
+    int width = min(group, cols - first);
     int in = u - g * per_group;
-    mu = in / width;
-    nb = first + in % width;
+    ur = in / width;
+    uc = first + in % width;
 }
+
+/// The tile grid: row blocks, column blocks and the cluster units over them. A cluster of CL
+/// CTAs covers CL vertically adjacent tiles (MCA = false: they share, and multicast, the B tile)
+/// or CL horizontally adjacent ones (MCA = true: they share the A tile).
+template <int BM, int BN, int CL, bool MCA>
+struct Grid {
+    int mb_count, nb_count, rows, cols;
+    __device__ __forceinline__ Grid(const Params& p) {
+        mb_count = (p.m + BM - 1) / BM;
+        nb_count = (p.n + BN - 1) / BN;
+        rows = MCA ? mb_count : (mb_count + CL - 1) / CL;
+        cols = MCA ? (nb_count + CL - 1) / CL : nb_count;
+    }
+    __device__ __forceinline__ int units() const { return rows * cols; }
+    /// This CTA's (row block, column block) of unit `u`; either may lie one past the edge for
+    /// the second CTA of a cluster (its loads are clamped, its results dropped).
+    __device__ __forceinline__ void tile(int u, int group, u32 rank, int& mb, int& nb) const {
+        int ur, uc;
+        unit_of(u, rows, cols, group, ur, uc);
+        mb = MCA ? ur : ur * CL + (int)rank;
+        nb = MCA ? uc * CL + (int)rank : uc;
+    }
+};
 
 /// Shared-memory addresses of the stage ring.
 struct Ring {
     u32 a, b, bars;     // A stages, B stages, full[STAGES] then empty[STAGES]
     const float* sa;    // activation-scale stages (generic pointer)
+    float* sb;          // weight scales per stage: [STAGES][4] (first and second 128-column block)
 };
 
-/// A consumer warpgroup's view of one 128-wide K block: wait for its stage, read the two row
-/// scales, issue the four k32 wgmma steps into `tmp` (one commit group).
-template <int BM, int BN, int STAGES>
-__device__ __forceinline__ void issue_block(const Ring& r, int cw, int row, int stage, u32 phase, float* tmp, float& a0,
-                                            float& a1) {
-    mbar_wait(r.bars + 8 * stage, phase);
-    a0 = r.sa[stage * BM + row];
-    a1 = r.sa[stage * BM + row + 8];
-    const u64 da = smem_desc(r.a + stage * (BM * BK) + cw * 64 * BK);
+/// Issue the four k32 wgmma steps of one 128-wide K block for the 64 A rows at byte offset
+/// `a_off` of the stage into `tmp` (one commit group).
+template <int BM, int BN>
+__device__ __forceinline__ void issue_mma(const Ring& r, int stage, int a_off, float* tmp) {
+    const u64 da = smem_desc(r.a + stage * (BM * BK) + a_off);
     const u64 db = smem_desc(r.b + stage * (BN * BK));
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) fence_reg(tmp[i]);
@@ -260,10 +287,12 @@ __device__ __forceinline__ void issue_block(const Ring& r, int cw, int row, int 
 #pragma unroll
     for (int k = 0; k < BK / 32; ++k) Wgmma<BN>::run(tmp, da + 2 * k, db + 2 * k, k);
     wgmma_commit();
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) fence_reg(tmp[i]);
 }
 
 /// Hand a stage back to the producer(s): one arrival per consumer warp on every cluster CTA's
-/// `empty` barrier (the stage's B tile was multicast into all of them).
+/// `empty` barrier (the stage's shared operand was multicast into all of them).
 template <int STAGES, int CL>
 __device__ __forceinline__ void release(const Ring& r, int stage) {
     __syncwarp();
@@ -300,46 +329,32 @@ __device__ __forceinline__ void advance(int& stage, u32& phase, int stages) {
     }
 }
 
-/// One consumer warpgroup's work on one tile: all K blocks, promotion, bf16 epilogue. OFF is the
-/// tile's first column modulo 128 (where the weight-scale block changes inside the tile). The
-/// warpgroup waits for its own block before promoting it; the other consumer warpgroup(s) keep
-/// the tensor cores busy meanwhile.
-template <int BM, int BN, int STAGES, int CL, int OFF>
-__device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int mb, int nb, int cw, int& stage,
-                                             u32& phase) {
-    constexpr int R = BN / 2;  // fragment registers per thread (m64 x BN over 128 threads)
-    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-    const int row = cw * 64 + warp * 16 + lane / 4;  // this thread's first row in the tile (and row + 8)
-    const int kbs = p.k / BK;
-    const int n0 = nb * BN;
-    const int nblk0 = n0 / 128;
-    const int nblk1 = min(nblk0 + 1, p.n / 128 - 1);
-    const float* sb0 = p.sb + (size_t)nblk0 * p.sb_ld;
-    const float* sb1 = p.sb + (size_t)nblk1 * p.sb_ld;
-    constexpr bool two = OFF + BN > 128;
+/// Consumer warpgroups per CTA and the 64-row waves each one runs per K block: BM = 128 and 256
+/// have two warpgroups (one or two waves: rows cw*64 and 128 + cw*64), BM = 192 three.
+template <int BM>
+struct Shape {
+    static constexpr int wgs = BM == 192 ? 3 : 2;
+    static constexpr int waves = BM / (64 * wgs);
+};
 
-    float acc[R];
+/// bf16 pairs straight from the fragment (row, 8j + 2(lane%4) .. +1). Rows and columns inside
+/// the matrix take one address computation and BN/4 unguarded stores; edge tiles are guarded.
+template <int BN>
+__device__ __forceinline__ void store_tile(const Params& p, const float* acc, int r0, int n0) {
+    const int lane = threadIdx.x % 32, r1 = r0 + 8, c0 = n0 + 2 * (lane % 4);
+    if (r1 < p.m && n0 + BN <= p.n) {
+        u16* y0 = p.y + (size_t)r0 * p.n + c0;
+        u16* y1 = y0 + (size_t)8 * p.n;
 #pragma unroll
-    for (int i = 0; i < R; ++i) acc[i] = 0.f;
-
-    float tmp[R];
-    for (int kb = 0; kb < kbs; ++kb) {
-        const float b0 = __ldg(sb0 + kb), b1 = two ? __ldg(sb1 + kb) : b0;
-        float a0, a1;
-        issue_block<BM, BN, STAGES>(r, cw, row, stage, phase, tmp, a0, a1);
-        wgmma_wait<0>();
-        release<STAGES, CL>(r, stage);
-        promote<BN, OFF>(acc, tmp, a0, a1, b0, b1);
-        advance(stage, phase, STAGES);
+        for (int j = 0; j < BN / 8; ++j) {
+            st_global_b32(y0 + 8 * j, pack_bf16(acc[4 * j], acc[4 * j + 1]));
+            st_global_b32(y1 + 8 * j, pack_bf16(acc[4 * j + 2], acc[4 * j + 3]));
+        }
+        return;
     }
-
-    // Epilogue: bf16 pairs straight from the fragment (row, 8j + 2(lane%4) .. +1), edges guarded.
-    const int mb_count = (p.m + BM - 1) / BM;
-    if (mb >= mb_count) return;
-    const int r0 = mb * BM + row, r1 = r0 + 8;
 #pragma unroll
-    for (int j = 0; j < R / 4; ++j) {
-        const int col = n0 + 8 * j + 2 * (lane % 4);
+    for (int j = 0; j < BN / 8; ++j) {
+        const int col = c0 + 8 * j;
         if (col < p.n) {
             if (r0 < p.m) st_global_b32(p.y + (size_t)r0 * p.n + col, pack_bf16(acc[4 * j], acc[4 * j + 1]));
             if (r1 < p.m) st_global_b32(p.y + (size_t)r1 * p.n + col, pack_bf16(acc[4 * j + 2], acc[4 * j + 3]));
@@ -347,31 +362,135 @@ __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int
     }
 }
 
+/// One consumer warpgroup's work on one tile: all K blocks, promotion, bf16 epilogue. OFF is the
+/// tile's first column modulo 128 (where the weight-scale block changes inside the tile).
+///
+/// MODE 0: per K block and wave, issue the block's wgmma into `tmp`, wait for it, promote; the
+/// other consumer warpgroup(s) keep the tensor cores busy meanwhile.
+/// MODE 2 (one wave): two scratch fragments; block kb+1 is issued before block kb is promoted
+/// (`wgmma.wait_group 1`), so this warpgroup's own work stays queued on the tensor cores while it
+/// promotes. SBS: the weight scales come from the stage (else from global memory, per K block).
+template <int BM, int BN, int STAGES, int CL, int MODE, bool SBS, int OFF>
+__device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int mb, int nb, bool keep, int cw,
+                                             int& stage, u32& phase) {
+    constexpr int R = BN / 2;  // fragment registers per thread (m64 x BN over 128 threads)
+    constexpr int WAVES = Shape<BM>::waves, WROWS = 64 * Shape<BM>::wgs;
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int row = cw * 64 + warp * 16 + lane / 4;  // this thread's first row in the wave (and row + 8)
+    const int kbs = p.k / BK;
+    const int n0 = nb * BN;
+    const int nblk0 = min(n0 / 128, (p.n - 1) / 128);
+    const int nblk1 = min(nblk0 + 1, (p.n - 1) / 128);
+    const float* sb0 = p.sb + (size_t)nblk0 * p.sb_ld;
+    const float* sb1 = p.sb + (size_t)nblk1 * p.sb_ld;
+    constexpr bool two = OFF + BN > 128;
+
+    float acc[WAVES * R];
+#pragma unroll
+    for (int i = 0; i < WAVES * R; ++i) acc[i] = 0.f;
+
+    // The block's weight scales: from the stage (SBS, written by the producer) or from global.
+    auto bscale = [&](int kb, int st, float& y0, float& y1) {
+        if constexpr (SBS) {
+            y0 = r.sb[st * 4];
+            y1 = r.sb[st * 4 + 1];
+        } else {
+            y0 = __ldg(sb0 + kb);
+            y1 = two ? __ldg(sb1 + kb) : y0;
+        }
+    };
+    if constexpr (MODE == 0) {
+        float tmp[R];
+        for (int kb = 0; kb < kbs; ++kb) {
+            mbar_wait(r.bars + 8 * stage, phase);
+            float b0, b1;
+            bscale(kb, stage, b0, b1);
+#pragma unroll
+            for (int w = 0; w < WAVES; ++w) {
+                // Scales are read before the stage can be released.
+                const float a0 = r.sa[stage * BM + w * WROWS + row], a1 = r.sa[stage * BM + w * WROWS + row + 8];
+                issue_mma<BM, BN>(r, stage, (w * WROWS + cw * 64) * BK, tmp);
+                wgmma_wait<0>();
+                if (w == WAVES - 1) release<STAGES, CL>(r, stage);
+                promote<BN, OFF>(acc + w * R, tmp, a0, a1, b0, b1);
+            }
+            advance(stage, phase, STAGES);
+        }
+    } else {
+        static_assert(MODE == 2 && WAVES == 1, "the pipelined consumer runs one wave");
+        float t0[R], t1[R];
+        // Every path keeps the same blocks in flight at each merge point (ptxas tracks the
+        // wgmma pipeline per register set, not per path): block kb in t0 at the loop head.
+        int st = stage, prev;
+        u32 ph = phase;
+        float a0, a1, b0, b1, c0, c1, d0, d1;
+        auto issue = [&](int kb, float* t, float& x0, float& x1, float& y0, float& y1) {
+            mbar_wait(r.bars + 8 * st, ph);
+            bscale(kb, st, y0, y1);
+            x0 = r.sa[st * BM + row];
+            x1 = r.sa[st * BM + row + 8];
+            issue_mma<BM, BN>(r, st, cw * 64 * BK, t);
+            prev = st;
+            advance(st, ph, STAGES);
+        };
+        int rel0 = st;
+        issue(0, t0, a0, a1, b0, b1);
+        int kb = 0;
+        for (; kb + 2 < kbs; kb += 2) {
+            issue(kb + 1, t1, c0, c1, d0, d1);
+            const int rel1 = prev;
+            wgmma_wait<1>();
+            release<STAGES, CL>(r, rel0);
+            promote<BN, OFF>(acc, t0, a0, a1, b0, b1);
+            issue(kb + 2, t0, a0, a1, b0, b1);
+            rel0 = prev;
+            wgmma_wait<1>();
+            release<STAGES, CL>(r, rel1);
+            promote<BN, OFF>(acc, t1, c0, c1, d0, d1);
+        }
+        if (kb + 1 < kbs) {
+            issue(kb + 1, t1, c0, c1, d0, d1);
+            wgmma_wait<1>();
+            release<STAGES, CL>(r, rel0);
+            promote<BN, OFF>(acc, t0, a0, a1, b0, b1);
+            wgmma_wait<0>();
+            release<STAGES, CL>(r, prev);
+            promote<BN, OFF>(acc, t1, c0, c1, d0, d1);
+        } else {
+            wgmma_wait<0>();
+            release<STAGES, CL>(r, rel0);
+            promote<BN, OFF>(acc, t0, a0, a1, b0, b1);
+        }
+        stage = st;
+        phase = ph;
+    }
+
+    if (!keep) return;
+#pragma unroll
+    for (int w = 0; w < WAVES; ++w) store_tile<BN>(p, acc + w * R, mb * BM + w * WROWS + row, n0);
+}
+
 /// Registers per thread after `setmaxnreg`: the producer warpgroup gives its share to the
-/// BM/64 consumer warpgroups (65536 per SM in all, multiples of 8).
+/// consumer warpgroups (65536 per SM in all, multiples of 8).
 template <int BM>
-struct Regs;
-template <>
-struct Regs<128> {
-    static constexpr int producer = 40, consumer = 232;
-};
-template <>
-struct Regs<192> {
-    static constexpr int producer = 40, consumer = 152;
+struct Regs {
+    static constexpr int producer = 40, consumer = Shape<BM>::wgs == 2 ? 232 : 152;
 };
 
-template <int BM, int BN, int STAGES, int CL>
+template <int BM, int BN, int STAGES, int CL, bool MCA, int MODE, bool SBS>
 __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, const TmaMap* tsa, const Params& p) {
     constexpr u32 A_BYTES = BM * BK, B_BYTES = BN * BK, SA_BYTES = BM * 4;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const u32 raw = smem_addr(smem_raw);
-    const u32 base = (raw + 1023) & ~1023u;
+    // Warp-uniform (the shuffle lets the compiler keep the descriptors in uniform registers).
+    const u32 base = __shfl_sync(0xffffffffu, (raw + 1023) & ~1023u, 0);
     Ring r;
     r.a = base;
     r.b = r.a + STAGES * A_BYTES;
     const u32 s_sa = r.b + STAGES * B_BYTES;
     r.bars = s_sa + STAGES * SA_BYTES;
     r.sa = reinterpret_cast<const float*>(smem_raw + (s_sa - raw));
+    r.sb = reinterpret_cast<float*>(smem_raw + (r.bars + 16 * STAGES - raw));
 
     const int wg = threadIdx.x / 128;
     const u32 rank = CL == 1 ? 0 : cluster_rank();
@@ -379,7 +498,7 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(r.bars + 8 * s, 1);
             // every consumer warp of every CTA in the cluster
-            mbar_init(r.bars + 8 * (STAGES + s), CL * (BM / 64) * 4);
+            mbar_init(r.bars + 8 * (STAGES + s), CL * Shape<BM>::wgs * 4);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -389,9 +508,8 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
         __syncthreads();
     }
 
-    const int mb_count = (p.m + BM - 1) / BM, nb_count = (p.n + BN - 1) / BN;
-    const int mu_count = (mb_count + CL - 1) / CL;
-    const int units = mu_count * nb_count, kbs = p.k / BK;
+    const Grid<BM, BN, CL, MCA> grid(p);
+    const int units = grid.units(), kbs = p.k / BK;
     const int cid = blockIdx.x / CL, clusters = gridDim.x / CL;
 
     if (wg == 0) {
@@ -400,16 +518,42 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
             int stage = 0;
             u32 phase = 0;
             for (int u = cid; u < units; u += clusters) {
-                int mu, nb;
-                tile_of(u, mu_count, nb_count, p.group, mu, nb);
-                // A CTA past the last row block loads the last one again; its results are dropped.
-                const int m0 = min(mu * CL + (int)rank, mb_count - 1) * BM, n0 = nb * BN;
+                int mb, nb;
+                grid.tile(u, p.group, rank, mb, nb);
+                // A CTA past the last block loads the last one again; its results are dropped.
+                const int m0 = min(mb, grid.mb_count - 1) * BM, n0 = min(nb, grid.nb_count - 1) * BN;
+                // SBS: the weight scales of the tile's (up to two) 128-column blocks, one K block
+                // ahead, stored into the stage before the arrival that completes it (release).
+                const int nblk0 = min(n0 / 128, (p.n - 1) / 128), nblk1 = min(nblk0 + 1, (p.n - 1) / 128);
+                const float* sb0 = p.sb + (size_t)nblk0 * p.sb_ld;
+                const float* sb1 = p.sb + (size_t)nblk1 * p.sb_ld;
+                float v0 = 0.f, v1 = 0.f;
+                if (SBS) {
+                    v0 = __ldg(sb0);
+                    v1 = __ldg(sb1);
+                }
                 for (int kb = 0; kb < kbs; ++kb) {
                     const u32 full = r.bars + 8 * stage, empty = r.bars + 8 * (STAGES + stage);
+                    float w0 = 0.f, w1 = 0.f;
+                    if (SBS && kb + 1 < kbs) {
+                        w0 = __ldg(sb0 + kb + 1);
+                        w1 = __ldg(sb1 + kb + 1);
+                    }
                     mbar_wait(empty, phase ^ 1);
+                    if (SBS) {
+                        r.sb[stage * 4] = v0;
+                        r.sb[stage * 4 + 1] = v1;
+                        v0 = w0;
+                        v1 = w1;
+                    }
                     mbar_expect_tx(full, A_BYTES + B_BYTES + SA_BYTES);
-                    tma_load(r.a + stage * A_BYTES, ta, kb * BK, m0, full);
-                    if (CL == 1) {
+                    if (CL == 1 || !MCA) {
+                        tma_load(r.a + stage * A_BYTES, ta, kb * BK, m0, full);
+                    } else {
+                        tma_load_multicast(r.a + stage * A_BYTES + rank * (A_BYTES / CL), ta, kb * BK,
+                                           m0 + (int)rank * (BM / CL), full, (u16)((1 << CL) - 1));
+                    }
+                    if (CL == 1 || MCA) {
                         tma_load(r.b + stage * B_BYTES, tb, kb * BK, n0, full);
                     } else {
                         tma_load_multicast(r.b + stage * B_BYTES + rank * (B_BYTES / CL), tb, kb * BK,
@@ -426,18 +570,19 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
         int stage = 0;
         u32 phase = 0;
         for (int u = cid; u < units; u += clusters) {
-            int mu, nb;
-            tile_of(u, mu_count, nb_count, p.group, mu, nb);
-            const int mb = mu * CL + (int)rank;
+            int mb, nb;
+            grid.tile(u, p.group, rank, mb, nb);
+            const bool keep = mb < grid.mb_count && nb < grid.nb_count;
+            nb = min(nb, grid.nb_count - 1);
             const int off = (nb * BN) % 128;
             if (BN % 128 == 0 || off == 0) {
-                consume_tile<BM, BN, STAGES, CL, 0>(p, r, mb, nb, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 0>(p, r, mb, nb, keep, cw, stage, phase);
             } else if (BN % 64 == 0 || off == 64) {
-                consume_tile<BM, BN, STAGES, CL, 64>(p, r, mb, nb, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 64>(p, r, mb, nb, keep, cw, stage, phase);
             } else if (off == 32) {
-                consume_tile<BM, BN, STAGES, CL, 32>(p, r, mb, nb, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 32>(p, r, mb, nb, keep, cw, stage, phase);
             } else {
-                consume_tile<BM, BN, STAGES, CL, 96>(p, r, mb, nb, cw, stage, phase);
+                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 96>(p, r, mb, nb, keep, cw, stage, phase);
             }
         }
     }
@@ -445,21 +590,25 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
     if (CL > 1) cluster_sync();
 }
 
-// Variants: fp8_gemm_m{BM}_n{BN}_s{STAGES}_c{CL}; 128 * (1 + BM/64) threads; dynamic shared memory
-// STAGES * (BM*128 + BN*128 + BM*4) + 16 * STAGES + 1024 bytes (the host computes the same).
-#define VARIANT(BM, BN, STAGES, CL)                                                                            \
-    extern "C" __global__ void __launch_bounds__(128 * (1 + BM / 64), 1)                                       \
-        fp8_gemm_m##BM##_n##BN##_s##STAGES##_c##CL(                                                            \
+// Variants: fp8_gemm_m{BM}_n{BN}_s{STAGES}_c{CL}{a|b}{SUFFIX}: CL CTAs per cluster multicasting the
+// A tile (a: along N) or the B tile (b: along M); SUFFIX _p for the pipelined consumer, _l for
+// weight scales read from global memory by the consumers. 128 * (1 + consumer warpgroups)
+// threads; dynamic shared memory STAGES * (BM*128 + BN*128 + BM*4) + 32 * STAGES + 1024 bytes
+// (the host computes the same).
+#define VARIANT(BM, BN, STAGES, CL, AB, MCA, SUFFIX, MODE, SBS)                                                \
+    extern "C" __global__ void __launch_bounds__(128 * (1 + Shape<BM>::wgs), 1)                                \
+        fp8_gemm_m##BM##_n##BN##_s##STAGES##_c##CL##AB##SUFFIX(                                                \
             const __grid_constant__ TmaMap ta, const __grid_constant__ TmaMap tb, const __grid_constant__ TmaMap tsa, \
             const Params p) {                                                                                  \
-        gemm_body<BM, BN, STAGES, CL>(&ta, &tb, &tsa, p);                                                      \
+        gemm_body<BM, BN, STAGES, CL, MCA, MODE, SBS>(&ta, &tb, &tsa, p);                                      \
     }
 
-VARIANT(128, 128, 6, 1)
-VARIANT(128, 128, 6, 2)
-VARIANT(128, 160, 5, 1)
-VARIANT(128, 160, 5, 2)
-VARIANT(128, 192, 5, 1)
-VARIANT(128, 192, 5, 2)
-VARIANT(192, 128, 5, 1)
-VARIANT(192, 128, 5, 2)
+VARIANT(128, 128, 6, 1, b, false, , 0, true)
+VARIANT(128, 128, 6, 2, b, false, , 0, true)
+VARIANT(128, 128, 6, 2, b, false, _l, 0, false)
+VARIANT(128, 128, 6, 1, b, false, _p, 2, true)
+VARIANT(128, 128, 6, 2, b, false, _pl, 2, false)
+VARIANT(128, 192, 5, 1, b, false, , 0, true)
+VARIANT(128, 192, 5, 2, b, false, , 0, true)
+VARIANT(192, 128, 5, 1, b, false, , 0, true)
+VARIANT(256, 128, 4, 2, a, true, , 0, true)

@@ -13,10 +13,14 @@
 //!   128-column block;
 //! - a persistent, warp-specialised pipeline: one producer thread issues TMA loads
 //!   (`cp.async.bulk.tensor`, 128-byte swizzle) into a ring of shared-memory stages guarded by
-//!   `full` / `empty` mbarriers, one math warpgroup per 64 rows of a `block_m` × `block_n` tile;
-//!   `setmaxnreg` moves registers from the producer to the math warpgroups; with
-//!   [`Sm90Config::cluster`] = 2 the two CTAs of a cluster share their B tile through TMA
-//!   multicast (half the weight traffic from L2).
+//!   `full` / `empty` mbarriers (and stores each K block's weight scales into its stage), math
+//!   warpgroups own 64-row slices of a `block_m` × `block_n` tile (`block_m` 256: two 64-row
+//!   waves each); `setmaxnreg` moves registers from the producer to the math warpgroups; with
+//!   [`Sm90Config::cluster`] = 2 the two CTAs of a cluster share their B tile (or, with
+//!   [`Sm90Config::multicast_a`], their A tile) through TMA multicast; the pipelined schedule
+//!   ([`Sm90Config::schedule`] 2) keeps two K blocks in flight per math warpgroup.
+//!
+//! [`Sm90Config::for_shape`] picks the configuration [`Sm90Gemm::gemm`] uses.
 //!
 //! Shapes: those of the uploads (K and N multiples of 128, M of 16); rows and columns past a
 //! tile's edge are dropped, so any such M and N work.
@@ -29,7 +33,7 @@ use cudarc::driver::sys::{
     CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,
 };
 use cudarc::driver::{CudaFunction, CudaModule, DevicePtr};
-use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+use cudarc::nvrtc::Ptx;
 
 use super::{GpuFp8, GpuGemm, GpuMatrix, check_operands, gpu_err};
 use crate::{BLOCK, Fp8Error, Result};
@@ -37,38 +41,50 @@ use crate::{BLOCK, Fp8Error, Result};
 /// The kernel source (self-contained CUDA C++; no headers).
 pub const SOURCE: &str = include_str!("../kernels/fp8_gemm_sm90.cu");
 
-/// Compiled variants: (`block_m`, `block_n`, stages, cluster size); each is an `extern "C"`
-/// kernel `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}`.
-pub const VARIANTS: &[(u32, u32, u32, u32)] = &[
-    (128, 128, 6, 1),
-    (128, 128, 6, 2),
-    (128, 160, 5, 1),
-    (128, 160, 5, 2),
-    (128, 192, 5, 1),
-    (128, 192, 5, 2),
-    (192, 128, 5, 1),
-    (192, 128, 5, 2),
+/// Compiled variants: (`block_m`, `block_n`, stages, cluster size, multicast A, schedule); each
+/// is an `extern "C"` kernel `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}{a|b}{"", _e, _p}`.
+pub const VARIANTS: &[(u32, u32, u32, u32, bool, u32)] = &[
+    (128, 128, 6, 1, false, 2),
+    (128, 128, 6, 1, false, 0),
+    (128, 128, 6, 2, false, 0),
+    (128, 128, 6, 2, false, 16),
+    (128, 128, 6, 2, false, 18),
+    (128, 192, 5, 1, false, 0),
+    (128, 192, 5, 2, false, 0),
+    (192, 128, 5, 1, false, 0),
+    (256, 128, 4, 2, true, 0),
 ];
 
 /// One configuration of the kernel (a compiled variant plus the tile order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sm90Config {
-    /// Output tile height: 128 (two math warpgroups) or 192 (three).
+    /// Output tile height: 128 (two math warpgroups of 64 rows), 192 (three) or 256 (two, each
+    /// running two 64-row waves per K block).
     pub block_m: u32,
     /// Output tile width (128, 160 or 192 columns).
     pub block_n: u32,
     /// Shared-memory pipeline stages (each holds a `block_m`×128 A tile, a `block_n`×128 B tile
     /// and `block_m` activation scales).
     pub stages: u32,
-    /// CTAs per cluster along M (1, or 2 for TMA multicast of the shared B tile).
+    /// CTAs per cluster (1, or 2 for TMA multicast of the shared operand tile).
     pub cluster: u32,
+    /// With `cluster` 2: the cluster's CTAs take horizontally adjacent tiles and share (multicast)
+    /// the A tile; otherwise vertically adjacent ones sharing the B tile.
+    pub multicast_a: bool,
+    /// The math warpgroups' schedule per K block: 0 issues the block's wgmma, waits, promotes; 2
+    /// ("pipelined", `block_m` 128 only) keeps two blocks in flight in two scratch fragments,
+    /// issuing block k+1 before promoting block k. +16: the math warpgroups read the weight scales
+    /// from global memory themselves (else the producer stores them into each stage).
+    pub schedule: u32,
     /// The persistent CTAs walk the tiles in column groups of this many tiles (L2 reuse).
     pub group: u32,
 }
 
+/// 128×128 tiles, one CTA per cluster, the pipelined schedule: the fastest configuration at 4096³
+/// on an H200 with the GPU at its power limit (docs/PERF.md), and close to the best at 8192³.
 impl Default for Sm90Config {
     fn default() -> Self {
-        Sm90Config { block_m: 128, block_n: 128, stages: 6, cluster: 2, group: 16 }
+        Sm90Config { block_m: 128, block_n: 128, stages: 6, cluster: 1, multicast_a: false, schedule: 2, group: 16 }
     }
 }
 
@@ -77,27 +93,72 @@ impl Sm90Config {
     pub fn all(group: u32) -> Vec<Sm90Config> {
         VARIANTS
             .iter()
-            .map(|&(block_m, block_n, stages, cluster)| Sm90Config { block_m, block_n, stages, cluster, group })
+            .map(|&(block_m, block_n, stages, cluster, multicast_a, schedule)| Sm90Config {
+                block_m,
+                block_n,
+                stages,
+                cluster,
+                multicast_a,
+                schedule,
+                group,
+            })
             .collect()
     }
 
-    fn variant(&self) -> (u32, u32, u32, u32) {
-        (self.block_m, self.block_n, self.stages, self.cluster)
+    /// The configuration for an `m`×`n` output on a GPU with `sms` multiprocessors: 128×192 tiles
+    /// (one CTA per cluster) once they make at least 12 waves of the persistent grid, else
+    /// [`Sm90Config::default`] (measured on an H200 at its power limit: 128×192 is the fastest
+    /// at 8192³ and 4–8 % behind 128×128 pipelined at 4096³; docs/PERF.md).
+    pub fn for_shape(m: usize, n: usize, sms: u32) -> Sm90Config {
+        let tiles = m.div_ceil(128) * n.div_ceil(192);
+        if tiles >= 12 * sms as usize {
+            Sm90Config { block_n: 192, stages: 5, schedule: 0, ..Sm90Config::default() }
+        } else {
+            Sm90Config::default()
+        }
+    }
+
+    fn variant(&self) -> (u32, u32, u32, u32, bool, u32) {
+        (self.block_m, self.block_n, self.stages, self.cluster, self.multicast_a, self.schedule)
     }
 
     fn kernel_name(&self) -> String {
-        format!("fp8_gemm_m{}_n{}_s{}_c{}", self.block_m, self.block_n, self.stages, self.cluster)
+        format!(
+            "fp8_gemm_m{}_n{}_s{}_c{}{}{}",
+            self.block_m,
+            self.block_n,
+            self.stages,
+            self.cluster,
+            if self.multicast_a { "a" } else { "b" },
+            match self.schedule {
+                0 => "",
+                2 => "_p",
+                16 => "_l",
+                18 => "_pl",
+                _ => "_?",
+            }
+        )
     }
 
-    /// A producer warpgroup plus one math warpgroup per 64 rows.
+    /// A producer warpgroup plus the math warpgroups (three for `block_m` 192, else two).
     fn threads(&self) -> u32 {
-        128 * (1 + self.block_m / 64)
+        128 * (1 + if self.block_m == 192 { 3 } else { 2 })
+    }
+
+    /// The CTAs of a cluster sharing the A tile (1 without A multicast).
+    fn share_a(&self) -> u32 {
+        if self.multicast_a { self.cluster } else { 1 }
+    }
+
+    /// The CTAs of a cluster sharing the B tile (1 with A multicast).
+    fn share_b(&self) -> u32 {
+        if self.multicast_a { 1 } else { self.cluster }
     }
 
     /// Dynamic shared memory: the stages, the barriers and 1 KiB of alignment slack.
     fn smem_bytes(&self) -> u32 {
         let b = BLOCK as u32;
-        self.stages * (self.block_m * b + self.block_n * b + self.block_m * 4) + 16 * self.stages + 1024
+        self.stages * (self.block_m * b + self.block_n * b + self.block_m * 4) + 32 * self.stages + 1024
     }
 }
 
@@ -115,7 +176,7 @@ struct Params {
 
 /// A compiled variant and the most CTAs of it the device runs at once (the persistent grid).
 struct Variant {
-    key: (u32, u32, u32, u32),
+    key: (u32, u32, u32, u32, bool, u32),
     func: CudaFunction,
     max_ctas: u32,
 }
@@ -146,8 +207,8 @@ impl Sm90Gemm {
                 detail: "the own FP8 kernel needs a Hopper GPU (sm_90a: wgmma, TMA multicast)".into(),
             });
         }
-        let opts = CompileOptions { arch: Some("sm_90a"), options: vec!["-std=c++17".into()], ..Default::default() };
-        let ptx = compile_ptx_with_opts(SOURCE, opts).map_err(|e| gpu_err("NVRTC", "fp8_gemm_sm90.cu", e))?;
+        // NVRTC straight to sm_90a machine code (no PTX JIT in the driver at load time).
+        let ptx = Ptx::from_binary(compile_cubin(SOURCE, &["-std=c++17".to_string()])?);
         let module = ctx.load_module(ptx).map_err(|e| gpu_err("load_module", "fp8_gemm_sm90", e))?;
         let sms = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -197,10 +258,10 @@ impl Sm90Gemm {
         self.funcs.iter().find(|v| v.key == cfg.variant()).map(|v| v.max_ctas)
     }
 
-    /// `y = a·bᵀ` with [`Sm90Config::default`] into a new bf16 device matrix.
+    /// `y = a·bᵀ` with [`Sm90Config::for_shape`] into a new bf16 device matrix.
     pub fn gemm(&self, g: &GpuGemm, a: &GpuFp8, b: &GpuFp8) -> Result<GpuMatrix> {
         let mut y = g.alloc_out(a.rows, b.rows, super::OutType::Bf16)?;
-        self.run(g, a, b, &mut y, Sm90Config::default())?;
+        self.run(g, a, b, &mut y, Sm90Config::for_shape(a.rows, b.rows, self.sms))?;
         Ok(y)
     }
 
@@ -235,7 +296,7 @@ impl Sm90Gemm {
             return Err(Fp8Error::Arg {
                 field: "Sm90Config".into(),
                 value: format!("{cfg:?}"),
-                detail: format!("compiled (block_m, block_n, stages, cluster): {VARIANTS:?}"),
+                detail: format!("compiled (block_m, block_n, stages, cluster, multicast_a, schedule): {VARIANTS:?}"),
             });
         };
         if cfg.group == 0 {
@@ -265,8 +326,8 @@ impl Sm90Gemm {
             )
         };
         let bm = cfg.block_m;
-        let ta = fp8_map(pa, m, bm)?;
-        let tb = fp8_map(pb, n, cfg.block_n / cfg.cluster)?;
+        let ta = fp8_map(pa, m, bm / cfg.share_a())?;
+        let tb = fp8_map(pb, n, cfg.block_n / cfg.share_b())?;
         let tsa = tensor_map(TmaType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32, psa, [m, kb], m * 4, [bm, 1], false, &shape)?;
         let params = Params {
             sb: psb,
@@ -278,7 +339,8 @@ impl Sm90Gemm {
             group: cfg.group as i32,
         };
         // Persistent grid: one CTA per SM (a whole number of clusters), at most one per tile.
-        let tiles = m.div_ceil(bm as usize).next_multiple_of(cfg.cluster as usize) * n.div_ceil(cfg.block_n as usize);
+        let tiles = m.div_ceil(bm as usize).next_multiple_of(cfg.share_b() as usize)
+            * n.div_ceil(cfg.block_n as usize).next_multiple_of(cfg.share_a() as usize);
         let grid = var.max_ctas.min(tiles as u32).max(cfg.cluster);
         let mut attr = cluster_attr(cfg.cluster);
         let config = launch_config(&cfg, grid, stream.cu_stream(), &mut attr);
@@ -294,6 +356,54 @@ impl Sm90Gemm {
         unsafe { cu::cuLaunchKernelEx(&config, var.func.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
             .result()
             .map_err(|e| gpu_err("cuLaunchKernelEx", &shape, e))
+    }
+}
+
+/// Compile `src` with NVRTC straight to `sm_90a` machine code (a CUBIN; NVRTC's own assembler
+/// rather than the driver's PTX JIT) with the options `extra` besides the architecture.
+fn compile_cubin(src: &str, extra: &[String]) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::sys as rtc;
+    use std::ffi::{CStr, CString, c_char};
+    let err = |what: &str, r: rtc::nvrtcResult| gpu_err("NVRTC", what, format!("{r:?}"));
+    let csrc = CString::new(src).map_err(|e| gpu_err("NVRTC", "source", e))?;
+    let name = CString::new("fp8_gemm_sm90.cu").map_err(|e| gpu_err("NVRTC", "name", e))?;
+    let mut opts: Vec<CString> =
+        vec![CString::new("--gpu-architecture=sm_90a").map_err(|e| gpu_err("NVRTC", "option", e))?];
+    for o in extra {
+        opts.push(CString::new(o.as_str()).map_err(|e| gpu_err("NVRTC", "option", e))?);
+    }
+    let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+    let mut prog: rtc::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: the strings outlive the program; the program is destroyed on every path below.
+    unsafe {
+        let r = rtc::nvrtcCreateProgram(&mut prog, csrc.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null());
+        if r != rtc::nvrtcResult::NVRTC_SUCCESS {
+            return Err(err("create program", r));
+        }
+        let out = (|| {
+            let r = rtc::nvrtcCompileProgram(prog, ptrs.len() as i32, ptrs.as_ptr());
+            if r != rtc::nvrtcResult::NVRTC_SUCCESS {
+                let mut n = 0usize;
+                rtc::nvrtcGetProgramLogSize(prog, &mut n);
+                let mut log = vec![0 as c_char; n.max(1)];
+                rtc::nvrtcGetProgramLog(prog, log.as_mut_ptr());
+                let log = CStr::from_ptr(log.as_ptr()).to_string_lossy().into_owned();
+                return Err(gpu_err("NVRTC", "fp8_gemm_sm90.cu", format!("{r:?}: {log}")));
+            }
+            let mut n = 0usize;
+            let r = rtc::nvrtcGetCUBINSize(prog, &mut n);
+            if r != rtc::nvrtcResult::NVRTC_SUCCESS {
+                return Err(err("CUBIN size", r));
+            }
+            let mut bin = vec![0u8; n];
+            let r = rtc::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut c_char);
+            if r != rtc::nvrtcResult::NVRTC_SUCCESS {
+                return Err(err("CUBIN", r));
+            }
+            Ok(bin)
+        })();
+        rtc::nvrtcDestroyProgram(&mut prog);
+        out
     }
 }
 
