@@ -275,7 +275,7 @@ impl Tensor {
             }
             #[cfg(feature = "cuda")]
             (Storage::Cuda(s), _) => {
-                let host = s.download()?;
+                let host = s.download(self.numel())?;
                 Tensor::from_storage(Storage::Cpu(host), self.shape.clone(), Device::Cpu).to_device(device)
             }
             _ => Ok(self.clone()),

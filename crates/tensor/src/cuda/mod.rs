@@ -40,10 +40,16 @@ impl CudaStorage {
         }
     }
 
-    pub(crate) fn download(&self) -> Result<CpuStorage> {
+    /// The first `numel` elements on the host (a zero-element tensor's buffer holds one unused
+    /// element, see `alloc`).
+    pub(crate) fn download(&self, numel: usize) -> Result<CpuStorage> {
+        fn first<T>(mut v: Vec<T>, n: usize) -> Vec<T> {
+            v.truncate(n);
+            v
+        }
         Ok(match self {
-            CudaStorage::F32(s) => CpuStorage::F32(s.stream().clone_dtoh(s).map_err(cuda_err)?),
-            CudaStorage::BF16(s) => CpuStorage::BF16(s.stream().clone_dtoh(s).map_err(cuda_err)?),
+            CudaStorage::F32(s) => CpuStorage::F32(first(s.stream().clone_dtoh(s).map_err(cuda_err)?, numel)),
+            CudaStorage::BF16(s) => CpuStorage::BF16(first(s.stream().clone_dtoh(s).map_err(cuda_err)?, numel)),
         })
     }
 
