@@ -34,13 +34,16 @@ pub use tensor::{CpuStorage, Device, Shape, Tensor, numel};
 /// hands its work to the pool and sleeps until the pool wakes it again — a futex round trip per
 /// op, about 3,400 context switches per `cpu-small` training step. Run a training or
 /// inference loop through `on_pool` and the ops fork and join inside the pool instead
-/// (`cargo xtask bench cpu-small`: ≈ 7 % faster). Already on a worker, `f` simply runs.
+/// (`cargo xtask bench cpu-small`: ≈ 7 % faster). Already on a worker (of any pool), `f` simply
+/// runs there. A panic in `f` reaches the caller. `f` occupies one worker for its whole run: it
+/// must not block waiting on another OS thread that itself needs the pool (with one thread that
+/// would deadlock).
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
-    // The workers get a main thread's stack size (they now run the whole program); this only
-    // takes effect if the pool was not started yet.
+    // The workers get a main thread's stack size (they now run the whole program); ignored when
+    // the global pool was already started (then its own stack size stays).
     let _ = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build_global();
     rayon::scope(|_| f())
 }

@@ -522,7 +522,15 @@ fn combine_rows_forward_and_backward() {
         assert!(index::combine_rows(&ts, &[(0, 3), (0, 0)], 2, None).is_err());
         assert!(index::combine_rows(&ts, &[(4, 0), (0, 0)], 2, None).is_err());
         assert!(index::combine_rows(&ts, &loc[..3], 2, None).is_err());
-        assert!(index::combine_rows_backward(&ts, &[(0, 1), (0, 1)], 2, None, &dy.reshape(&[4, d]).unwrap()).is_err());
+        let dy1 = shape::narrow(&dy, 0, 0, 1).unwrap();
+        let twice = index::combine_rows_backward(&ts, &[(0, 1), (0, 1)], 2, None, &dy1).unwrap_err();
+        assert!(twice.to_string().contains("two slots"), "{twice}");
+        assert!(index::combine_rows_backward(&ts, &loc, k, None, &dy1).is_err(), "dy rows ≠ outputs");
+        if dev.is_cpu() {
+            let mixed = [ts[0].clone(), Tensor::zeros(&[2, d], DType::F64, &dev).unwrap()];
+            assert!(index::combine_rows(&mixed, &[(0, 0), (1, 0)], 2, None).is_err(), "mixed dtypes");
+        }
+        assert!(index::combine_rows(&[Tensor::zeros(&[], DType::F32, &dev).unwrap()], &[(0, 0)], 1, None).is_err());
         assert!(index::combine_rows(&ts, &loc, k, Some(&dy)).is_err());
     }
 }
@@ -561,6 +569,19 @@ fn attention_bshd_matches_head_major() {
                     attention::attention_bshd_backward(&q, &k, &v, &p, 0.4, &perm(&d_o)).is_err(),
                     "dO in the wrong layout"
                 );
+                let (kd, vd) = (q.dim(3), v.dim(3));
+                assert!(attention::attention_bshd(&q, &k.reshape(&[b * s, h, kd]).unwrap(), &v, 0.4, &mask).is_err());
+                // No heads, or no queries: empty outputs and zero gradients, no panic.
+                for (s0, h0) in [(s, 0), (0, h)] {
+                    let z = |d: usize| Tensor::zeros(&[b, s0, h0, d], DType::F32, &dev).unwrap();
+                    let kz = Tensor::zeros(&[b, s, h0, kd], DType::F32, &dev).unwrap();
+                    let vz = Tensor::zeros(&[b, s, h0, vd], DType::F32, &dev).unwrap();
+                    let (o, p) =
+                        attention::attention_bshd(&z(kd), &kz, &vz, 0.4, &attention::AttnMask::causal()).unwrap();
+                    assert_eq!((o.shape(), p.shape()), (&vec![b, s0, h0, vd], &vec![b, h0, s0, s]));
+                    let (dq, dk_, dv_) = attention::attention_bshd_backward(&z(kd), &kz, &vz, &p, 0.4, &z(vd)).unwrap();
+                    assert_eq!((dq.shape(), dk_.shape(), dv_.shape()), (z(kd).shape(), kz.shape(), vz.shape()));
+                }
             });
         }
     }

@@ -6,7 +6,7 @@ use super::elementwise::{map_par, zip_par};
 use super::vmath::simd;
 use super::{PAR_MIN, host, out, same_device, same_dtype, sl, with_float};
 use crate::error::shape_err;
-use crate::{Float, Result, Tensor};
+use crate::{DType, Float, Result, Tensor};
 
 #[inline(always)]
 fn sigm<T: Float>(x: T) -> T {
@@ -58,14 +58,14 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 pub fn swiglu_backward(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     check_same("swiglu_backward", gate, up)?;
     check_same("swiglu_backward", gate, dy)?;
-    #[cfg(feature = "cuda")]
-    if !gate.device().is_cpu() {
+    if !gate.device().is_cpu() || gate.dtype() == DType::BF16 {
+        // The composition (bf16 rounds silu(g) and dy·u to bf16 between the ops, as on CUDA).
         let d_up = super::elementwise::mul(dy, &silu(gate)?)?;
         let d_gate = silu_backward(gate, &super::elementwise::mul(dy, up)?)?;
         return Ok((d_gate, d_up));
     }
-    // One pass on the CPU: d up = dy · silu(g), d gate = (dy · u) · σ(g)(1 + g(1 − σ(g))) — the
-    // same roundings as `silu`, `mul` and `silu_backward` in turn.
+    // One pass on the CPU in f32 / f64: d up = dy · silu(g), d gate = (dy · u) · σ(g)(1 +
+    // g(1 − σ(g))) — the same roundings as `silu`, `mul` and `silu_backward` in turn.
     let (hg, hu, hd) = (host(gate)?, host(up)?, host(dy)?);
     with_float!(gate.dtype(), T, {
         let (g, u, d) = (sl::<T>(&hg), sl::<T>(&hu), sl::<T>(&hd));

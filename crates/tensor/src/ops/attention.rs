@@ -111,7 +111,9 @@ fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
     let Dims { b, h, s, t, dk, dv } = dims("attention", q, k, v, mask)?;
     #[cfg(feature = "cuda")]
-    if let crate::Device::Cuda(be) = q.device() {
+    if let crate::Device::Cuda(be) = q.device()
+        && b * h * s * dk * dv > 0
+    {
         return be.attention(q, k, v, scale, mask);
     }
     attention_cpu(q, k, v, scale, mask, Layout::Bhsd, Dims { b, h, s, t, dk, dv })
@@ -137,12 +139,25 @@ impl Layout {
 
 /// [`attention`] with `q [B, S, H, Dk]`, `k [B, T, H, Dk]`, `v [B, T, H, Dv]` → `o [B, S, H, Dv]`
 /// (the layout the projections produce, so no permutes are needed around it); `p` is
-/// `[B, H, S, T]` as in [`attention`]. The CPU reads and writes the heads in place; other devices
-/// permute around [`attention`].
+/// `[B, H, S, T]` as in [`attention`]. The CPU reads and writes the heads in place, one task per
+/// batch element; with fewer batch elements than threads, and on other devices, it permutes
+/// around [`attention`] (same values up to the summation order of the products).
 pub fn attention_bshd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
     let bhsd = [0, 2, 1, 3];
-    if !q.device().is_cpu() || q.rank() != 4 || q.dim(0) < rayon::current_num_threads() {
-        // Elsewhere, and for batches too small to spread over the threads, via the head-major op.
+    if [q, k, v].iter().all(|x| x.rank() == 4) && q.numel() * v.numel() == 0 {
+        // An empty problem (no heads, queries or dims) on any device: checked, then zeros.
+        let d = dims(
+            "attention_bshd",
+            &q.reshape(&bhsd_shape(q))?,
+            &k.reshape(&bhsd_shape(k))?,
+            &v.reshape(&bhsd_shape(v))?,
+            mask,
+        )?;
+        return attention_cpu(q, k, v, scale, mask, Layout::Bshd, d);
+    }
+    if !q.device().is_cpu() || [q, k, v].iter().any(|x| x.rank() != 4) || q.dim(0) < rayon::current_num_threads() {
+        // Elsewhere, for batches too small to spread over the threads, and for inputs of the wrong
+        // rank (the head-major op names them), via the head-major op.
         let (pq, pk, pv) = (permute(q, &bhsd)?, permute(k, &bhsd)?, permute(v, &bhsd)?);
         let (o, p) = attention(&pq, &pk, &pv, scale, mask)?;
         return Ok((permute(&o, &bhsd)?, p));
@@ -166,6 +181,12 @@ fn attention_cpu(
     lay: Layout,
     Dims { b, h, s, t, dk, dv }: Dims,
 ) -> Result<(Tensor, Tensor)> {
+    let o_shape = if lay == Layout::Bhsd { [b, h, s, dv] } else { [b, s, h, dv] };
+    let cd = super::compute_dtype(q.dtype());
+    if b * h * s * dk * dv == 0 {
+        // Nothing to attend with (t = 0 was rejected): zero outputs and probabilities.
+        return Ok((Tensor::zeros(&o_shape, q.dtype(), q.device())?, Tensor::zeros(&[b, h, s, t], cd, q.device())?));
+    }
     let (hq, hk, hv) = (host(q)?, host(k)?, host(v)?);
     let extra = mask.key_padding.is_some() || mask.segment_ids.is_some();
     with_float!(q.dtype(), T, {
@@ -229,8 +250,6 @@ fn attention_cpu(
                 })
             }
         }
-        let o_shape = if lay == Layout::Bhsd { [b, h, s, dv] } else { [b, s, h, dv] };
-        let cd = super::compute_dtype(q.dtype());
         Ok((out(o, &o_shape, q.dtype(), q.device())?, out(p, &[b, h, s, t], cd, q.device())?))
     })
 }
@@ -256,7 +275,9 @@ pub fn attention_backward(
         ));
     }
     #[cfg(feature = "cuda")]
-    if let crate::Device::Cuda(be) = q.device() {
+    if let crate::Device::Cuda(be) = q.device()
+        && b * h * s * dk * dv > 0
+    {
         return be.attention_backward(q, k, v, p, scale, d_o);
     }
     attention_backward_cpu(q, k, v, p, scale, d_o, Layout::Bhsd, Dims { b, h, s, t, dk, dv })
@@ -272,7 +293,15 @@ pub fn attention_bshd_backward(
     d_o: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let bhsd = [0, 2, 1, 3];
-    if !q.device().is_cpu() || q.rank() != 4 || q.dim(0) < rayon::current_num_threads() {
+    let z = |x: &Tensor| Tensor::zeros(x.shape(), x.dtype(), x.device());
+    if [q, k, v, d_o].iter().all(|x| x.rank() == 4) && q.numel() * v.numel() == 0 {
+        // An empty problem: zero gradients (shapes checked below on the in-place path's rules).
+        if d_o.shape() != &[q.dim(0), q.dim(1), q.dim(2), v.dim(3)] {
+            return Err(shape_err("attention_bshd_backward", "dO must be [B,S,H,Dv]", &[d_o.shape(), q.shape()]));
+        }
+        return Ok((z(q)?, z(k)?, z(v)?));
+    }
+    if !q.device().is_cpu() || [q, k, v, d_o].iter().any(|x| x.rank() != 4) || q.dim(0) < rayon::current_num_threads() {
         let (pq, pk, pv, pd) = (permute(q, &bhsd)?, permute(k, &bhsd)?, permute(v, &bhsd)?, permute(d_o, &bhsd)?);
         let (dq, dk, dv) = attention_backward(&pq, &pk, &pv, p, scale, &pd)?;
         return Ok((permute(&dq, &bhsd)?, permute(&dk, &bhsd)?, permute(&dv, &bhsd)?));
@@ -300,6 +329,11 @@ fn attention_backward_cpu(
     lay: Layout,
     Dims { b, h, s, t, dk, dv }: Dims,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    if b * h * s * dk * dv == 0 {
+        // No products: every gradient is zero.
+        let z = |x: &Tensor| Tensor::zeros(x.shape(), x.dtype(), x.device());
+        return Ok((z(q)?, z(k)?, z(v)?));
+    }
     let (hq, hk, hv, hp, hd) =
         (host(q)?, host(k)?, host(v)?, host(&p.to_dtype(super::compute_dtype(q.dtype()))?)?, host(d_o)?);
     with_float!(q.dtype(), T, {

@@ -188,8 +188,10 @@ pub fn topk_backward(dvalues: &Tensor, idx: &[u32], e: usize) -> Result<Tensor> 
 /// Checks shared by [`combine_rows`] and its backward; returns the row width.
 fn combine_check(op: &'static str, srcs: &[Tensor], loc: &[(u32, u32)], k: usize, w: Option<&Tensor>) -> Result<usize> {
     let first = srcs.first().ok_or_else(|| TensorError::Arg { op, detail: "no sources".into() })?;
-    let row_shape = &first.shape()[1..];
-    if first.rank() == 0 || srcs.iter().any(|s| s.rank() == 0 || &s.shape()[1..] != row_shape) {
+    let refs: Vec<&Tensor> = srcs.iter().chain(w).collect();
+    super::same_device(op, &refs)?;
+    super::same_dtype(op, &refs)?;
+    if srcs.iter().any(|s| s.rank() == 0) || srcs.iter().any(|s| s.shape()[1..] != first.shape()[1..]) {
         return Err(shape_err(
             op,
             "sources must share their row shape",
@@ -203,13 +205,12 @@ fn combine_check(op: &'static str, srcs: &[Tensor], loc: &[(u32, u32)], k: usize
     for &(e, r) in loc {
         check_idx(op, &[r], srcs[e as usize].dim(0))?;
     }
-    if let Some(w) = w {
-        if w.numel() != loc.len() {
-            return Err(shape_err(op, format!("weights must hold the {} slots", loc.len()), &[w.shape()]));
-        }
-        super::same_dtype(op, &[first, w])?;
+    if let Some(w) = w
+        && w.numel() != loc.len()
+    {
+        return Err(shape_err(op, format!("weights must hold the {} slots", loc.len()), &[w.shape()]));
     }
-    Ok(row_shape.iter().product())
+    Ok(first.shape()[1..].iter().product())
 }
 
 /// Slot order within each output row: by source, then row (the order expert dispatch sums in).
@@ -220,10 +221,12 @@ fn combine_order(loc: &[(u32, u32)], k: usize) -> Vec<u32> {
 }
 
 /// The combine step of expert dispatch: a weighted sum of rows gathered from several sources,
-/// `out[i] = Σ_j w[i, j] · srcs[e][r]` with `(e, r) = loc[i·k + j]`, for `i < loc.len() / k`;
-/// the `k` terms are added in increasing `(e, r)` order, each product rounded first (as
-/// `index_add` of `mul`). `w` has the sources' dtype and `loc.len()` entries (`None`: weight 1).
-/// On the CPU one pass over the sources; elsewhere `cat`, `index_select`, `mul`, `index_add`.
+/// `out[i] = Σ_j w[i, j] · srcs[e][r]` with `(e, r) = loc[i·k + j]`, for `i < loc.len() / k`.
+/// `w` has the sources' dtype and device and `loc.len()` entries (`None`: weight 1). On the CPU
+/// one pass over the sources in the compute dtype (f32 for bf16, rounded once at the end), the
+/// `k` terms of a row added in increasing `(e, r)` order, each product rounded first — for f32 /
+/// f64 the same result as `index_add` of `mul` over the rows in dispatch order. Elsewhere `cat`,
+/// `index_select`, `mul` and `index_add` (on CUDA an atomic scatter: summation order not fixed).
 pub fn combine_rows(srcs: &[Tensor], loc: &[(u32, u32)], k: usize, w: Option<&Tensor>) -> Result<Tensor> {
     let row = combine_check("combine_rows", srcs, loc, k, w)?;
     let n = loc.len() / k;
@@ -231,15 +234,13 @@ pub fn combine_rows(srcs: &[Tensor], loc: &[(u32, u32)], k: usize, w: Option<&Te
     let mut shape = first.shape().clone();
     shape[0] = n;
     if !first.device().is_cpu() {
-        let (all, rows) = cat_rows(srcs, loc)?;
-        let order = combine_order(loc, k);
-        let picked: Vec<u32> = order.iter().map(|&s| rows[s as usize]).collect();
-        let mut y = index_select(&all, &picked)?;
+        let (all, rows) = cat_rows(srcs, loc, row)?;
+        let mut y = index_select(&all, &rows)?;
         if let Some(w) = w {
-            y = super::elementwise::mul(&y, &index_select(&w.reshape(&[loc.len(), 1])?, &order)?)?;
+            y = super::elementwise::mul(&y, &w.reshape(&[loc.len(), 1])?)?;
         }
-        let dest: Vec<u32> = order.iter().map(|&s| s / k as u32).collect();
-        return index_add(n, &dest, &y);
+        let dest: Vec<u32> = (0..loc.len() as u32).map(|s| s / k as u32).collect();
+        return index_add(n, &dest, &y)?.reshape(&shape);
     }
     let hs: Vec<Tensor> = srcs.iter().map(host).collect::<Result<_>>()?;
     let hw = w.map(host).transpose()?;
@@ -269,14 +270,16 @@ pub fn combine_rows(srcs: &[Tensor], loc: &[(u32, u32)], k: usize, w: Option<&Te
     })
 }
 
-/// The sources concatenated along rows, and each slot's row in that concatenation.
-fn cat_rows(srcs: &[Tensor], loc: &[(u32, u32)]) -> Result<(Tensor, Vec<u32>)> {
+/// The sources as `[rows, row]` concatenated along rows, and each slot's row in that
+/// concatenation.
+fn cat_rows(srcs: &[Tensor], loc: &[(u32, u32)], row: usize) -> Result<(Tensor, Vec<u32>)> {
     let mut start = vec![0u32; srcs.len()];
     for e in 1..srcs.len() {
         start[e] = start[e - 1] + srcs[e - 1].dim(0) as u32;
     }
     let rows = loc.iter().map(|&(e, r)| start[e as usize] + r).collect();
-    Ok((super::shape::cat(srcs, 0)?, rows))
+    let flat: Vec<Tensor> = srcs.iter().map(|s| s.reshape(&[s.dim(0), row])).collect::<Result<_>>()?;
+    Ok((super::shape::cat(&flat, 0)?, rows))
 }
 
 /// Backward of [`combine_rows`]: each source's gradient (`w[i, j] · dy[i]` at the row slot
@@ -294,9 +297,10 @@ pub fn combine_rows_backward(
     let row = combine_check(op, srcs, loc, k, w)?;
     let n = loc.len() / k;
     let first = &srcs[0];
-    if dy.dim(0) != n || dy.numel() != n * row {
-        return Err(shape_err(op, format!("dy must be [{n}, row]"), &[dy.shape(), first.shape()]));
+    if dy.rank() == 0 || dy.dim(0) != n || dy.shape()[1..] != first.shape()[1..] {
+        return Err(shape_err(op, format!("dy must be [{n}, the sources' row shape]"), &[dy.shape(), first.shape()]));
     }
+    super::same_device(op, &[first, dy])?;
     super::same_dtype(op, &[first, dy])?;
     // Which slot names each source row.
     let mut slot_of: Vec<Vec<u32>> = srcs.iter().map(|s| vec![u32::MAX; s.dim(0)]).collect();
@@ -309,10 +313,9 @@ pub fn combine_rows_backward(
     }
     let dw_shape = [n, k];
     if !first.device().is_cpu() {
-        let (all, rows) = cat_rows(srcs, loc)?;
-        let slots: Vec<u32> = (0..loc.len() as u32).collect();
-        let tokens: Vec<u32> = slots.iter().map(|&s| s / k as u32).collect();
-        let d_sel = index_select(dy, &tokens)?;
+        let (all, rows) = cat_rows(srcs, loc, row)?;
+        let tokens: Vec<u32> = (0..loc.len() as u32).map(|s| s / k as u32).collect();
+        let d_sel = index_select(&dy.reshape(&[n, row])?, &tokens)?;
         let dw = match w {
             Some(_) => {
                 let prod = super::elementwise::mul(&d_sel, &index_select(&all, &rows)?)?;
@@ -329,7 +332,7 @@ pub fn combine_rows_backward(
         let mut d_srcs = Vec::with_capacity(srcs.len());
         let mut at = 0;
         for s in srcs {
-            d_srcs.push(super::shape::narrow(&d_all, 0, at, s.dim(0))?);
+            d_srcs.push(super::shape::narrow(&d_all, 0, at, s.dim(0))?.reshape(s.shape())?);
             at += s.dim(0);
         }
         return Ok((d_srcs, dw));

@@ -89,7 +89,7 @@ pub(crate) fn gemm_ld<T: Float>(
             && c.len() >= need(m, n, ldc),
         "gemm_ld: operand buffers too short for the product"
     );
-    let t0 = std::time::Instant::now();
+    let t0 = gemm_profile_on().then(std::time::Instant::now);
     // SAFETY: the assertion above shows every addressed element lies inside its slice.
     unsafe {
         gemm::gemm(
@@ -114,7 +114,7 @@ pub(crate) fn gemm_ld<T: Float>(
             par,
         );
     }
-    if gemm_profile_on() {
+    if let Some(t0) = t0 {
         let mut g = GEMM_PROFILE.lock().unwrap_or_else(|e| e.into_inner());
         let e = g.entry((m, n, k, ta, tb, !matches!(par, gemm::Parallelism::None))).or_default();
         e.0 += 1;
@@ -147,7 +147,7 @@ pub fn gemm_profile_report() -> String {
     let mut s = String::new();
     for ((m, n, k, ta, tb, par), (calls, t)) in rows {
         let gflop = 2.0 * (m * n * k * calls) as f64 / 1e9;
-        let threads = if *par { "both cores" } else { "one thread" };
+        let threads = if *par { "all threads" } else { "one thread" };
         s += &format!(
             "{m:>5}x{n:<5}x{k:<5} ta={} tb={} {threads}: {calls:>6} calls {t:>8.4} s {:>6.1} GFLOP/s\n",
             *ta as u8,

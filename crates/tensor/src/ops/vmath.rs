@@ -47,6 +47,7 @@ fn fold8<T: crate::Float>(l: [T; 8]) -> T {
 /// vectorises), then [`fold8`].
 #[inline(always)]
 pub(crate) fn dot<T: crate::Float>(a: &[T], b: &[T]) -> T {
+    debug_assert_eq!(a.len(), b.len(), "dot: lengths differ");
     let mut acc = [T::zero(); 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
