@@ -343,9 +343,9 @@ fn attention_backward_cpu(
         let mut dvv = vec![T::zero(); b * h * t * dv];
         let none = gemm::Parallelism::None;
         // One head, block by block of query rows; `dp` is a block's scratch. The dq / dk / dv
-        // chunks hold this head alone (`own` true) or the whole batch element, where the head's
+        // chunks hold this head alone (head-major) or the whole batch element, where the head's
         // rows start at its layout offset.
-        let head = |bi: usize, hi: usize, own: bool, dqb: &mut [T], dkb: &mut [T], dvb: &mut [T], dp: &mut [T]| {
+        let head = |bi: usize, hi: usize, dqb: &mut [T], dkb: &mut [T], dvb: &mut [T], dp: &mut [T]| {
             let (q0, ldq) = lay.head(hi, h, s, dk);
             let (k0, ldk) = lay.head(hi, h, t, dk);
             let (v0, ldv) = lay.head(hi, h, t, dv);
@@ -355,7 +355,7 @@ fn attention_backward_cpu(
             let vb = &vs[bi * h * t * dv + v0..];
             let db = &ds[bi * h * s * dv + o0..];
             let pb = &ps[(bi * h + hi) * s * t..(bi * h + hi + 1) * s * t];
-            let (cq, ck, cv) = if own { (0, 0, 0) } else { (q0, k0, v0) };
+            let (cq, ck, cv) = if lay == Layout::Bhsd { (0, 0, 0) } else { (q0, k0, v0) };
             for i0 in (0..s).step_by(ROW_BLOCK) {
                 let (i1, rows) = ((i0 + ROW_BLOCK).min(s), (ROW_BLOCK).min(s - i0));
                 let end = (i0..i1)
@@ -402,7 +402,7 @@ fn attention_backward_cpu(
                 .enumerate()
                 .for_each(|(bh, ((dqb, dkb), dvb))| {
                     let mut dp = vec![T::zero(); ROW_BLOCK * t];
-                    simd(|| head(bh / h, bh % h, true, dqb, dkb, dvb, &mut dp))
+                    simd(|| head(bh / h, bh % h, dqb, dkb, dvb, &mut dp))
                 }),
             Layout::Bshd => dq
                 .par_chunks_mut(h * s * dk)
@@ -413,7 +413,7 @@ fn attention_backward_cpu(
                     let mut dp = vec![T::zero(); ROW_BLOCK * t];
                     simd(|| {
                         for hi in 0..h {
-                            head(bi, hi, false, dqb, dkb, dvb, &mut dp)
+                            head(bi, hi, dqb, dkb, dvb, &mut dp)
                         }
                     })
                 }),
