@@ -105,26 +105,48 @@ impl AdamW {
                 self.exp_avg_sq.insert(name, v);
                 continue;
             }
-            let mut pv = p.to_vec::<f32>()?;
-            let mut mv = m.to_vec::<f32>()?;
-            let mut vv = v.to_vec::<f32>()?;
-            let gv = g.to_vec::<f32>()?;
+            // f32 host parameters and gradients are read in place; the moments (held only here)
+            // are updated in their own buffers; the new parameter goes to a fresh buffer.
+            let (p_copy, g_copy);
+            let pv = match p.cpu_slice::<f32>() {
+                Some(s) => s,
+                None => {
+                    p_copy = p.to_vec::<f32>()?;
+                    &p_copy
+                }
+            };
+            let gv = match g.cpu_slice::<f32>() {
+                Some(s) => s,
+                None => {
+                    g_copy = g.to_vec::<f32>()?;
+                    &g_copy
+                }
+            };
+            let mut mv = m.into_vec::<f32>()?;
+            let mut vv = v.into_vec::<f32>()?;
             let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
             let (lr32, wd32, bc1, bc2) = (lr as f32, wd as f32, bc1 as f32, bc2 as f32);
             // Elementwise, so chunks update in parallel with the same result as one loop.
             const CHUNK: usize = 1 << 14;
-            pv.par_chunks_mut(CHUNK)
+            let mut out: Vec<f32> = Vec::with_capacity(pv.len());
+            out.spare_capacity_mut()[..pv.len()]
+                .par_chunks_mut(CHUNK)
+                .zip(pv.par_chunks(CHUNK))
                 .zip(mv.par_chunks_mut(CHUNK))
                 .zip(vv.par_chunks_mut(CHUNK))
                 .zip(gv.par_chunks(CHUNK))
-                .for_each(|(((pc, mc), vc), gc)| {
-                    for i in 0..pc.len() {
+                .for_each(|((((oc, pc), mc), vc), gc)| {
+                    for i in 0..oc.len() {
                         mc[i] = b1 * mc[i] + (1.0 - b1) * gc[i];
                         vc[i] = b2 * vc[i] + (1.0 - b2) * gc[i] * gc[i];
-                        pc[i] *= 1.0 - lr32 * wd32;
-                        pc[i] -= lr32 * (mc[i] / bc1) / ((vc[i] / bc2).sqrt() + eps);
+                        let mut x = pc[i] * (1.0 - lr32 * wd32);
+                        x -= lr32 * (mc[i] / bc1) / ((vc[i] / bc2).sqrt() + eps);
+                        oc[i].write(x);
                     }
                 });
+            // SAFETY: the chunks cover all of `out`'s first pv.len() slots, each written once.
+            unsafe { out.set_len(pv.len()) };
+            let pv = out;
             let shape = p.shape().clone();
             let newp = Tensor::from_vec(pv, &shape)?.to_dtype(p.dtype())?.to_device(&dev)?;
             params.set(&name, newp)?;

@@ -312,6 +312,34 @@ impl Tensor {
         Ok(s.to_vec())
     }
 
+    /// The elements as `T` on the host, moved out without a copy when this is the only handle to
+    /// a host buffer of element type `T` (an optimizer's moments), else copied as [`Tensor::to_vec`].
+    pub fn into_vec<T: Element>(self) -> Result<Vec<T>> {
+        if self.device.is_cpu() && self.dtype() == T::DTYPE {
+            match Arc::try_unwrap(self.storage) {
+                Ok(Storage::Cpu(s)) => {
+                    use std::any::Any;
+                    let any: Box<dyn Any> = match s {
+                        CpuStorage::F32(v) => Box::new(v),
+                        CpuStorage::F64(v) => Box::new(v),
+                        CpuStorage::BF16(v) => Box::new(v),
+                    };
+                    if let Ok(v) = any.downcast::<Vec<T>>() {
+                        return Ok(*v);
+                    }
+                    unreachable!("the dtype matched T");
+                }
+                #[cfg(feature = "cuda")]
+                Ok(Storage::Cuda(_)) => unreachable!("the device is the CPU"),
+                Err(shared) => {
+                    let t = Tensor { storage: shared, shape: self.shape, device: self.device };
+                    return t.to_vec();
+                }
+            }
+        }
+        self.to_vec()
+    }
+
     /// All elements as f64 on the host.
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
         self.to_vec::<f64>()

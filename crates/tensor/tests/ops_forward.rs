@@ -586,3 +586,19 @@ fn attention_bshd_matches_head_major() {
         }
     }
 }
+
+/// `into_vec` gives the same elements as `to_vec`, whether it moves the buffer out (sole handle)
+/// or copies it (shared: the other handle keeps its values), and converts other dtypes.
+#[test]
+fn into_vec_moves_or_copies() {
+    let t = Tensor::randn(&[3, 5], 1.0, 61, DType::F32, &Device::Cpu).unwrap();
+    let want = t.to_vec::<f32>().unwrap();
+    let shared = t.clone();
+    let mut got = t.into_vec::<f32>().unwrap();
+    assert_eq!(got, want);
+    got[0] += 1.0;
+    assert_eq!(shared.to_vec::<f32>().unwrap(), want, "the other handle is untouched");
+    assert_eq!(shared.into_vec::<f32>().unwrap(), want);
+    let t64 = Tensor::randn(&[4], 1.0, 62, DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(t64.clone().into_vec::<f32>().unwrap(), t64.to_vec::<f32>().unwrap());
+}
