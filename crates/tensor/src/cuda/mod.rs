@@ -53,6 +53,14 @@ impl CudaStorage {
         })
     }
 
+    /// Elements in the buffer.
+    fn len(&self) -> usize {
+        match self {
+            CudaStorage::F32(s) => s.len(),
+            CudaStorage::BF16(s) => s.len(),
+        }
+    }
+
     fn ptr(&self, stream: &CudaStream) -> u64 {
         match self {
             CudaStorage::F32(s) => s.device_ptr(stream).0,
@@ -254,6 +262,27 @@ pub fn profile_report() -> Vec<(String, u64, f64)> {
 
 /// cuBLAS strided-batched configuration for row-major `C = op(A)·op(B)` computed as
 /// column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ` (B is cuBLAS's first operand).
+/// Where a batch of row-major matrices sits in a buffer, for [`CudaBackend::gemm_views`]: the
+/// first matrix's element offset, the distance between rows (`ld`) and between matrices
+/// (`stride`), and whether the stored matrix is the transpose of the operand.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MatView {
+    pub off: usize,
+    pub ld: usize,
+    pub stride: usize,
+    pub trans: bool,
+}
+
+impl MatView {
+    /// One past the last element that `batch` stored `rows × cols` matrices address.
+    fn extent(self, batch: usize, rows: usize, cols: usize) -> usize {
+        if batch == 0 || rows == 0 || cols == 0 {
+            return 0;
+        }
+        self.off + (batch - 1) * self.stride + (rows - 1) * self.ld + cols
+    }
+}
+
 fn batched_cfg<T>(
     one: T,
     zero: T,
@@ -509,6 +538,100 @@ impl CudaBackend {
                 op: "matmul",
                 got: a.dtype(),
                 detail: "CUDA matmul takes f32 or bf16 operands".into(),
+            }),
+        }
+    }
+
+    /// `C[i] = op(A[i])·op(B[i])` for `batch` row-major products (`op(A)` is `m × k`, `op(B)`
+    /// `k × n`) whose matrices sit inside larger buffers: each [`MatView`] gives the element
+    /// offset of the first matrix, the distance between rows and between consecutive matrices,
+    /// and (for A and B) whether the stored matrix is the transpose. C is overwritten (k > 0).
+    /// One strided-batched cuBLAS call; A, B and C share one dtype (f32 or bf16).
+    pub(crate) fn gemm_views(
+        &self,
+        (m, n, k, batch): (usize, usize, usize, usize),
+        (a, av): (&Tensor, MatView),
+        (b, bv): (&Tensor, MatView),
+        (c, cv): (&mut CudaStorage, MatView),
+    ) -> Result<()> {
+        // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: B goes first.
+        fn cfg<T>(
+            one: T,
+            zero: T,
+            (m, n, k, batch): (usize, usize, usize, usize),
+            av: MatView,
+            bv: MatView,
+            cv: MatView,
+        ) -> StridedBatchedConfig<T> {
+            let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
+            StridedBatchedConfig {
+                gemm: GemmConfig {
+                    transa: op(bv.trans),
+                    transb: op(av.trans),
+                    m: n as i32,
+                    n: m as i32,
+                    k: k as i32,
+                    alpha: one,
+                    lda: bv.ld as i32,
+                    ldb: av.ld as i32,
+                    beta: zero,
+                    ldc: cv.ld as i32,
+                },
+                batch_size: batch as i32,
+                stride_a: bv.stride as i64,
+                stride_b: av.stride as i64,
+                stride_c: cv.stride as i64,
+            }
+        }
+        let dims = (m, n, k, batch);
+        let (ext_a, ext_b) = (
+            av.extent(batch, if av.trans { k } else { m }, if av.trans { m } else { k }),
+            bv.extent(batch, if bv.trans { n } else { k }, if bv.trans { k } else { n }),
+        );
+        let ext_c = cv.extent(batch, m, n);
+        let fits = |len: usize, ext: usize| ext <= len;
+        if !(fits(a.numel(), ext_a) && fits(b.numel(), ext_b) && fits(c.len(), ext_c)) {
+            return Err(TensorError::Shape {
+                op: "gemm_views",
+                detail: format!(
+                    "a view reaches past its buffer (A {ext_a}/{}, B {ext_b}/{}, C {ext_c}/{})",
+                    a.numel(),
+                    b.numel(),
+                    c.len()
+                ),
+                shapes: vec![a.shape().to_vec(), b.shape().to_vec()],
+            });
+        }
+        match (a.storage(), b.storage(), c) {
+            (Storage::Cuda(CudaStorage::F32(sa)), Storage::Cuda(CudaStorage::F32(sb)), CudaStorage::F32(sc)) => {
+                // SAFETY: the extents checked above keep every addressed element inside the
+                // buffers.
+                unsafe {
+                    self.blas.gemm_strided_batched(
+                        cfg(1.0f32, 0.0f32, dims, av, bv, cv),
+                        &sb.slice(bv.off..),
+                        &sa.slice(av.off..),
+                        &mut sc.slice_mut(cv.off..),
+                    )
+                }
+                .map_err(cuda_err)
+            }
+            (Storage::Cuda(CudaStorage::BF16(sa)), Storage::Cuda(CudaStorage::BF16(sb)), CudaStorage::BF16(sc)) => {
+                // SAFETY: as above; bf16 accumulates in f32.
+                unsafe {
+                    self.blas.gemm_strided_batched(
+                        cfg(bf16::ONE, bf16::ZERO, dims, av, bv, cv),
+                        &sb.slice(bv.off..),
+                        &sa.slice(av.off..),
+                        &mut sc.slice_mut(cv.off..),
+                    )
+                }
+                .map_err(cuda_err)
+            }
+            _ => Err(TensorError::DType {
+                op: "gemm_views",
+                got: a.dtype(),
+                detail: "operands and output must all be f32 or all bf16 CUDA buffers".into(),
             }),
         }
     }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr};
 
-use super::{Arg, CudaBackend, cuda_err, grid, rows_cfg, suffix};
+use super::{Arg, CudaBackend, MatView, cuda_err, grid, rows_cfg, suffix};
 use crate::ops::attention::AttnMask;
 use crate::ops::matmul::matmul;
 use crate::ops::rope::RopeTable;
@@ -310,6 +310,19 @@ impl CudaBackend {
     ) -> Result<(Tensor, Tensor)> {
         let (b, h, s, t) = (q.dim(0), q.dim(1), q.dim(2), k.dim(2));
         let scores = matmul(q, k, false, true)?;
+        let p = self.masked_softmax(&scores, (b, h, s, t), scale, mask)?;
+        let o = matmul(&p.to_dtype(q.dtype())?, v, false, false)?;
+        Ok((o, p))
+    }
+
+    /// `p = softmax(scale · scores + mask)` over the keys of `scores [B, H, S, T]`, in f32.
+    fn masked_softmax(
+        self: &Arc<Self>,
+        scores: &Tensor,
+        (b, h, s, t): (usize, usize, usize, usize),
+        scale: f64,
+        mask: &AttnMask,
+    ) -> Result<Tensor> {
         let p = self.alloc(DType::F32, b * h * s * t)?;
         // Padding travels as one byte per key.
         let pad_bytes: Option<CudaSlice<u8>> = mask
@@ -320,7 +333,7 @@ impl CudaBackend {
         let seg = mask.segment_ids.as_ref().map(|sg| self.upload_u32(sg)).transpose()?;
         let args = [
             Arg::P(p.ptr(&self.stream)),
-            Arg::P(self.p(&scores)),
+            Arg::P(self.p(scores)),
             Arg::I32(mask.causal as i32),
             Arg::P(pad_bytes.as_ref().map_or(0, |d| self.dptr(d))),
             Arg::P(seg.as_ref().map_or(0, |d| self.dptr(d))),
@@ -330,11 +343,14 @@ impl CudaBackend {
             Arg::F32(scale as f32),
         ];
         if b * h * s > 0 {
-            self.launch("attention", &format!("masked_softmax_{}", suffix(q.dtype())), rows_cfg(b * h * s, t), &args)?;
+            self.launch(
+                "attention",
+                &format!("masked_softmax_{}", suffix(scores.dtype())),
+                rows_cfg(b * h * s, t),
+                &args,
+            )?;
         }
-        let p = self.wrap(p, &[b, h, s, t]);
-        let o = matmul(&p.to_dtype(q.dtype())?, v, false, false)?;
-        Ok((o, p))
+        Ok(self.wrap(p, &[b, h, s, t]))
     }
 
     pub(crate) fn attention_backward(
@@ -347,27 +363,96 @@ impl CudaBackend {
         d_o: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let dt = q.dtype();
-        let p32 = p.to_dtype(DType::F32)?;
         let pc = p.to_dtype(dt)?;
         let dv = matmul(&pc, d_o, true, false)?;
         let dp = matmul(d_o, v, false, true)?;
+        let ds = self.softmax_backward_scaled(p, &dp, scale)?;
+        let dq = matmul(&ds, k, false, false)?;
+        let dk = matmul(&ds, q, true, false)?;
+        Ok((dq, dk, dv))
+    }
+
+    /// `dS = scale · P ⊙ (dP − rowsum(dP ⊙ P))` over the last dimension, in `dp`'s dtype.
+    fn softmax_backward_scaled(self: &Arc<Self>, p: &Tensor, dp: &Tensor, scale: f64) -> Result<Tensor> {
+        let dt = dp.dtype();
+        let p32 = p.to_dtype(DType::F32)?;
         let t = p.dim(-1);
         let rows = p.numel() / t.max(1);
         let ds = self.alloc(dt, p.numel())?;
         let args = [
             Arg::P(ds.ptr(&self.stream)),
             Arg::P(self.p(&p32)),
-            Arg::P(self.p(&dp)),
+            Arg::P(self.p(dp)),
             Arg::I64(t as i64),
             Arg::F32(scale as f32),
         ];
         if rows > 0 {
             self.launch("attention", &format!("softmax_bwd_scaled_{}", suffix(dt)), rows_cfg(rows, t), &args)?;
         }
-        let ds = self.wrap(ds, p.shape());
-        let dq = matmul(&ds, k, false, false)?;
-        let dk = matmul(&ds, q, true, false)?;
-        Ok((dq, dk, dv))
+        Ok(self.wrap(ds, p.shape()))
+    }
+
+    /// [`crate::ops::attention::attention_bshd`] on the GPU: `q [B, S, H, Dk]`, `k [B, T, H, Dk]`,
+    /// `v [B, T, H, Dv]` read and `o [B, S, H, Dv]` written in place — per batch element one
+    /// strided-batched GEMM over the heads (a head's rows `H·D` apart, heads `D` apart) — so
+    /// no permutes; scores and probabilities `[B, H, S, T]` as in [`Self::attention`].
+    pub(crate) fn attention_bshd(
+        self: &Arc<Self>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        mask: &AttnMask,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, s, h, dk, t, dv) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3), k.dim(1), v.dim(3));
+        let dt = q.dtype();
+        let (qv, kv, vv, sv) = bshd_views(s, h, dk, t, dv);
+        let mut scores = self.alloc(dt, b * h * s * t)?;
+        for i in 0..b {
+            self.gemm_views((s, t, dk, h), (q, qv(i)), (k, kv(i).t()), (&mut scores, sv(i)))?;
+        }
+        let scores = self.wrap(scores, &[b, h, s, t]);
+        let p = self.masked_softmax(&scores, (b, h, s, t), scale, mask)?;
+        let pc = p.to_dtype(dt)?;
+        let mut o = self.alloc(dt, b * s * h * dv)?;
+        let ov = |i| MatView { off: i * s * h * dv, ld: h * dv, stride: dv, trans: false };
+        for i in 0..b {
+            self.gemm_views((s, dv, t, h), (&pc, sv(i)), (v, vv(i)), (&mut o, ov(i)))?;
+        }
+        Ok((self.wrap(o, &[b, s, h, dv]), p))
+    }
+
+    /// Backward of [`Self::attention_bshd`]: `(dq, dk, dv)` in the `[B, len, H, D]` layout, the
+    /// products of [`Self::attention_backward`] on the same in-place views.
+    pub(crate) fn attention_bshd_backward(
+        self: &Arc<Self>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        p: &Tensor,
+        scale: f64,
+        d_o: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, s, h, dk, t, dv) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3), k.dim(1), v.dim(3));
+        let dt = q.dtype();
+        let (qv, kv, vv, sv) = bshd_views(s, h, dk, t, dv);
+        let ov = |i| MatView { off: i * s * h * dv, ld: h * dv, stride: dv, trans: false };
+        let pc = p.to_dtype(dt)?;
+        // dV = Pᵀ·dO, dP = dO·Vᵀ.
+        let (mut dvb, mut dp) = (self.alloc(dt, b * t * h * dv)?, self.alloc(dt, b * h * s * t)?);
+        for i in 0..b {
+            self.gemm_views((t, dv, s, h), (&pc, sv(i).t()), (d_o, ov(i)), (&mut dvb, vv(i)))?;
+            self.gemm_views((s, t, dv, h), (d_o, ov(i)), (v, vv(i).t()), (&mut dp, sv(i)))?;
+        }
+        let dp = self.wrap(dp, &[b, h, s, t]);
+        let ds = self.softmax_backward_scaled(p, &dp, scale)?;
+        // dQ = dS·K, dK = dSᵀ·Q.
+        let (mut dq, mut dkb) = (self.alloc(dt, b * s * h * dk)?, self.alloc(dt, b * t * h * dk)?);
+        for i in 0..b {
+            self.gemm_views((s, dk, t, h), (&ds, sv(i)), (k, kv(i)), (&mut dq, qv(i)))?;
+            self.gemm_views((t, dk, s, h), (&ds, sv(i).t()), (q, qv(i)), (&mut dkb, kv(i)))?;
+        }
+        Ok((self.wrap(dq, &[b, s, h, dk]), self.wrap(dkb, &[b, t, h, dk]), self.wrap(dvb, &[b, t, h, dv])))
     }
 
     /// Interleaved RoPE on `x [B, S, H, D]`; `sign` −1 rotates back (the backward).
@@ -563,4 +648,31 @@ impl CudaBackend {
         let keep: Vec<bool> = offsets.windows(2).map(|w| w[1] > w[0]).collect();
         Ok((dx, self.unstack(&dw, &keep)?))
     }
+}
+
+impl MatView {
+    /// The same matrices read as their transposes.
+    fn t(self) -> MatView {
+        MatView { trans: !self.trans, ..self }
+    }
+}
+
+/// The per-batch-element views of [`CudaBackend::attention_bshd`]: `q`/`dq` (`[B, S, H, Dk]`),
+/// `k`/`dk` (`[B, T, H, Dk]`), `v`/`dv` (`[B, T, H, Dv]`) — one matrix per head, rows `H·D`
+/// apart, heads `D` apart — and the scores / probabilities `[B, H, S, T]` (one `S × T` matrix
+/// per head).
+#[allow(clippy::type_complexity)]
+fn bshd_views(
+    s: usize,
+    h: usize,
+    dk: usize,
+    t: usize,
+    dv: usize,
+) -> (impl Fn(usize) -> MatView, impl Fn(usize) -> MatView, impl Fn(usize) -> MatView, impl Fn(usize) -> MatView) {
+    (
+        move |i| MatView { off: i * s * h * dk, ld: h * dk, stride: dk, trans: false },
+        move |i| MatView { off: i * t * h * dk, ld: h * dk, stride: dk, trans: false },
+        move |i| MatView { off: i * t * h * dv, ld: h * dv, stride: dv, trans: false },
+        move |i| MatView { off: i * h * s * t, ld: t, stride: s * t, trans: false },
+    )
 }

@@ -71,6 +71,7 @@ fn softmax_row<T: Float>(row: &mut [T], lim: usize, scale: T, visible: Option<&d
     true
 }
 
+#[derive(Clone, Copy)]
 struct Dims {
     b: usize,
     h: usize,
@@ -147,6 +148,15 @@ pub fn attention_bshd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Att
     let ranks = [q, k, v].iter().all(|x| x.rank() == 4);
     // An empty problem (no heads, queries or dims) takes the in-place path on any device: zeros.
     let empty = ranks && q.numel() * v.numel() == 0;
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = q.device()
+        && ranks
+        && !empty
+    {
+        let (pq, pk, pv) = (q.reshape(&bhsd_shape(q))?, k.reshape(&bhsd_shape(k))?, v.reshape(&bhsd_shape(v))?);
+        dims("attention_bshd", &pq, &pk, &pv, mask)?;
+        return be.attention_bshd(q, k, v, scale, mask);
+    }
     if !empty && (!q.device().is_cpu() || !ranks || q.dim(0) < rayon::current_num_threads()) {
         // Elsewhere, for batches too small to spread over the threads, and for inputs of the wrong
         // rank (the head-major op names them), via the head-major op.
@@ -287,6 +297,17 @@ pub fn attention_bshd_backward(
     let bhsd = [0, 2, 1, 3];
     let ranks = [q, k, v, d_o].iter().all(|x| x.rank() == 4);
     let empty = ranks && q.numel() * v.numel() == 0;
+    #[cfg(feature = "cuda")]
+    if let crate::Device::Cuda(be) = q.device()
+        && ranks
+        && !empty
+    {
+        let (pq, pk, pv) = (q.reshape(&bhsd_shape(q))?, k.reshape(&bhsd_shape(k))?, v.reshape(&bhsd_shape(v))?);
+        let d = dims("attention_bshd_backward", &pq, &pk, &pv, &AttnMask::default())?;
+        check_bshd_backward(p, d_o, d)?;
+        same_device("attention_bshd_backward", &[q, p, d_o])?;
+        return be.attention_bshd_backward(q, k, v, p, scale, d_o);
+    }
     if !empty && (!q.device().is_cpu() || !ranks || q.dim(0) < rayon::current_num_threads()) {
         let (pq, pk, pv, pd) = (permute(q, &bhsd)?, permute(k, &bhsd)?, permute(v, &bhsd)?, permute(d_o, &bhsd)?);
         let (dq, dk, dv) = attention_backward(&pq, &pk, &pv, p, scale, &pd)?;
@@ -294,6 +315,12 @@ pub fn attention_bshd_backward(
     }
     let (pq, pk, pv) = (q.reshape(&bhsd_shape(q))?, k.reshape(&bhsd_shape(k))?, v.reshape(&bhsd_shape(v))?);
     let d = dims("attention_bshd_backward", &pq, &pk, &pv, &AttnMask::default())?;
+    check_bshd_backward(p, d_o, d)?;
+    attention_backward_cpu(q, k, v, p, scale, d_o, Layout::Bshd, d)
+}
+
+/// `p` must be `[B, H, S, T]` and `dO` `[B, S, H, Dv]`.
+fn check_bshd_backward(p: &Tensor, d_o: &Tensor, d: Dims) -> Result<()> {
     if p.shape() != &[d.b, d.h, d.s, d.t] || d_o.shape() != &[d.b, d.s, d.h, d.dv] {
         return Err(shape_err(
             "attention_bshd_backward",
@@ -301,7 +328,7 @@ pub fn attention_bshd_backward(
             &[p.shape(), d_o.shape()],
         ));
     }
-    attention_backward_cpu(q, k, v, p, scale, d_o, Layout::Bshd, d)
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
