@@ -61,6 +61,13 @@ impl AdamW {
         let t = self.step as i32;
         let c = self.config.clone();
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        // CUDA parameters, per device: (name, parameter, m, v, gradient, weight decay).
+        #[cfg(feature = "cuda")]
+        #[allow(clippy::type_complexity)]
+        let mut fused: Vec<(
+            std::sync::Arc<tensor::cuda::CudaBackend>,
+            Vec<(String, Tensor, Tensor, Tensor, Tensor, f32)>,
+        )> = Vec::new();
         for name in params.names().to_vec() {
             let Some(g) = grads.get(&name) else { continue };
             let p = params.get(&name).expect("listed").clone();
@@ -82,27 +89,16 @@ impl AdamW {
             };
             #[cfg(feature = "cuda")]
             if let (Device::Cuda(be), DType::F32 | DType::BF16) = (&dev, p.dtype()) {
-                // Out of place: other holders of the old parameter tensor keep its value
-                // (tensors are values); bf16 weights are updated in f32 and rounded back.
+                // Updated together after the loop (one fused launch per dtype pair).
                 let g = match g.dtype() {
                     DType::F32 | DType::BF16 => g.to_device(&dev)?,
                     _ => g.to_dtype(DType::F32)?.to_device(&dev)?,
                 };
-                let p = be.adamw_step_out(
-                    &p,
-                    &m,
-                    &v,
-                    &g,
-                    lr as f32,
-                    (c.beta1 as f32, c.beta2 as f32),
-                    c.eps as f32,
-                    wd as f32,
-                    t,
-                    1.0,
-                )?;
-                params.set(&name, p)?;
-                self.exp_avg.insert(name.clone(), m);
-                self.exp_avg_sq.insert(name, v);
+                let i = fused.iter().position(|(b, _)| std::sync::Arc::ptr_eq(b, be)).unwrap_or_else(|| {
+                    fused.push((be.clone(), Vec::new()));
+                    fused.len() - 1
+                });
+                fused[i].1.push((name, p, m, v, g, wd as f32));
                 continue;
             }
             // f32 host parameters and gradients are read in place; the moments (held only here)
@@ -152,6 +148,21 @@ impl AdamW {
             params.set(&name, newp)?;
             self.exp_avg.insert(name.clone(), Tensor::from_vec(mv, &shape)?.to_device(&dev)?);
             self.exp_avg_sq.insert(name, Tensor::from_vec(vv, &shape)?.to_device(&dev)?);
+        }
+        // Out of place on the GPU: other holders of an old parameter tensor keep its value
+        // (tensors are values); bf16 weights are updated in f32 and rounded back.
+        #[cfg(feature = "cuda")]
+        for (be, group) in fused {
+            let items: Vec<tensor::cuda::AdamWItem<'_>> =
+                group.iter().map(|(_, p, m, v, g, wd)| tensor::cuda::AdamWItem { p, m, v, g, wd: *wd }).collect();
+            let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+            let newp = be.adamw_multi_out(&items, lr as f32, (b1, b2), c.eps as f32, (bc1 as f32, bc2 as f32), 1.0)?;
+            drop(items);
+            for ((name, _, m, v, _, _), p) in group.into_iter().zip(newp) {
+                params.set(&name, p)?;
+                self.exp_avg.insert(name.clone(), m);
+                self.exp_avg_sq.insert(name, v);
+            }
         }
         Ok(())
     }

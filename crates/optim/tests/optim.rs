@@ -51,6 +51,59 @@ fn adamw_matches_torch_formula_on_every_device() {
     }
 }
 
+/// On a GPU all parameters are updated by one fused launch per parameter / gradient dtype pair
+/// (chunked over every tensor): after three steps each parameter equals the CPU update of the
+/// same values — for an empty tensor, one element, tensors spanning several chunks, and every
+/// dtype pair (bf16 parameters within one bf16 rounding step, f32 within f32 rounding).
+#[test]
+fn adamw_fused_gpu_matches_cpu() {
+    use DType::{BF16, F32};
+    let specs =
+        [(0, F32, F32), (1, BF16, F32), (40_000, F32, BF16), (33_000, BF16, BF16), (777, F32, F32), (5, BF16, F32)];
+    for dev in Device::all_available().into_iter().filter(|d| !d.is_cpu()) {
+        let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
+        let (mut on_cpu, mut on_gpu) = (Params::default(), Params::default());
+        for (i, &(n, pd, _)) in specs.iter().enumerate() {
+            let p = Tensor::randn(&[n], 1.0, 40 + i as u64, DType::F32, &Device::Cpu).unwrap().to_dtype(pd).unwrap();
+            on_cpu.insert(format!("layers.{i}.w"), p.clone()).unwrap();
+            on_gpu.insert(format!("layers.{i}.w"), p.to_device(&dev).unwrap()).unwrap();
+        }
+        let (mut o_cpu, mut o_gpu) = (AdamW::new(cfg.clone()), AdamW::new(cfg.clone()));
+        for step in 0..3u64 {
+            let (mut g_cpu, mut g_gpu) = (Grads::default(), Grads::default());
+            for (i, &(n, _, gd)) in specs.iter().enumerate() {
+                let g = Tensor::randn(&[n], 0.5, 100 * step + i as u64, DType::F32, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(gd)
+                    .unwrap();
+                g_cpu.accumulate(&format!("layers.{i}.w"), &g).unwrap();
+                g_gpu.accumulate(&format!("layers.{i}.w"), &g.to_device(&dev).unwrap()).unwrap();
+            }
+            o_cpu.step(&mut on_cpu, &g_cpu, 1e-2).unwrap();
+            o_gpu.step(&mut on_gpu, &g_gpu, 1e-2).unwrap();
+        }
+        for (i, &(n, pd, gd)) in specs.iter().enumerate() {
+            let name = format!("layers.{i}.w");
+            let (want, got) = (on_cpu.get(&name).unwrap(), on_gpu.get(&name).unwrap());
+            assert_eq!((got.dtype(), got.shape()), (pd, &vec![n]), "{name} keeps dtype and shape");
+            let (w, g) = (want.to_vec_f64().unwrap(), got.to_vec_f64().unwrap());
+            // One step of the stored dtype's rounding (a bf16 ulp is at most 2^-7 of the value; f32
+            // a few ulps) plus 1e-7 for the update's own rounding (steps of ~lr = 1e-2 whose
+            // arithmetic may be contracted differently on the two devices). A skipped or
+            // misplaced element would be off by ~lr.
+            let rel = if pd == BF16 { 1.0 / 128.0 } else { 1e-6 };
+            for j in 0..n {
+                assert!(
+                    (w[j] - g[j]).abs() <= rel * w[j].abs() + 1e-7,
+                    "{dev:?} {name} ({pd:?}/{gd:?})[{j}]: {} vs {}",
+                    g[j],
+                    w[j]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn adamw_minimises_a_quadratic() {
     let target = Tensor::randn(&[50], 2.0, 3, DType::F32, &Device::Cpu).unwrap();

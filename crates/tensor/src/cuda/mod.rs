@@ -262,6 +262,16 @@ pub fn profile_report() -> Vec<(String, u64, f64)> {
 
 /// cuBLAS strided-batched configuration for row-major `C = op(A)·op(B)` computed as
 /// column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ` (B is cuBLAS's first operand).
+/// One parameter of [`CudaBackend::adamw_multi_out`]: the parameter, its f32 moments (updated
+/// in place), its gradient and its weight decay.
+pub struct AdamWItem<'a> {
+    pub p: &'a Tensor,
+    pub m: &'a Tensor,
+    pub v: &'a Tensor,
+    pub g: &'a Tensor,
+    pub wd: f32,
+}
+
 /// Where a batch of row-major matrices sits in a buffer, for [`CudaBackend::gemm_views`]: the
 /// first matrix's element offset, the distance between rows (`ld`) and between matrices
 /// (`stride`), and whether the stored matrix is the transpose of the operand.
@@ -636,53 +646,90 @@ impl CudaBackend {
         }
     }
 
-    /// One fused AdamW step out of place: returns the updated parameter (in `p`'s dtype, f32 or
-    /// bf16; bf16 is updated in f32 and rounded back) and updates the f32 moments `m`, `v` in
-    /// place; `g` is f32 or bf16. One kernel per parameter, no casts or copies around it.
+    /// One fused AdamW step for many parameters at once, out of place: returns the updated
+    /// parameters (in `items`' order and each parameter's dtype, f32 or bf16; bf16 is updated
+    /// in f32 and rounded back) and updates the f32 moments in place; gradients are f32 or bf16.
+    /// One kernel launch per combination of parameter and gradient dtype over every tensor's
+    /// elements (the multi-tensor form of torch's fused AdamW), not one per parameter.
+    /// `bias_corrections` are `(1 − β1^t, 1 − β2^t)`, computed by the caller (in f64: in f32
+    /// the second loses ~1e-5 of its value to cancellation early in training).
     #[allow(clippy::too_many_arguments)]
-    pub fn adamw_step_out(
+    pub fn adamw_multi_out(
         self: &Arc<Self>,
-        p: &Tensor,
-        m: &Tensor,
-        v: &Tensor,
-        g: &Tensor,
+        items: &[AdamWItem<'_>],
         lr: f32,
         betas: (f32, f32),
         eps: f32,
-        wd: f32,
-        step: i32,
+        (bc1, bc2): (f32, f32),
         gscale: f32,
-    ) -> Result<Tensor> {
-        let float = |t: &Tensor| matches!(t.dtype(), DType::F32 | DType::BF16) && !t.device().is_cpu();
-        let moments = |t: &Tensor| t.dtype() == DType::F32 && !t.device().is_cpu();
-        if !(float(p) && float(g) && moments(m) && moments(v)) {
-            return Err(TensorError::DType {
-                op: "adamw_step_out",
-                got: p.dtype(),
-                detail: "fused AdamW takes f32/bf16 CUDA parameters and gradients, f32 CUDA moments".into(),
-            });
+    ) -> Result<Vec<Tensor>> {
+        /// Elements per chunk (one thread block's share of a tensor).
+        const CHUNK: usize = 1 << 14;
+        let on_me = |t: &Tensor| matches!(t.device(), Device::Cuda(be) if Arc::ptr_eq(be, self));
+        let float = |t: &Tensor| matches!(t.dtype(), DType::F32 | DType::BF16) && on_me(t);
+        let moments = |t: &Tensor| t.dtype() == DType::F32 && on_me(t);
+        for it in items {
+            if !(float(it.p) && float(it.g) && moments(it.m) && moments(it.v)) {
+                return Err(TensorError::DType {
+                    op: "adamw_multi_out",
+                    got: it.p.dtype(),
+                    detail: "fused AdamW takes f32/bf16 parameters and gradients and f32 moments on this CUDA device"
+                        .into(),
+                });
+            }
+            let n = it.p.numel();
+            if [it.m, it.v, it.g].iter().any(|t| t.numel() != n) {
+                return Err(TensorError::Shape {
+                    op: "adamw_multi_out",
+                    detail: "moments and gradient must have the parameter's element count".into(),
+                    shapes: [it.p, it.m, it.v, it.g].iter().map(|t| t.shape().clone()).collect(),
+                });
+            }
         }
-        let n = p.numel();
-        let o = self.alloc(p.dtype(), n)?;
-        let (bc1, bc2) = (1.0 - betas.0.powi(step), 1.0 - betas.1.powi(step));
-        let args = [
-            Arg::P(o.ptr(&self.stream)),
-            Arg::P(self.p(p)),
-            Arg::P(self.p(m)),
-            Arg::P(self.p(v)),
-            Arg::P(self.p(g)),
-            Arg::I64(n as i64),
-            Arg::F32(lr),
-            Arg::F32(betas.0),
-            Arg::F32(betas.1),
-            Arg::F32(eps),
-            Arg::F32(wd),
-            Arg::F32(bc1),
-            Arg::F32(bc2),
-            Arg::F32(gscale),
-        ];
-        let name = format!("adamw_oop_{}_{}", suffix(p.dtype()), suffix(g.dtype()));
-        self.launch("adamw", &name, grid(n), &args)?;
-        Ok(self.wrap(o, p.shape()))
+        let mut outs: Vec<Option<Tensor>> = vec![None; items.len()];
+        for (pd, gd) in
+            [(DType::F32, DType::F32), (DType::F32, DType::BF16), (DType::BF16, DType::F32), (DType::BF16, DType::BF16)]
+        {
+            let group: Vec<usize> =
+                (0..items.len()).filter(|&i| items[i].p.dtype() == pd && items[i].g.dtype() == gd).collect();
+            if group.is_empty() {
+                continue;
+            }
+            let (mut tab, mut chunks) = (Vec::with_capacity(8 * group.len()), Vec::new());
+            for (j, &i) in group.iter().enumerate() {
+                let it = &items[i];
+                let n = it.p.numel();
+                let o = self.alloc(pd, n)?;
+                tab.extend([o.ptr(&self.stream), self.p(it.p), self.p(it.m), self.p(it.v), self.p(it.g)]);
+                tab.extend([n as u64, u64::from(it.wd.to_bits()), 0]);
+                chunks.extend((0..n).step_by(CHUNK).map(|start| ((j as u64) << 40) | start as u64));
+                outs[i] = Some(self.wrap(o, it.p.shape()));
+            }
+            if chunks.is_empty() {
+                continue;
+            }
+            let dtab = self.stream.clone_htod(&tab).map_err(cuda_err)?;
+            let dchunks = self.stream.clone_htod(&chunks).map_err(cuda_err)?;
+            let args = [
+                Arg::P(dtab.device_ptr(&self.stream).0),
+                Arg::P(dchunks.device_ptr(&self.stream).0),
+                Arg::I64(chunks.len() as i64),
+                Arg::I64(CHUNK as i64),
+                Arg::F32(lr),
+                Arg::F32(betas.0),
+                Arg::F32(betas.1),
+                Arg::F32(eps),
+                Arg::F32(bc1),
+                Arg::F32(bc2),
+                Arg::F32(gscale),
+            ];
+            let cfg = LaunchConfig {
+                grid_dim: (chunks.len().min(132 * 16) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            self.launch("adamw", &format!("adamw_multi_{}_{}", suffix(pd), suffix(gd)), cfg, &args)?;
+        }
+        Ok(outs.into_iter().map(|o| o.expect("every item belongs to one dtype group")).collect())
     }
 }
