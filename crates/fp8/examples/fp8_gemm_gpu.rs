@@ -1,9 +1,13 @@
 //! Block-scaled FP8 GEMM throughput on the GPU (cuBLASLt and the crate's own sm_90a kernel,
 //! 1×128 activation + 128×128 weight scales) next to the bf16 cuBLASLt GEMM; one JSON line per shape.
 //!
-//! `cargo run --release -p fp8 --features cuda --example fp8_gemm_gpu [-- [--own-only] shapes...]`
+//! `cargo run --release -p fp8 --features cuda --example fp8_gemm_gpu [-- [--own-only | --sustain S] shapes...]`
 //! where a shape is `n` (`n³`) or `MxNxK` (default 4096 8192). `--own-only` times the own kernel
-//! alone (no cuBLASLt, no bf16 baseline), for quick iterations.
+//! alone (no cuBLASLt, no bf16 baseline), for quick iterations. `--sustain S` instead runs each
+//! of the own kernel ([`Sm90Config::for_shape`]) and cuBLASLt (its heuristic's first algorithm)
+//! back to back for S seconds per shape and prints, per window, its start and end (Unix
+//! milliseconds, to match with a clock and power log such as `nvidia-smi -lms`) and the
+//! throughput over the whole window.
 //!
 //! Own kernel (`own_*` fields): every compiled [`Sm90Config`] variant with column groups of 8 and
 //! 16 cluster units (`R1_OWN_GROUPS=4,8,...` for others), timed with the protocol below in two
@@ -223,11 +227,33 @@ fn search(g: &mut GpuGemm, ga: &GpuFp8, gb: &GpuFp8, check: &dyn Fn(&[f32]) -> f
     ))
 }
 
+/// Launches `launch` back to back (batches of 20, synchronised) for `secs` seconds; returns the
+/// window's (start, end) in Unix milliseconds and the products per second over it.
+fn sustain(g: &GpuGemm, secs: f64, mut launch: impl FnMut() -> fp8::Result<()>) -> Res<(u128, u128, f64)> {
+    let unix_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis());
+    let (start, t0) = (unix_ms()?, Instant::now());
+    let mut n = 0usize;
+    while t0.elapsed().as_secs_f64() < secs {
+        for _ in 0..20 {
+            launch()?;
+        }
+        n += 20;
+        g.synchronize()?;
+    }
+    Ok((start, unix_ms()?, n as f64 / t0.elapsed().as_secs_f64()))
+}
+
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let own_only = args.iter().any(|a| a == "--own-only");
+    let sustain_secs: Option<f64> = match args.iter().position(|a| a == "--sustain") {
+        Some(i) => Some(args.get(i + 1).ok_or("--sustain needs seconds")?.parse()?),
+        None => None,
+    };
     let mut shapes: Vec<(usize, usize, usize)> = Vec::new();
-    for a in args.iter().filter(|a| !a.starts_with("--")) {
+    let values: Vec<&String> =
+        args.iter().enumerate().filter(|&(i, _)| i == 0 || args[i - 1] != "--sustain").map(|(_, a)| a).collect();
+    for a in values.into_iter().filter(|a| !a.starts_with("--")) {
         let d: Vec<usize> = a.split('x').map(str::parse).collect::<Result<_, _>>()?;
         shapes.push(match d[..] {
             [n] => (n, n, n),
@@ -255,6 +281,20 @@ fn main() -> Res<()> {
         let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let (xd, wd) = (g.stream().clone_htod(&xb)?, g.stream().clone_htod(&wb)?);
         eprintln!("M={m} N={n} K={k}: data ready in {:.1} s", t0.elapsed().as_secs_f64());
+        if let Some(secs) = sustain_secs {
+            let f = 2.0 * m as f64 * n as f64 * k as f64;
+            let cfg = Sm90Config::for_shape(m, n, kern.sms());
+            let mut y = g.alloc_out(m, n, OutType::Bf16)?;
+            let (s0, e0, own) = sustain(&g, secs, || kern.run(&g, &ga, &gb, &mut y, cfg))?;
+            let plan = g.plan(&ga, &gb, OutType::Bf16)?;
+            let (s1, e1, lt) = sustain(&g, secs, || plan.run(&g, &ga, &gb, &mut y))?;
+            println!(
+                "{{\"m\":{m},\"n\":{n},\"k\":{k},\"sustain_own_cfg\":\"{cfg:?}\",\"sustain_own_ms\":[{s0},{e0}],\"sustain_own_tflops\":{:.0},\"sustain_cublaslt_ms\":[{s1},{e1}],\"sustain_cublaslt_tflops\":{:.0}}}",
+                own * f / 1e12,
+                lt * f / 1e12
+            );
+            continue;
+        }
         let rows: Vec<usize> = (0..SAMPLE_ROWS).map(|i| i * m / SAMPLE_ROWS + (i * 37) % (m / SAMPLE_ROWS)).collect();
         let (deq_x, deq_w) = (qx.dequantize(), qw.dequantize());
         let check = |y: &[f32]| rel_err(y, &rows, n, k, &|r, t| deq_x[r * k + t] as f64, &deq_w);
