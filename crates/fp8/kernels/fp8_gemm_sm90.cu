@@ -566,7 +566,10 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
         }
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Regs<BM>::consumer));
-        const int cw = wg - 1;
+        // Warp-uniform as far as the compiler can tell (the shuffle), so that the A descriptors,
+        // which depend on it, are computed in uniform registers (no per-thread 64-bit adds and
+        // R2UR moves before each wgmma).
+        const int cw = __shfl_sync(0xffffffffu, wg - 1, 0);
         int stage = 0;
         u32 phase = 0;
         for (int u = cid; u < units; u += clusters) {
