@@ -11,17 +11,18 @@
 //!
 //! Own kernel (`own_*` fields): every compiled [`Sm90Config`] variant with column groups of 8 and
 //! 16 cluster units (`R1_OWN_GROUPS=4,8,...` for others), timed with the protocol below in two
-//! passes (each configuration keeps its faster median), after ~0.5 s of launches that bring the
-//! GPU to its power-limited clocks (as it is when cuBLASLt is timed after them; without this the
-//! first configuration ran on a cool chip and read up to ~15 % high; `R1_OWN_NO_HEAT=1` skips
-//! it); "default" is [`Sm90Config::for_shape`], "best" the fastest; `own_rel_err` the best one's
-//! error, measured like `rel_err`.
+//! passes (each configuration keeps its faster median); "default" is [`Sm90Config::for_shape`],
+//! "best" the fastest; `own_rel_err` the best one's error, measured like `rel_err`.
 //!
 //! Data: standard normal activations with row magnitudes 1…7 and weights ×0.02 with block-row
 //! magnitudes 1…3, quantised by [`fp8::quantize_act`] / [`fp8::quantize_weight`]; the bf16 GEMM gets
-//! the same f32 data rounded to bf16. Timing: 3 warm-up products, then 20 products enqueued back to
-//! back with a CUDA event between each; the median interval. Every candidate algorithm of
-//! cuBLASLt's heuristic is timed; "default" is its first choice, "best" the fastest. Errors are
+//! the same f32 data rounded to bf16. Timing (every candidate, own kernel and cuBLASLt alike): at
+//! least 3 warm-up products and at least `R1_HEAT_MS` milliseconds (default 250) of them back to
+//! back, so that each candidate is timed at the clock the GPU's power limit sets under sustained
+//! load rather than at the higher clock it reaches after an idle gap (the host work between two
+//! candidates); then 20 products enqueued back to back with a CUDA event between each; the
+//! median interval. Every candidate algorithm of cuBLASLt's heuristic is timed; "default" is its
+//! first choice, "best" the fastest. Errors are
 //! ‖Δ‖/‖ref‖ over 32 sampled rows against f64 products: of the dequantised FP8 operands (`rel_err`),
 //! of the f32 inputs (`rel_err_vs_f32_inputs`, the total FP8 error), and for bf16 of its inputs.
 //!
@@ -48,10 +49,22 @@ const SEARCH_WORKSPACE: usize = 256 << 20;
 /// At most this many enumerated configurations are timed.
 const SEARCH_LIMIT: usize = 1500;
 
-/// Median seconds of one product: `REPS` launches back to back, an event between each.
+/// Seconds of warm-up launches before each timed series (`R1_HEAT_MS`, default 250 ms).
+fn heat_secs() -> f64 {
+    std::env::var("R1_HEAT_MS").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(250.0) / 1e3
+}
+
+/// Median seconds of one product: warm-up (at least `WARMUP` launches and [`heat_secs`]), then
+/// `REPS` launches back to back, an event between each.
 fn time(g: &GpuGemm, mut launch: impl FnMut() -> fp8::Result<()>) -> Res<f64> {
-    for _ in 0..WARMUP {
+    let (t0, heat) = (Instant::now(), heat_secs());
+    let mut n = 0;
+    while n < WARMUP || t0.elapsed().as_secs_f64() < heat {
         launch()?;
+        n += 1;
+        if n % 10 == 0 {
+            g.synchronize()?;
+        }
     }
     g.synchronize()?;
     let ctx = g.stream().context();
@@ -113,16 +126,6 @@ fn own(g: &GpuGemm, kern: &Sm90Gemm, ga: &GpuFp8, gb: &GpuFp8, check: &dyn Fn(&[
     };
     for group in groups {
         configs.extend(Sm90Config::all(group).into_iter().filter(|c| *c != first));
-    }
-    // Heat the GPU first (~0.5 s of the default configuration), so that the first configuration
-    // is not timed on a cool chip with more clock headroom than the others (and than cuBLASLt).
-    let heat = if std::env::var("R1_OWN_NO_HEAT").is_ok_and(|v| v == "1") { 0.0 } else { 0.5 };
-    let t0 = Instant::now();
-    while t0.elapsed().as_secs_f64() < heat {
-        for _ in 0..20 {
-            kern.run(g, ga, gb, &mut y, configs[0])?;
-        }
-        g.synchronize()?;
     }
     // Two passes over the configurations (the clocks drift with temperature); each keeps its
     // faster median.

@@ -595,8 +595,7 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
 
 // Variants: fp8_gemm_m{BM}_n{BN}_s{STAGES}_c{CL}{a|b}{SUFFIX}: CL CTAs per cluster multicasting the
 // A tile (a: along N) or the B tile (b: along M); SUFFIX _p for the pipelined consumer, _l for
-// weight scales read from global memory by the consumers, _y{P}: the same code, whose promotion
-// FFMAs the host rewrites in the CUBIN so that the first P % of each run may yield (sm90.rs). 128 * (1 + consumer warpgroups)
+// weight scales read from global memory by the consumers. 128 * (1 + consumer warpgroups)
 // threads; dynamic shared memory STAGES * (BM*128 + BN*128 + BM*4) + 32 * STAGES + 1024 bytes
 // (the host computes the same).
 #define VARIANT(BM, BN, STAGES, CL, AB, MCA, SUFFIX, MODE, SBS)                                                \
@@ -611,12 +610,9 @@ VARIANT(128, 128, 6, 1, b, false, , 0, true)
 VARIANT(128, 128, 6, 2, b, false, , 0, true)
 VARIANT(128, 128, 6, 2, b, false, _l, 0, false)
 VARIANT(128, 128, 6, 1, b, false, _p, 2, true)
-VARIANT(128, 128, 6, 1, b, false, _p_y50, 2, true)
-VARIANT(128, 128, 6, 1, b, false, _p_y100, 2, true)
 VARIANT(128, 128, 6, 2, b, false, _pl, 2, false)
 VARIANT(128, 192, 5, 1, b, false, , 0, true)
-VARIANT(128, 192, 5, 1, b, false, _y50, 0, true)
-VARIANT(128, 192, 5, 1, b, false, _y100, 0, true)
 VARIANT(128, 192, 5, 2, b, false, , 0, true)
 VARIANT(192, 128, 5, 1, b, false, , 0, true)
+VARIANT(192, 128, 5, 2, b, false, , 0, true)
 VARIANT(256, 128, 4, 2, a, true, , 0, true)

@@ -43,8 +43,6 @@ use half::bf16;
 
 use crate::{BLOCK, BlockQuant, Fp8Error, Result};
 
-#[path = "sass.rs"]
-mod sass;
 #[path = "sm90.rs"]
 pub mod sm90;
 pub use sm90::{Sm90Config, Sm90Gemm};

@@ -35,29 +35,25 @@ use cudarc::driver::sys::{
 use cudarc::driver::{CudaFunction, CudaModule, DevicePtr};
 use cudarc::nvrtc::Ptx;
 
-use super::{GpuFp8, GpuGemm, GpuMatrix, check_operands, gpu_err, sass};
+use super::{GpuFp8, GpuGemm, GpuMatrix, check_operands, gpu_err};
 use crate::{BLOCK, Fp8Error, Result};
 
 /// The kernel source (self-contained CUDA C++; no headers).
 pub const SOURCE: &str = include_str!("../kernels/fp8_gemm_sm90.cu");
 
-/// Compiled variants: (`block_m`, `block_n`, stages, cluster size, multicast A, schedule,
-/// yield_ffma); each is an `extern "C"` kernel
-/// `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}{a|b}{"", _l, _p, _pl}{"", _y{yield_ffma}}`.
-pub const VARIANTS: &[(u32, u32, u32, u32, bool, u32, u32)] = &[
-    (128, 128, 6, 1, false, 2, 0),
-    (128, 128, 6, 1, false, 2, 50),
-    (128, 128, 6, 1, false, 2, 100),
-    (128, 128, 6, 1, false, 0, 0),
-    (128, 128, 6, 2, false, 0, 0),
-    (128, 128, 6, 2, false, 16, 0),
-    (128, 128, 6, 2, false, 18, 0),
-    (128, 192, 5, 1, false, 0, 0),
-    (128, 192, 5, 1, false, 0, 50),
-    (128, 192, 5, 1, false, 0, 100),
-    (128, 192, 5, 2, false, 0, 0),
-    (192, 128, 5, 1, false, 0, 0),
-    (256, 128, 4, 2, true, 0, 0),
+/// Compiled variants: (`block_m`, `block_n`, stages, cluster size, multicast A, schedule); each
+/// is an `extern "C"` kernel `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}{a|b}{"", _e, _p}`.
+pub const VARIANTS: &[(u32, u32, u32, u32, bool, u32)] = &[
+    (128, 128, 6, 1, false, 2),
+    (128, 128, 6, 1, false, 0),
+    (128, 128, 6, 2, false, 0),
+    (128, 128, 6, 2, false, 16),
+    (128, 128, 6, 2, false, 18),
+    (128, 192, 5, 1, false, 0),
+    (128, 192, 5, 2, false, 0),
+    (192, 128, 5, 1, false, 0),
+    (192, 128, 5, 2, false, 0),
+    (256, 128, 4, 2, true, 0),
 ];
 
 /// One configuration of the kernel (a compiled variant plus the tile order).
@@ -81,10 +77,6 @@ pub struct Sm90Config {
     /// issuing block k+1 before promoting block k. +16: the math warpgroups read the weight scales
     /// from global memory themselves (else the producer stores them into each stage).
     pub schedule: u32,
-    /// Percentage of each promotion's FFMA run (from its start) whose scheduling hints are
-    /// rewritten in the machine code so that the warp scheduler may switch warps after each of
-    /// them (operand-reuse flags dropped; see `sass.rs`); 0 leaves ptxas's code as it is.
-    pub yield_ffma: u32,
     /// The persistent CTAs walk the tiles in column groups of this many tiles (L2 reuse).
     pub group: u32,
 }
@@ -93,16 +85,7 @@ pub struct Sm90Config {
 /// on an H200 with the GPU at its power limit (docs/PERF.md), and close to the best at 8192³.
 impl Default for Sm90Config {
     fn default() -> Self {
-        Sm90Config {
-            block_m: 128,
-            block_n: 128,
-            stages: 6,
-            cluster: 1,
-            multicast_a: false,
-            schedule: 2,
-            yield_ffma: 0,
-            group: 16,
-        }
+        Sm90Config { block_m: 128, block_n: 128, stages: 6, cluster: 1, multicast_a: false, schedule: 2, group: 16 }
     }
 }
 
@@ -111,39 +94,38 @@ impl Sm90Config {
     pub fn all(group: u32) -> Vec<Sm90Config> {
         VARIANTS
             .iter()
-            .map(|&(block_m, block_n, stages, cluster, multicast_a, schedule, yield_ffma)| Sm90Config {
+            .map(|&(block_m, block_n, stages, cluster, multicast_a, schedule)| Sm90Config {
                 block_m,
                 block_n,
                 stages,
                 cluster,
                 multicast_a,
                 schedule,
-                yield_ffma,
                 group,
             })
             .collect()
     }
 
-    /// The configuration for an `m`×`n` output on a GPU with `sms` multiprocessors: 128×192 tiles
-    /// (one CTA per cluster) once they make at least 12 waves of the persistent grid, else
-    /// [`Sm90Config::default`] (measured on an H200 at its power limit: 128×192 is the fastest
-    /// at 8192³ and 4–8 % behind 128×128 pipelined at 4096³; docs/PERF.md).
+    /// The configuration for an `m`×`n` output on a GPU with `sms` multiprocessors: 192×128 tiles
+    /// (three math warpgroups, one CTA per cluster) once they make at least 12 waves of the
+    /// persistent grid, else [`Sm90Config::default`] (measured on an H200 at its power limit:
+    /// 192×128 is the fastest at 8192³, 128×128 pipelined at 4096³; docs/PERF.md).
     pub fn for_shape(m: usize, n: usize, sms: u32) -> Sm90Config {
-        let tiles = m.div_ceil(128) * n.div_ceil(192);
+        let tiles = m.div_ceil(192) * n.div_ceil(128);
         if tiles >= 12 * sms as usize {
-            Sm90Config { block_n: 192, stages: 5, schedule: 0, ..Sm90Config::default() }
+            Sm90Config { block_m: 192, stages: 5, schedule: 0, ..Sm90Config::default() }
         } else {
             Sm90Config::default()
         }
     }
 
-    fn variant(&self) -> (u32, u32, u32, u32, bool, u32, u32) {
-        (self.block_m, self.block_n, self.stages, self.cluster, self.multicast_a, self.schedule, self.yield_ffma)
+    fn variant(&self) -> (u32, u32, u32, u32, bool, u32) {
+        (self.block_m, self.block_n, self.stages, self.cluster, self.multicast_a, self.schedule)
     }
 
     fn kernel_name(&self) -> String {
         format!(
-            "fp8_gemm_m{}_n{}_s{}_c{}{}{}{}",
+            "fp8_gemm_m{}_n{}_s{}_c{}{}{}",
             self.block_m,
             self.block_n,
             self.stages,
@@ -155,8 +137,7 @@ impl Sm90Config {
                 16 => "_l",
                 18 => "_pl",
                 _ => "_?",
-            },
-            if self.yield_ffma == 0 { String::new() } else { format!("_y{}", self.yield_ffma) }
+            }
         )
     }
 
@@ -196,7 +177,7 @@ struct Params {
 
 /// A compiled variant and the most CTAs of it the device runs at once (the persistent grid).
 struct Variant {
-    key: (u32, u32, u32, u32, bool, u32, u32),
+    key: (u32, u32, u32, u32, bool, u32),
     func: CudaFunction,
     max_ctas: u32,
 }
@@ -228,11 +209,7 @@ impl Sm90Gemm {
             });
         }
         // NVRTC straight to sm_90a machine code (no PTX JIT in the driver at load time).
-        let mut cubin = compile_cubin(SOURCE, &["-std=c++17".to_string()])?;
-        // Variants named `…_y{p}`: the promotion's scheduling hints rewritten (see `sass.rs`).
-        let yield_ffma = |name: &str| name.rsplit_once("_y").and_then(|(_, p)| p.parse().ok());
-        sass::interleave_ffma(&mut cubin, yield_ffma).map_err(|e| gpu_err("CUBIN post-processing", "", e))?;
-        let ptx = Ptx::from_binary(cubin);
+        let ptx = Ptx::from_binary(compile_cubin(SOURCE, &["-std=c++17".to_string()])?);
         let module = ctx.load_module(ptx).map_err(|e| gpu_err("load_module", "fp8_gemm_sm90", e))?;
         let sms = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -320,9 +297,7 @@ impl Sm90Gemm {
             return Err(Fp8Error::Arg {
                 field: "Sm90Config".into(),
                 value: format!("{cfg:?}"),
-                detail: format!(
-                    "compiled (block_m, block_n, stages, cluster, multicast_a, schedule, yield_ffma): {VARIANTS:?}"
-                ),
+                detail: format!("compiled (block_m, block_n, stages, cluster, multicast_a, schedule): {VARIANTS:?}"),
             });
         };
         if cfg.group == 0 {
