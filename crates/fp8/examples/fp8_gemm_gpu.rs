@@ -21,7 +21,9 @@
 //! back, so that each candidate is timed at the clock the GPU's power limit sets under sustained
 //! load rather than at the higher clock it reaches after an idle gap (the host work between two
 //! candidates); then 20 products enqueued back to back with a CUDA event between each; the
-//! median interval. Every candidate algorithm of cuBLASLt's heuristic is timed; "default" is its
+//! median interval. `R1_HEAT_MS=0 R1_IDLE_MS=200` instead times each candidate as a burst after
+//! 200 ms of idle GPU (3 warm-up products), the same for every candidate: the clock the GPU
+//! reaches before its power limit acts. Every candidate algorithm of cuBLASLt's heuristic is timed; "default" is its
 //! first choice, "best" the fastest. Errors are
 //! ‖Δ‖/‖ref‖ over 32 sampled rows against f64 products: of the dequantised FP8 operands (`rel_err`),
 //! of the f32 inputs (`rel_err_vs_f32_inputs`, the total FP8 error), and for bf16 of its inputs.
@@ -54,9 +56,16 @@ fn heat_secs() -> f64 {
     std::env::var("R1_HEAT_MS").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(250.0) / 1e3
 }
 
-/// Median seconds of one product: warm-up (at least `WARMUP` launches and [`heat_secs`]), then
-/// `REPS` launches back to back, an event between each.
+/// Milliseconds of idle GPU before each timed series (`R1_IDLE_MS`, default 0).
+fn idle_ms() -> u64 {
+    std::env::var("R1_IDLE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Median seconds of one product: [`idle_ms`] of idle GPU, warm-up (at least `WARMUP` launches
+/// and [`heat_secs`]), then `REPS` launches back to back, an event between each.
 fn time(g: &GpuGemm, mut launch: impl FnMut() -> fp8::Result<()>) -> Res<f64> {
+    g.synchronize()?;
+    std::thread::sleep(std::time::Duration::from_millis(idle_ms()));
     let (t0, heat) = (Instant::now(), heat_secs());
     let mut n = 0;
     while n < WARMUP || t0.elapsed().as_secs_f64() < heat {
