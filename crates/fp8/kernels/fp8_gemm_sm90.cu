@@ -130,6 +130,10 @@ __device__ __forceinline__ void st_global_b32(void* p, u32 v) {
     asm volatile("st.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
+__device__ __forceinline__ void st_global_v4(void* p, u32 a, u32 b, u32 c, u32 d) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
+
 // ---- wgmma m64nNk32 E4M3 x E4M3 -> f32 wrappers (operand lists written out per N) ----
 
 /// `d[64] (+)= A(64×32, smem) · B(128×32, smem)ᵀ`, E4M3 in, fp32 accumulate; `acc = 0` overwrites d.
@@ -266,17 +270,36 @@ struct Shape {
     static constexpr int waves = BM / (64 * wgs);
 };
 
-/// bf16 pairs straight from the fragment (row, 8j + 2(lane%4) .. +1). Rows and columns inside
-/// the matrix take one address computation and BN/4 unguarded stores; edge tiles are guarded.
+/// The tile's bf16 output for this thread's rows r0 and r0 + 8. In the fragment a quad of lanes
+/// holds each 8-column chunk of a row, 4 bytes per lane (columns 8j + 2(lane%4) .. +1). For warps
+/// whose 16 rows and the tile's columns lie inside the matrix, a 4x4 transpose of the packed words
+/// across the quad (two shuffle rounds) gives each lane whole chunks, stored 16 bytes at a time
+/// (a quarter of the store instructions, full 32-byte sectors); edge warps store pairs, guarded.
 __device__ __forceinline__ void store_tile(const Params& p, const float* acc, int r0, int n0) {
     const int lane = threadIdx.x % 32, r1 = r0 + 8, c0 = n0 + 2 * (lane % 4);
-    if (r1 < p.m && n0 + BN <= p.n) {
-        u16* y0 = p.y + (size_t)r0 * p.n + c0;
-        u16* y1 = y0 + (size_t)8 * p.n;
+    if (r0 - lane / 4 + 15 < p.m && n0 + BN <= p.n) {  // warp-uniform: the shuffles need all lanes
+        const int q = lane % 4;
+        const bool hi = q & 2, odd = q & 1;
 #pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-            st_global_b32(y0 + 8 * j, pack_bf16(acc[4 * j], acc[4 * j + 1]));
-            st_global_b32(y1 + 8 * j, pack_bf16(acc[4 * j + 2], acc[4 * j + 3]));
+        for (int h = 0; h < 2; ++h) {
+            u16* y = p.y + (size_t)(r0 + 8 * h) * p.n + n0 + 8 * q;
+#pragma unroll
+            for (int t = 0; t < BN / 32; ++t) {
+                // w[i]: this lane's word of chunk 4t + i; lane q ends with chunk 4t + q.
+                u32 w[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) w[i] = pack_bf16(acc[4 * (4 * t + i) + 2 * h], acc[4 * (4 * t + i) + 2 * h + 1]);
+                // Round 1 (lanes q, q^2): the low lanes keep chunks 0-1 and take the partner's, the
+                // high lanes chunks 2-3.
+                const u32 s0 = __shfl_xor_sync(0xffffffffu, hi ? w[0] : w[2], 2);
+                const u32 s1 = __shfl_xor_sync(0xffffffffu, hi ? w[1] : w[3], 2);
+                const u32 b0 = hi ? s0 : w[0], b1 = hi ? s1 : w[1], b2 = hi ? w[2] : s0, b3 = hi ? w[3] : s1;
+                // Round 2 (lanes q, q^1): b0, b2 hold chunk 2(q/2) of lanes q&1 and (q&1)|2, b1, b3 the
+                // next chunk; even lanes keep the first and take the partner's words of it.
+                const u32 u0 = __shfl_xor_sync(0xffffffffu, odd ? b0 : b1, 1);
+                const u32 u1 = __shfl_xor_sync(0xffffffffu, odd ? b2 : b3, 1);
+                st_global_v4(y + 32 * t, odd ? u0 : b0, odd ? b1 : u0, odd ? u1 : b2, odd ? b3 : u1);
+            }
         }
         return;
     }
