@@ -271,13 +271,27 @@ struct Shape {
 };
 
 /// The tile's bf16 output for this thread's rows r0 and r0 + 8. In the fragment a quad of lanes
-/// holds each 8-column chunk of a row, 4 bytes per lane (columns 8j + 2(lane%4) .. +1). For warps
-/// whose 16 rows and the tile's columns lie inside the matrix, a 4x4 transpose of the packed words
-/// across the quad (two shuffle rounds) gives each lane whole chunks, stored 16 bytes at a time
-/// (a quarter of the store instructions, full 32-byte sectors); edge warps store pairs, guarded.
+/// holds each 8-column chunk of a row, 4 bytes per lane (columns 8j + 2(lane%4) .. +1).
+/// WIDE, for warps whose 16 rows and the tile's columns lie inside the matrix: a 4x4 transpose of
+/// the packed words across the quad (two shuffle rounds) gives each lane whole chunks, stored 16
+/// bytes at a time (a quarter of the store instructions, full 32-byte sectors). Otherwise, and for
+/// edge warps, 4-byte pairs straight from the fragment (unguarded inside the matrix). On the H200
+/// WIDE made the 128x128 pipelined variant 5-10 % faster and the 192x128 and 256x128 ones 3-7 %
+/// slower at 8192^3 (docs/PERF.md), so only the former uses it.
+template <bool WIDE>
 __device__ __forceinline__ void store_tile(const Params& p, const float* acc, int r0, int n0) {
     const int lane = threadIdx.x % 32, r1 = r0 + 8, c0 = n0 + 2 * (lane % 4);
-    if (r0 - lane / 4 + 15 < p.m && n0 + BN <= p.n) {  // warp-uniform: the shuffles need all lanes
+    if (!WIDE && r1 < p.m && n0 + BN <= p.n) {
+        u16* y0 = p.y + (size_t)r0 * p.n + c0;
+        u16* y1 = y0 + (size_t)8 * p.n;
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+            st_global_b32(y0 + 8 * j, pack_bf16(acc[4 * j], acc[4 * j + 1]));
+            st_global_b32(y1 + 8 * j, pack_bf16(acc[4 * j + 2], acc[4 * j + 3]));
+        }
+        return;
+    }
+    if (WIDE && r0 - lane / 4 + 15 < p.m && n0 + BN <= p.n) {  // warp-uniform: the shuffles need all lanes
         const int q = lane % 4;
         const bool hi = q & 2, odd = q & 1;
 #pragma unroll
@@ -320,7 +334,7 @@ __device__ __forceinline__ void store_tile(const Params& p, const float* acc, in
 /// MODE 2 (one wave): two scratch fragments; block kb+1 is issued before block kb is promoted
 /// (`wgmma.wait_group 1`), so this warpgroup's own work stays queued on the tensor cores while it
 /// promotes. The weight scale of each K block comes from the stage (written by the producer).
-template <int BM, int STAGES, int CL, int MODE>
+template <int BM, int STAGES, int CL, int MODE, bool WIDE>
 __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int mb, int nb, bool keep, int cw,
                                              int& stage, u32& phase) {
     constexpr int R = BN / 2;  // fragment registers per thread (m64 x BN over 128 threads)
@@ -400,7 +414,7 @@ __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int
 
     if (!keep) return;
 #pragma unroll
-    for (int w = 0; w < WAVES; ++w) store_tile(p, acc + w * R, mb * BM + w * WROWS + row, nb * BN);
+    for (int w = 0; w < WAVES; ++w) store_tile<WIDE>(p, acc + w * R, mb * BM + w * WROWS + row, nb * BN);
 }
 
 /// Registers per thread after `setmaxnreg`: the producer warpgroup gives its share to the
@@ -410,7 +424,7 @@ struct Regs {
     static constexpr int producer = 40, consumer = Shape<BM>::wgs == 2 ? 232 : 152;
 };
 
-template <int BM, int STAGES, int CL, int MODE>
+template <int BM, int STAGES, int CL, int MODE, bool WIDE>
 __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, const TmaMap* tsa, const Params& p) {
     constexpr u32 A_BYTES = BM * BK, B_BYTES = BN * BK, SA_BYTES = BM * 4;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -491,7 +505,7 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
             grid.tile(u, p.group, rank, mb, nb);
             const bool keep = mb < grid.mb_count && nb < grid.nb_count;
             nb = min(nb, grid.nb_count - 1);
-            consume_tile<BM, STAGES, CL, MODE>(p, r, mb, nb, keep, cw, stage, phase);
+            consume_tile<BM, STAGES, CL, MODE, WIDE>(p, r, mb, nb, keep, cw, stage, phase);
         }
     }
     // No CTA may leave while its cluster peer can still write into its shared memory or barriers.
@@ -499,17 +513,18 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
 }
 
 // Variants: fp8_gemm_m{BM}_n128_s{STAGES}_c{CL}{a|b}{SUFFIX}: CL CTAs per cluster (a: multicasting
-// the A tile along N; b: one CTA); SUFFIX _p for the pipelined consumer. 128 * (1 + consumer
+// the A tile along N; b: one CTA); SUFFIX _p for the pipelined consumer; WIDE: 16-byte stores
+// (store_tile). 128 * (1 + consumer
 // warpgroups) threads; dynamic shared memory STAGES * (BM*128 + 128*128 + BM*4) + 32 * STAGES +
 // 1024 bytes (the host computes the same).
-#define VARIANT(BM, STAGES, CL, AB, SUFFIX, MODE)                                                              \
-    extern "C" __global__ void __launch_bounds__(128 * (1 + Shape<BM>::wgs), 1)                                \
-        fp8_gemm_m##BM##_n128_s##STAGES##_c##CL##AB##SUFFIX(                                                   \
+#define VARIANT(BM, STAGES, CL, AB, SUFFIX, MODE, WIDE)                                                               \
+    extern "C" __global__ void __launch_bounds__(128 * (1 + Shape<BM>::wgs), 1)                                       \
+        fp8_gemm_m##BM##_n128_s##STAGES##_c##CL##AB##SUFFIX(                                                          \
             const __grid_constant__ TmaMap ta, const __grid_constant__ TmaMap tb, const __grid_constant__ TmaMap tsa, \
-            const Params p) {                                                                                  \
-        gemm_body<BM, STAGES, CL, MODE>(&ta, &tb, &tsa, p);                                                    \
+            const Params p) {                                                                                         \
+        gemm_body<BM, STAGES, CL, MODE, WIDE>(&ta, &tb, &tsa, p);                                                     \
     }
 
-VARIANT(128, 6, 1, b, _p, 2)
-VARIANT(192, 5, 1, b, , 0)
-VARIANT(256, 4, 2, a, , 0)
+VARIANT(128, 6, 1, b, _p, 2, true)
+VARIANT(192, 5, 1, b, , 0, false)
+VARIANT(256, 4, 2, a, , 0, false)

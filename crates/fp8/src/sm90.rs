@@ -43,9 +43,10 @@ pub const SOURCE: &str = include_str!("../kernels/fp8_gemm_sm90.cu");
 
 /// Compiled variants: (`block_m`, `block_n`, stages, cluster size, schedule); each is an
 /// `extern "C"` kernel `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}{a|b}{"", _p}` (`a`:
-/// a 2-CTA cluster multicasting A, `b`: one CTA). The variants that lost at every measured shape
-/// on the H200 (128×128 without the pipelined schedule, 128×192, 192×128 in 2-CTA clusters, B
-/// multicast, weight scales loaded by the math warpgroups) were removed (docs/PERF.md).
+/// a 2-CTA cluster multicasting A, `b`: one CTA). The variants that were the fastest at none of
+/// the measured shapes on the H200 (128×128 without the pipelined schedule, 128×192, 192×128 in
+/// 2-CTA clusters, B multicast, weight scales loaded by the math warpgroups) were removed
+/// (docs/PERF.md); 256×128 stays for the burst regime (the fastest at 8192³ timed after idle).
 pub const VARIANTS: &[(u32, u32, u32, u32, u32)] = &[(128, 128, 6, 1, 2), (192, 128, 5, 1, 0), (256, 128, 4, 2, 0)];
 
 /// One configuration of the kernel (a compiled variant plus the tile order).
@@ -70,8 +71,8 @@ pub struct Sm90Config {
     pub group: u32,
 }
 
-/// 128×128 tiles, one CTA per cluster, the pipelined schedule: the fastest configuration for
-/// outputs that make few waves of larger tiles (2048³ on an H200, docs/PERF.md).
+/// 128×128 tiles, one CTA per cluster, the pipelined schedule (and 16-byte output stores): the
+/// fastest configuration at 4096³ and 2048³ on an H200 (docs/PERF.md).
 impl Default for Sm90Config {
     fn default() -> Self {
         Sm90Config { block_m: 128, block_n: 128, stages: 6, cluster: 1, schedule: 2, group: 16 }
@@ -96,15 +97,11 @@ impl Sm90Config {
 
     /// The configuration for an `m`×`n` output on a GPU with `sms` multiprocessors (measured on
     /// an H200 at its power limit, docs/PERF.md): 192×128 tiles (three math warpgroups) once they
-    /// make at least 12 waves of the persistent grid (8192³: the fastest); else 256×128 tiles in
-    /// 2-CTA clusters multicasting A once those make at least 3 waves (4096³, 4096×7168×7168: the
-    /// fastest); else [`Sm90Config::default`] (2048³: the fastest).
+    /// make at least 12 waves of the persistent grid (8192³: the fastest), else
+    /// [`Sm90Config::default`] (4096³, 2048³: the fastest; 4096×7168×7168: level with 256×128).
     pub fn for_shape(m: usize, n: usize, sms: u32) -> Sm90Config {
-        let waves = |bm: usize| (m.div_ceil(bm) * n.div_ceil(128)) as f64 / sms as f64;
-        if waves(192) >= 12.0 {
+        if m.div_ceil(192) * n.div_ceil(128) >= 12 * sms as usize {
             Sm90Config { block_m: 192, stages: 5, schedule: 0, ..Sm90Config::default() }
-        } else if waves(256) >= 3.0 {
-            Sm90Config { block_m: 256, stages: 4, cluster: 2, schedule: 0, ..Sm90Config::default() }
         } else {
             Sm90Config::default()
         }
