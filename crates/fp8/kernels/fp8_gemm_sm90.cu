@@ -276,7 +276,7 @@ struct Shape {
 /// the packed words across the quad (two shuffle rounds) gives each lane whole chunks, stored 16
 /// bytes at a time (a quarter of the store instructions, full 32-byte sectors). Otherwise, and for
 /// edge warps, 4-byte pairs straight from the fragment (unguarded inside the matrix). On the H200
-/// WIDE made the 128x128 pipelined variant 5-10 % faster and the 192x128 and 256x128 ones 3-7 %
+/// WIDE made the 128x128 pipelined variant 5-10 % faster and the 192x128 and 256x128 ones 4-6 %
 /// slower at 8192^3 (docs/PERF.md), so only the former uses it.
 template <bool WIDE>
 __device__ __forceinline__ void store_tile(const Params& p, const float* acc, int r0, int n0) {
