@@ -1,23 +1,30 @@
 //! Block-scaled FP8 GEMM throughput on the GPU (cuBLASLt and the crate's own sm_90a kernel,
 //! 1×128 activation + 128×128 weight scales) next to the bf16 cuBLASLt GEMM; one JSON line per shape.
 //!
-//! `cargo run --release -p fp8 --features cuda --example fp8_gemm_gpu [-- [--own-only] shapes...]`
+//! `cargo run --release -p fp8 --features cuda --example fp8_gemm_gpu [-- [--own-only | --sustain S] shapes...]`
 //! where a shape is `n` (`n³`) or `MxNxK` (default 4096 8192). `--own-only` times the own kernel
-//! alone (no cuBLASLt, no bf16 baseline), for quick iterations.
+//! alone (no cuBLASLt, no bf16 baseline), for quick iterations. `--sustain S` instead runs each
+//! of the own kernel ([`Sm90Config::for_shape`]) and cuBLASLt (its heuristic's first algorithm)
+//! back to back for S seconds per shape and prints, per window, its start and end (Unix
+//! milliseconds, to match with a clock and power log such as `nvidia-smi -lms`) and the
+//! throughput over the whole window.
 //!
 //! Own kernel (`own_*` fields): every compiled [`Sm90Config`] variant with column groups of 8 and
 //! 16 cluster units (`R1_OWN_GROUPS=4,8,...` for others), timed with the protocol below in two
-//! passes (each configuration keeps its faster median), after ~0.5 s of launches that bring the
-//! GPU to its power-limited clocks (as it is when cuBLASLt is timed after them; without this the
-//! first configuration ran on a cool chip and read up to ~15 % high; `R1_OWN_NO_HEAT=1` skips
-//! it); "default" is [`Sm90Config::for_shape`], "best" the fastest; `own_rel_err` the best one's
-//! error, measured like `rel_err`.
+//! passes (each configuration keeps its faster median); "default" is [`Sm90Config::for_shape`],
+//! "best" the fastest; `own_rel_err` the best one's error, measured like `rel_err`.
 //!
 //! Data: standard normal activations with row magnitudes 1…7 and weights ×0.02 with block-row
 //! magnitudes 1…3, quantised by [`fp8::quantize_act`] / [`fp8::quantize_weight`]; the bf16 GEMM gets
-//! the same f32 data rounded to bf16. Timing: 3 warm-up products, then 20 products enqueued back to
-//! back with a CUDA event between each; the median interval. Every candidate algorithm of
-//! cuBLASLt's heuristic is timed; "default" is its first choice, "best" the fastest. Errors are
+//! the same f32 data rounded to bf16. Timing (every candidate, own kernel and cuBLASLt alike): at
+//! least 3 warm-up products and at least `R1_HEAT_MS` milliseconds (default 250) of them back to
+//! back, so that each candidate is timed at the clock the GPU's power limit sets under sustained
+//! load rather than at the higher clock it reaches after an idle gap (the host work between two
+//! candidates); then 20 products enqueued back to back with a CUDA event between each; the
+//! median interval. `R1_HEAT_MS=0 R1_IDLE_MS=200` instead times each candidate as a burst after
+//! 200 ms of idle GPU (3 warm-up products), the same for every candidate: the clock the GPU
+//! reaches before its power limit acts. Every candidate algorithm of cuBLASLt's heuristic is timed; "default" is its
+//! first choice, "best" the fastest. Errors are
 //! ‖Δ‖/‖ref‖ over 32 sampled rows against f64 products: of the dequantised FP8 operands (`rel_err`),
 //! of the f32 inputs (`rel_err_vs_f32_inputs`, the total FP8 error), and for bf16 of its inputs.
 //!
@@ -44,10 +51,29 @@ const SEARCH_WORKSPACE: usize = 256 << 20;
 /// At most this many enumerated configurations are timed.
 const SEARCH_LIMIT: usize = 1500;
 
-/// Median seconds of one product: `REPS` launches back to back, an event between each.
+/// Seconds of warm-up launches before each timed series (`R1_HEAT_MS`, default 250 ms).
+fn heat_secs() -> f64 {
+    std::env::var("R1_HEAT_MS").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(250.0) / 1e3
+}
+
+/// Milliseconds of idle GPU before each timed series (`R1_IDLE_MS`, default 0).
+fn idle_ms() -> u64 {
+    std::env::var("R1_IDLE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Median seconds of one product: [`idle_ms`] of idle GPU, warm-up (at least `WARMUP` launches
+/// and [`heat_secs`]), then `REPS` launches back to back, an event between each.
 fn time(g: &GpuGemm, mut launch: impl FnMut() -> fp8::Result<()>) -> Res<f64> {
-    for _ in 0..WARMUP {
+    g.synchronize()?;
+    std::thread::sleep(std::time::Duration::from_millis(idle_ms()));
+    let (t0, heat) = (Instant::now(), heat_secs());
+    let mut n = 0;
+    while n < WARMUP || t0.elapsed().as_secs_f64() < heat {
         launch()?;
+        n += 1;
+        if n % 10 == 0 {
+            g.synchronize()?;
+        }
     }
     g.synchronize()?;
     let ctx = g.stream().context();
@@ -109,16 +135,6 @@ fn own(g: &GpuGemm, kern: &Sm90Gemm, ga: &GpuFp8, gb: &GpuFp8, check: &dyn Fn(&[
     };
     for group in groups {
         configs.extend(Sm90Config::all(group).into_iter().filter(|c| *c != first));
-    }
-    // Heat the GPU first (~0.5 s of the default configuration), so that the first configuration
-    // is not timed on a cool chip with more clock headroom than the others (and than cuBLASLt).
-    let heat = if std::env::var("R1_OWN_NO_HEAT").is_ok_and(|v| v == "1") { 0.0 } else { 0.5 };
-    let t0 = Instant::now();
-    while t0.elapsed().as_secs_f64() < heat {
-        for _ in 0..20 {
-            kern.run(g, ga, gb, &mut y, configs[0])?;
-        }
-        g.synchronize()?;
     }
     // Two passes over the configurations (the clocks drift with temperature); each keeps its
     // faster median.
@@ -223,11 +239,33 @@ fn search(g: &mut GpuGemm, ga: &GpuFp8, gb: &GpuFp8, check: &dyn Fn(&[f32]) -> f
     ))
 }
 
+/// Launches `launch` back to back (batches of 20, synchronised) for `secs` seconds; returns the
+/// window's (start, end) in Unix milliseconds and the products per second over it.
+fn sustain(g: &GpuGemm, secs: f64, mut launch: impl FnMut() -> fp8::Result<()>) -> Res<(u128, u128, f64)> {
+    let unix_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis());
+    let (start, t0) = (unix_ms()?, Instant::now());
+    let mut n = 0usize;
+    while t0.elapsed().as_secs_f64() < secs {
+        for _ in 0..20 {
+            launch()?;
+        }
+        n += 20;
+        g.synchronize()?;
+    }
+    Ok((start, unix_ms()?, n as f64 / t0.elapsed().as_secs_f64()))
+}
+
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let own_only = args.iter().any(|a| a == "--own-only");
+    let sustain_secs: Option<f64> = match args.iter().position(|a| a == "--sustain") {
+        Some(i) => Some(args.get(i + 1).ok_or("--sustain needs seconds")?.parse()?),
+        None => None,
+    };
     let mut shapes: Vec<(usize, usize, usize)> = Vec::new();
-    for a in args.iter().filter(|a| !a.starts_with("--")) {
+    let values: Vec<&String> =
+        args.iter().enumerate().filter(|&(i, _)| i == 0 || args[i - 1] != "--sustain").map(|(_, a)| a).collect();
+    for a in values.into_iter().filter(|a| !a.starts_with("--")) {
         let d: Vec<usize> = a.split('x').map(str::parse).collect::<Result<_, _>>()?;
         shapes.push(match d[..] {
             [n] => (n, n, n),
@@ -255,6 +293,20 @@ fn main() -> Res<()> {
         let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let (xd, wd) = (g.stream().clone_htod(&xb)?, g.stream().clone_htod(&wb)?);
         eprintln!("M={m} N={n} K={k}: data ready in {:.1} s", t0.elapsed().as_secs_f64());
+        if let Some(secs) = sustain_secs {
+            let f = 2.0 * m as f64 * n as f64 * k as f64;
+            let cfg = Sm90Config::for_shape(m, n, kern.sms());
+            let mut y = g.alloc_out(m, n, OutType::Bf16)?;
+            let (s0, e0, own) = sustain(&g, secs, || kern.run(&g, &ga, &gb, &mut y, cfg))?;
+            let plan = g.plan(&ga, &gb, OutType::Bf16)?;
+            let (s1, e1, lt) = sustain(&g, secs, || plan.run(&g, &ga, &gb, &mut y))?;
+            println!(
+                "{{\"m\":{m},\"n\":{n},\"k\":{k},\"sustain_own_cfg\":\"{cfg:?}\",\"sustain_own_ms\":[{s0},{e0}],\"sustain_own_tflops\":{:.0},\"sustain_cublaslt_ms\":[{s1},{e1}],\"sustain_cublaslt_tflops\":{:.0}}}",
+                own * f / 1e12,
+                lt * f / 1e12
+            );
+            continue;
+        }
         let rows: Vec<usize> = (0..SAMPLE_ROWS).map(|i| i * m / SAMPLE_ROWS + (i * 37) % (m / SAMPLE_ROWS)).collect();
         let (deq_x, deq_w) = (qx.dequantize(), qw.dequantize());
         let check = |y: &[f32]| rel_err(y, &rows, n, k, &|r, t| deq_x[r * k + t] as f64, &deq_w);

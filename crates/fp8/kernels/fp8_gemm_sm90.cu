@@ -8,18 +8,18 @@
 // the two scales and adds it into a separate fp32 accumulator on the CUDA cores (promotion every
 // N_C = 128 elements), so the limited-precision tensor-core sum never spans more than one block.
 //
-// Layout of one CTA (128 * (1 + consumer warpgroups) threads, persistent over output tiles):
+// Layout of one CTA (128 * (1 + consumer warpgroups) threads, persistent over BM x 128 output
+// tiles; a tile's 128 columns are one weight-scale block):
 //   warpgroup 0: producer; one thread issues TMA loads (128B swizzle) into a ring of STAGES
-//                shared-memory stages, guarded by `full` / `empty` mbarriers, and (SBS) stores
-//                the K block's weight scales into the stage;
+//                shared-memory stages, guarded by `full` / `empty` mbarriers, and stores the K
+//                block's weight scale into the stage;
 //   warpgroups 1..: consumers (two; three for BM = 192); each owns 64 rows of a 64-row wave:
 //                BM = 128: one wave, BM = 192: one wave of three warpgroups, BM = 256: two waves
-//                (rows cw*64 and 128 + cw*64), each a wgmma m64nBNk32 chain per K block.
+//                (rows cw*64 and 128 + cw*64), each a wgmma m64n128k32 chain per K block.
 // Consumer schedules (MODE): 0 issues a K block, waits for it and promotes it; 2 ("pipelined",
 // one wave) keeps two K blocks in flight in two scratch fragments (wait_group 1).
-// With CL = 2 the two CTAs of a cluster work on vertically adjacent tiles (same columns; each
-// loads half of the shared B tile, multicast into both CTAs' shared memory) or, with MCA, on
-// horizontally adjacent tiles sharing the A tile the same way.
+// With CL = 2 the two CTAs of a cluster work on horizontally adjacent tiles (same rows; each
+// loads half of the shared A tile, multicast into both CTAs' shared memory).
 //
 // Self-contained (no headers) so that NVRTC compiles it at run time; `cargo xtask kernels`
 // compiles it with nvcc for sm_90a as a check.
@@ -130,6 +130,10 @@ __device__ __forceinline__ void st_global_b32(void* p, u32 v) {
     asm volatile("st.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
+__device__ __forceinline__ void st_global_v4(void* p, u32 a, u32 b, u32 c, u32 d) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
+
 // ---- wgmma m64nNk32 E4M3 x E4M3 -> f32 wrappers (operand lists written out per N) ----
 
 /// `d[64] (+)= A(64×32, smem) · B(128×32, smem)ᵀ`, E4M3 in, fp32 accumulate; `acc = 0` overwrites d.
@@ -154,75 +158,9 @@ __device__ __forceinline__ void wgmma_n128(float* d, u64 da, u64 db, int acc) {
         : "l"(da), "l"(db), "r"(acc));
 }
 
-/// `d[80] (+)= A(64×32, smem) · B(160×32, smem)ᵀ`, E4M3 in, fp32 accumulate; `acc = 0` overwrites d.
-__device__ __forceinline__ void wgmma_n160(float* d, u64 da, u64 db, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %82, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n160k32.f32.e4m3.e4m3 "
-        "{"
-        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
-        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79"
-        "}, %80, %81, p, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79])
-        : "l"(da), "l"(db), "r"(acc));
-}
-
-/// `d[96] (+)= A(64×32, smem) · B(192×32, smem)ᵀ`, E4M3 in, fp32 accumulate; `acc = 0` overwrites d.
-__device__ __forceinline__ void wgmma_n192(float* d, u64 da, u64 db, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3 "
-        "{"
-        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
-        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
-        "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95"
-        "}, %96, %97, p, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
-        : "l"(da), "l"(db), "r"(acc));
-}
-
-template <int BN>
-struct Wgmma;
-template <>
-struct Wgmma<128> {
-    static __device__ __forceinline__ void run(float* d, u64 a, u64 b, int acc) { wgmma_n128(d, a, b, acc); }
-};
-template <>
-struct Wgmma<160> {
-    static __device__ __forceinline__ void run(float* d, u64 a, u64 b, int acc) { wgmma_n160(d, a, b, acc); }
-};
-template <>
-struct Wgmma<192> {
-    static __device__ __forceinline__ void run(float* d, u64 a, u64 b, int acc) { wgmma_n192(d, a, b, acc); }
-};
-
 constexpr int BK = 128;
+/// Tile width: one 128-column weight-scale block (m64n128 wgmma).
+constexpr int BN = 128;
 
 struct Params {
     const float* sb;  // weight scales [N/128][sb_ld], K-major
@@ -246,25 +184,23 @@ __device__ __forceinline__ void unit_of(int u, int rows, int cols, int group, in
 }
 
 /// The tile grid: row blocks, column blocks and the cluster units over them. A cluster of CL
-/// CTAs covers CL vertically adjacent tiles (MCA = false: they share, and multicast, the B tile)
-/// or CL horizontally adjacent ones (MCA = true: they share the A tile).
-template <int BM, int BN, int CL, bool MCA>
+/// CTAs covers CL horizontally adjacent tiles (they share, and multicast, the A tile).
+template <int BM, int CL>
 struct Grid {
     int mb_count, nb_count, rows, cols;
     __device__ __forceinline__ Grid(const Params& p) {
         mb_count = (p.m + BM - 1) / BM;
         nb_count = (p.n + BN - 1) / BN;
-        rows = MCA ? mb_count : (mb_count + CL - 1) / CL;
-        cols = MCA ? (nb_count + CL - 1) / CL : nb_count;
+        rows = mb_count;
+        cols = (nb_count + CL - 1) / CL;
     }
     __device__ __forceinline__ int units() const { return rows * cols; }
-    /// This CTA's (row block, column block) of unit `u`; either may lie one past the edge for
-    /// the second CTA of a cluster (its loads are clamped, its results dropped).
+    /// This CTA's (row block, column block) of unit `u`; the column block may lie one past the
+    /// edge for the second CTA of a cluster (its loads are clamped, its results dropped).
     __device__ __forceinline__ void tile(int u, int group, u32 rank, int& mb, int& nb) const {
-        int ur, uc;
-        unit_of(u, rows, cols, group, ur, uc);
-        mb = MCA ? ur : ur * CL + (int)rank;
-        nb = MCA ? uc * CL + (int)rank : uc;
+        int uc;
+        unit_of(u, rows, cols, group, mb, uc);
+        nb = uc * CL + (int)rank;
     }
 };
 
@@ -272,12 +208,12 @@ struct Grid {
 struct Ring {
     u32 a, b, bars;     // A stages, B stages, full[STAGES] then empty[STAGES]
     const float* sa;    // activation-scale stages (generic pointer)
-    float* sb;          // weight scales per stage: [STAGES][4] (first and second 128-column block)
+    float* sb;          // the K block's weight scale per stage: [STAGES][4] (element 0 used)
 };
 
 /// Issue the four k32 wgmma steps of one 128-wide K block for the 64 A rows at byte offset
 /// `a_off` of the stage into `tmp` (one commit group).
-template <int BM, int BN>
+template <int BM>
 __device__ __forceinline__ void issue_mma(const Ring& r, int stage, int a_off, float* tmp) {
     const u64 da = smem_desc(r.a + stage * (BM * BK) + a_off);
     const u64 db = smem_desc(r.b + stage * (BN * BK));
@@ -285,7 +221,7 @@ __device__ __forceinline__ void issue_mma(const Ring& r, int stage, int a_off, f
     for (int i = 0; i < BN / 2; ++i) fence_reg(tmp[i]);
     wgmma_fence();
 #pragma unroll
-    for (int k = 0; k < BK / 32; ++k) Wgmma<BN>::run(tmp, da + 2 * k, db + 2 * k, k);
+    for (int k = 0; k < BK / 32; ++k) wgmma_n128(tmp, da + 2 * k, db + 2 * k, k);
     wgmma_commit();
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) fence_reg(tmp[i]);
@@ -304,21 +240,18 @@ __device__ __forceinline__ void release(const Ring& r, int stage) {
     }
 }
 
-/// Promotion (DeepSeek-V3 §3.3.2): acc += (A·Bᵀ)_kb · sa · sb in fp32 on the CUDA cores. Column
-/// chunk j (8 columns) lies in the first weight block of the tile when OFF + 8j < 128.
-template <int BN, int OFF>
-__device__ __forceinline__ void promote(float* acc, float* tmp, float a0, float a1, float b0, float b1) {
+/// Promotion (DeepSeek-V3 §3.3.2): acc += (A·Bᵀ)_kb · sa · sb in fp32 on the CUDA cores (`a0`,
+/// `a1`: the activation scales of this thread's two rows; `b`: the tile's weight-block scale).
+__device__ __forceinline__ void promote(float* acc, float* tmp, float a0, float a1, float b) {
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) fence_reg(tmp[i]);
-    const float s00 = a0 * b0, s01 = a0 * b1, s10 = a1 * b0, s11 = a1 * b1;
+    const float s0 = a0 * b, s1 = a1 * b;
 #pragma unroll
     for (int j = 0; j < BN / 8; ++j) {
-        const bool first = OFF + 8 * j < 128;
-        const float sr0 = first ? s00 : s01, sr1 = first ? s10 : s11;
-        acc[4 * j + 0] += sr0 * tmp[4 * j + 0];
-        acc[4 * j + 1] += sr0 * tmp[4 * j + 1];
-        acc[4 * j + 2] += sr1 * tmp[4 * j + 2];
-        acc[4 * j + 3] += sr1 * tmp[4 * j + 3];
+        acc[4 * j + 0] += s0 * tmp[4 * j + 0];
+        acc[4 * j + 1] += s0 * tmp[4 * j + 1];
+        acc[4 * j + 2] += s1 * tmp[4 * j + 2];
+        acc[4 * j + 3] += s1 * tmp[4 * j + 3];
     }
 }
 
@@ -337,18 +270,50 @@ struct Shape {
     static constexpr int waves = BM / (64 * wgs);
 };
 
-/// bf16 pairs straight from the fragment (row, 8j + 2(lane%4) .. +1). Rows and columns inside
-/// the matrix take one address computation and BN/4 unguarded stores; edge tiles are guarded.
-template <int BN>
+/// The tile's bf16 output for this thread's rows r0 and r0 + 8. In the fragment a quad of lanes
+/// holds each 8-column chunk of a row, 4 bytes per lane (columns 8j + 2(lane%4) .. +1).
+/// WIDE, for warps whose 16 rows and the tile's columns lie inside the matrix: a 4x4 transpose of
+/// the packed words across the quad (two shuffle rounds) gives each lane whole chunks, stored 16
+/// bytes at a time (a quarter of the store instructions, full 32-byte sectors). Otherwise, and for
+/// edge warps, 4-byte pairs straight from the fragment (unguarded inside the matrix). On the H200
+/// WIDE made the 128x128 pipelined variant 5-10 % faster and the 192x128 and 256x128 ones 4-6 %
+/// slower at 8192^3 (docs/PERF.md), so only the former uses it.
+template <bool WIDE>
 __device__ __forceinline__ void store_tile(const Params& p, const float* acc, int r0, int n0) {
     const int lane = threadIdx.x % 32, r1 = r0 + 8, c0 = n0 + 2 * (lane % 4);
-    if (r1 < p.m && n0 + BN <= p.n) {
+    if (!WIDE && r1 < p.m && n0 + BN <= p.n) {
         u16* y0 = p.y + (size_t)r0 * p.n + c0;
         u16* y1 = y0 + (size_t)8 * p.n;
 #pragma unroll
         for (int j = 0; j < BN / 8; ++j) {
             st_global_b32(y0 + 8 * j, pack_bf16(acc[4 * j], acc[4 * j + 1]));
             st_global_b32(y1 + 8 * j, pack_bf16(acc[4 * j + 2], acc[4 * j + 3]));
+        }
+        return;
+    }
+    if (WIDE && r0 - lane / 4 + 15 < p.m && n0 + BN <= p.n) {  // warp-uniform: the shuffles need all lanes
+        const int q = lane % 4;
+        const bool hi = q & 2, odd = q & 1;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            u16* y = p.y + (size_t)(r0 + 8 * h) * p.n + n0 + 8 * q;
+#pragma unroll
+            for (int t = 0; t < BN / 32; ++t) {
+                // w[i]: this lane's word of chunk 4t + i; lane q ends with chunk 4t + q.
+                u32 w[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) w[i] = pack_bf16(acc[4 * (4 * t + i) + 2 * h], acc[4 * (4 * t + i) + 2 * h + 1]);
+                // Round 1 (lanes q, q^2): the low lanes keep chunks 0-1 and take the partner's, the
+                // high lanes chunks 2-3.
+                const u32 s0 = __shfl_xor_sync(0xffffffffu, hi ? w[0] : w[2], 2);
+                const u32 s1 = __shfl_xor_sync(0xffffffffu, hi ? w[1] : w[3], 2);
+                const u32 b0 = hi ? s0 : w[0], b1 = hi ? s1 : w[1], b2 = hi ? w[2] : s0, b3 = hi ? w[3] : s1;
+                // Round 2 (lanes q, q^1): b0, b2 hold chunk 2(q/2) of lanes q&1 and (q&1)|2, b1, b3 the
+                // next chunk; even lanes keep the first and take the partner's words of it.
+                const u32 u0 = __shfl_xor_sync(0xffffffffu, odd ? b0 : b1, 1);
+                const u32 u1 = __shfl_xor_sync(0xffffffffu, odd ? b2 : b3, 1);
+                st_global_v4(y + 32 * t, odd ? u0 : b0, odd ? b1 : u0, odd ? u1 : b2, odd ? b3 : u1);
+            }
         }
         return;
     }
@@ -362,15 +327,14 @@ __device__ __forceinline__ void store_tile(const Params& p, const float* acc, in
     }
 }
 
-/// One consumer warpgroup's work on one tile: all K blocks, promotion, bf16 epilogue. OFF is the
-/// tile's first column modulo 128 (where the weight-scale block changes inside the tile).
+/// One consumer warpgroup's work on one tile: all K blocks, promotion, bf16 epilogue.
 ///
 /// MODE 0: per K block and wave, issue the block's wgmma into `tmp`, wait for it, promote; the
 /// other consumer warpgroup(s) keep the tensor cores busy meanwhile.
 /// MODE 2 (one wave): two scratch fragments; block kb+1 is issued before block kb is promoted
 /// (`wgmma.wait_group 1`), so this warpgroup's own work stays queued on the tensor cores while it
-/// promotes. SBS: the weight scales come from the stage (else from global memory, per K block).
-template <int BM, int BN, int STAGES, int CL, int MODE, bool SBS, int OFF>
+/// promotes. The weight scale of each K block comes from the stage (written by the producer).
+template <int BM, int STAGES, int CL, int MODE, bool WIDE>
 __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int mb, int nb, bool keep, int cw,
                                              int& stage, u32& phase) {
     constexpr int R = BN / 2;  // fragment registers per thread (m64 x BN over 128 threads)
@@ -378,41 +342,24 @@ __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     const int row = cw * 64 + warp * 16 + lane / 4;  // this thread's first row in the wave (and row + 8)
     const int kbs = p.k / BK;
-    const int n0 = nb * BN;
-    const int nblk0 = min(n0 / 128, (p.n - 1) / 128);
-    const int nblk1 = min(nblk0 + 1, (p.n - 1) / 128);
-    const float* sb0 = p.sb + (size_t)nblk0 * p.sb_ld;
-    const float* sb1 = p.sb + (size_t)nblk1 * p.sb_ld;
-    constexpr bool two = OFF + BN > 128;
 
     float acc[WAVES * R];
 #pragma unroll
     for (int i = 0; i < WAVES * R; ++i) acc[i] = 0.f;
 
-    // The block's weight scales: from the stage (SBS, written by the producer) or from global.
-    auto bscale = [&](int kb, int st, float& y0, float& y1) {
-        if constexpr (SBS) {
-            y0 = r.sb[st * 4];
-            y1 = r.sb[st * 4 + 1];
-        } else {
-            y0 = __ldg(sb0 + kb);
-            y1 = two ? __ldg(sb1 + kb) : y0;
-        }
-    };
     if constexpr (MODE == 0) {
         float tmp[R];
         for (int kb = 0; kb < kbs; ++kb) {
             mbar_wait(r.bars + 8 * stage, phase);
-            float b0, b1;
-            bscale(kb, stage, b0, b1);
+            const float b = r.sb[stage * 4];
 #pragma unroll
             for (int w = 0; w < WAVES; ++w) {
                 // Scales are read before the stage can be released.
                 const float a0 = r.sa[stage * BM + w * WROWS + row], a1 = r.sa[stage * BM + w * WROWS + row + 8];
-                issue_mma<BM, BN>(r, stage, (w * WROWS + cw * 64) * BK, tmp);
+                issue_mma<BM>(r, stage, (w * WROWS + cw * 64) * BK, tmp);
                 wgmma_wait<0>();
                 if (w == WAVES - 1) release<STAGES, CL>(r, stage);
-                promote<BN, OFF>(acc + w * R, tmp, a0, a1, b0, b1);
+                promote(acc + w * R, tmp, a0, a1, b);
             }
             advance(stage, phase, STAGES);
         }
@@ -423,43 +370,43 @@ __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int
         // wgmma pipeline per register set, not per path): block kb in t0 at the loop head.
         int st = stage, prev;
         u32 ph = phase;
-        float a0, a1, b0, b1, c0, c1, d0, d1;
-        auto issue = [&](int kb, float* t, float& x0, float& x1, float& y0, float& y1) {
+        float a0, a1, b0, c0, c1, d0;
+        auto issue = [&](float* t, float& x0, float& x1, float& y) {
             mbar_wait(r.bars + 8 * st, ph);
-            bscale(kb, st, y0, y1);
+            y = r.sb[st * 4];
             x0 = r.sa[st * BM + row];
             x1 = r.sa[st * BM + row + 8];
-            issue_mma<BM, BN>(r, st, cw * 64 * BK, t);
+            issue_mma<BM>(r, st, cw * 64 * BK, t);
             prev = st;
             advance(st, ph, STAGES);
         };
         int rel0 = st;
-        issue(0, t0, a0, a1, b0, b1);
+        issue(t0, a0, a1, b0);
         int kb = 0;
         for (; kb + 2 < kbs; kb += 2) {
-            issue(kb + 1, t1, c0, c1, d0, d1);
+            issue(t1, c0, c1, d0);
             const int rel1 = prev;
             wgmma_wait<1>();
             release<STAGES, CL>(r, rel0);
-            promote<BN, OFF>(acc, t0, a0, a1, b0, b1);
-            issue(kb + 2, t0, a0, a1, b0, b1);
+            promote(acc, t0, a0, a1, b0);
+            issue(t0, a0, a1, b0);
             rel0 = prev;
             wgmma_wait<1>();
             release<STAGES, CL>(r, rel1);
-            promote<BN, OFF>(acc, t1, c0, c1, d0, d1);
+            promote(acc, t1, c0, c1, d0);
         }
         if (kb + 1 < kbs) {
-            issue(kb + 1, t1, c0, c1, d0, d1);
+            issue(t1, c0, c1, d0);
             wgmma_wait<1>();
             release<STAGES, CL>(r, rel0);
-            promote<BN, OFF>(acc, t0, a0, a1, b0, b1);
+            promote(acc, t0, a0, a1, b0);
             wgmma_wait<0>();
             release<STAGES, CL>(r, prev);
-            promote<BN, OFF>(acc, t1, c0, c1, d0, d1);
+            promote(acc, t1, c0, c1, d0);
         } else {
             wgmma_wait<0>();
             release<STAGES, CL>(r, rel0);
-            promote<BN, OFF>(acc, t0, a0, a1, b0, b1);
+            promote(acc, t0, a0, a1, b0);
         }
         stage = st;
         phase = ph;
@@ -467,7 +414,7 @@ __device__ __forceinline__ void consume_tile(const Params& p, const Ring& r, int
 
     if (!keep) return;
 #pragma unroll
-    for (int w = 0; w < WAVES; ++w) store_tile<BN>(p, acc + w * R, mb * BM + w * WROWS + row, n0);
+    for (int w = 0; w < WAVES; ++w) store_tile<WIDE>(p, acc + w * R, mb * BM + w * WROWS + row, nb * BN);
 }
 
 /// Registers per thread after `setmaxnreg`: the producer warpgroup gives its share to the
@@ -477,7 +424,7 @@ struct Regs {
     static constexpr int producer = 40, consumer = Shape<BM>::wgs == 2 ? 232 : 152;
 };
 
-template <int BM, int BN, int STAGES, int CL, bool MCA, int MODE, bool SBS>
+template <int BM, int STAGES, int CL, int MODE, bool WIDE>
 __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, const TmaMap* tsa, const Params& p) {
     constexpr u32 A_BYTES = BM * BK, B_BYTES = BN * BK, SA_BYTES = BM * 4;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -508,7 +455,7 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
         __syncthreads();
     }
 
-    const Grid<BM, BN, CL, MCA> grid(p);
+    const Grid<BM, CL> grid(p);
     const int units = grid.units(), kbs = p.k / BK;
     const int cid = blockIdx.x / CL, clusters = gridDim.x / CL;
 
@@ -522,43 +469,24 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
                 grid.tile(u, p.group, rank, mb, nb);
                 // A CTA past the last block loads the last one again; its results are dropped.
                 const int m0 = min(mb, grid.mb_count - 1) * BM, n0 = min(nb, grid.nb_count - 1) * BN;
-                // SBS: the weight scales of the tile's (up to two) 128-column blocks, one K block
-                // ahead, stored into the stage before the arrival that completes it (release).
-                const int nblk0 = min(n0 / 128, (p.n - 1) / 128), nblk1 = min(nblk0 + 1, (p.n - 1) / 128);
-                const float* sb0 = p.sb + (size_t)nblk0 * p.sb_ld;
-                const float* sb1 = p.sb + (size_t)nblk1 * p.sb_ld;
-                float v0 = 0.f, v1 = 0.f;
-                if (SBS) {
-                    v0 = __ldg(sb0);
-                    v1 = __ldg(sb1);
-                }
+                // The weight scales of the tile's 128-column block, one K block ahead, stored into
+                // the stage before the arrival that completes it (release).
+                const float* sb = p.sb + (size_t)(n0 / BN) * p.sb_ld;
+                float v = __ldg(sb);
                 for (int kb = 0; kb < kbs; ++kb) {
                     const u32 full = r.bars + 8 * stage, empty = r.bars + 8 * (STAGES + stage);
-                    float w0 = 0.f, w1 = 0.f;
-                    if (SBS && kb + 1 < kbs) {
-                        w0 = __ldg(sb0 + kb + 1);
-                        w1 = __ldg(sb1 + kb + 1);
-                    }
+                    const float w = kb + 1 < kbs ? __ldg(sb + kb + 1) : 0.f;
                     mbar_wait(empty, phase ^ 1);
-                    if (SBS) {
-                        r.sb[stage * 4] = v0;
-                        r.sb[stage * 4 + 1] = v1;
-                        v0 = w0;
-                        v1 = w1;
-                    }
+                    r.sb[stage * 4] = v;
+                    v = w;
                     mbar_expect_tx(full, A_BYTES + B_BYTES + SA_BYTES);
-                    if (CL == 1 || !MCA) {
+                    if (CL == 1) {
                         tma_load(r.a + stage * A_BYTES, ta, kb * BK, m0, full);
                     } else {
                         tma_load_multicast(r.a + stage * A_BYTES + rank * (A_BYTES / CL), ta, kb * BK,
                                            m0 + (int)rank * (BM / CL), full, (u16)((1 << CL) - 1));
                     }
-                    if (CL == 1 || MCA) {
-                        tma_load(r.b + stage * B_BYTES, tb, kb * BK, n0, full);
-                    } else {
-                        tma_load_multicast(r.b + stage * B_BYTES + rank * (B_BYTES / CL), tb, kb * BK,
-                                           n0 + (int)rank * (BN / CL), full, (u16)((1 << CL) - 1));
-                    }
+                    tma_load(r.b + stage * B_BYTES, tb, kb * BK, n0, full);
                     tma_load(s_sa + stage * SA_BYTES, tsa, m0, kb, full);
                     advance(stage, phase, STAGES);
                 }
@@ -566,7 +494,10 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
         }
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Regs<BM>::consumer));
-        const int cw = wg - 1;
+        // Warp-uniform as far as the compiler can tell (the shuffle), so that the A descriptors,
+        // which depend on it, are computed in uniform registers (no per-thread 64-bit adds and
+        // R2UR moves before each wgmma).
+        const int cw = __shfl_sync(0xffffffffu, wg - 1, 0);
         int stage = 0;
         u32 phase = 0;
         for (int u = cid; u < units; u += clusters) {
@@ -574,41 +505,26 @@ __device__ __forceinline__ void gemm_body(const TmaMap* ta, const TmaMap* tb, co
             grid.tile(u, p.group, rank, mb, nb);
             const bool keep = mb < grid.mb_count && nb < grid.nb_count;
             nb = min(nb, grid.nb_count - 1);
-            const int off = (nb * BN) % 128;
-            if (BN % 128 == 0 || off == 0) {
-                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 0>(p, r, mb, nb, keep, cw, stage, phase);
-            } else if (BN % 64 == 0 || off == 64) {
-                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 64>(p, r, mb, nb, keep, cw, stage, phase);
-            } else if (off == 32) {
-                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 32>(p, r, mb, nb, keep, cw, stage, phase);
-            } else {
-                consume_tile<BM, BN, STAGES, CL, MODE, SBS, 96>(p, r, mb, nb, keep, cw, stage, phase);
-            }
+            consume_tile<BM, STAGES, CL, MODE, WIDE>(p, r, mb, nb, keep, cw, stage, phase);
         }
     }
     // No CTA may leave while its cluster peer can still write into its shared memory or barriers.
     if (CL > 1) cluster_sync();
 }
 
-// Variants: fp8_gemm_m{BM}_n{BN}_s{STAGES}_c{CL}{a|b}{SUFFIX}: CL CTAs per cluster multicasting the
-// A tile (a: along N) or the B tile (b: along M); SUFFIX _p for the pipelined consumer, _l for
-// weight scales read from global memory by the consumers. 128 * (1 + consumer warpgroups)
-// threads; dynamic shared memory STAGES * (BM*128 + BN*128 + BM*4) + 32 * STAGES + 1024 bytes
-// (the host computes the same).
-#define VARIANT(BM, BN, STAGES, CL, AB, MCA, SUFFIX, MODE, SBS)                                                \
-    extern "C" __global__ void __launch_bounds__(128 * (1 + Shape<BM>::wgs), 1)                                \
-        fp8_gemm_m##BM##_n##BN##_s##STAGES##_c##CL##AB##SUFFIX(                                                \
+// Variants: fp8_gemm_m{BM}_n128_s{STAGES}_c{CL}{a|b}{SUFFIX}: CL CTAs per cluster (a: multicasting
+// the A tile along N; b: one CTA); SUFFIX _p for the pipelined consumer; WIDE: 16-byte stores
+// (store_tile). 128 * (1 + consumer
+// warpgroups) threads; dynamic shared memory STAGES * (BM*128 + 128*128 + BM*4) + 32 * STAGES +
+// 1024 bytes (the host computes the same).
+#define VARIANT(BM, STAGES, CL, AB, SUFFIX, MODE, WIDE)                                                               \
+    extern "C" __global__ void __launch_bounds__(128 * (1 + Shape<BM>::wgs), 1)                                       \
+        fp8_gemm_m##BM##_n128_s##STAGES##_c##CL##AB##SUFFIX(                                                          \
             const __grid_constant__ TmaMap ta, const __grid_constant__ TmaMap tb, const __grid_constant__ TmaMap tsa, \
-            const Params p) {                                                                                  \
-        gemm_body<BM, BN, STAGES, CL, MCA, MODE, SBS>(&ta, &tb, &tsa, p);                                      \
+            const Params p) {                                                                                         \
+        gemm_body<BM, STAGES, CL, MODE, WIDE>(&ta, &tb, &tsa, p);                                                     \
     }
 
-VARIANT(128, 128, 6, 1, b, false, , 0, true)
-VARIANT(128, 128, 6, 2, b, false, , 0, true)
-VARIANT(128, 128, 6, 2, b, false, _l, 0, false)
-VARIANT(128, 128, 6, 1, b, false, _p, 2, true)
-VARIANT(128, 128, 6, 2, b, false, _pl, 2, false)
-VARIANT(128, 192, 5, 1, b, false, , 0, true)
-VARIANT(128, 192, 5, 2, b, false, , 0, true)
-VARIANT(192, 128, 5, 1, b, false, , 0, true)
-VARIANT(256, 128, 4, 2, a, true, , 0, true)
+VARIANT(128, 6, 1, b, _p, 2, true)
+VARIANT(192, 5, 1, b, , 0, false)
+VARIANT(256, 4, 2, a, , 0, false)

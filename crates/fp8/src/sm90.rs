@@ -13,12 +13,12 @@
 //!   128-column block;
 //! - a persistent, warp-specialised pipeline: one producer thread issues TMA loads
 //!   (`cp.async.bulk.tensor`, 128-byte swizzle) into a ring of shared-memory stages guarded by
-//!   `full` / `empty` mbarriers (and stores each K block's weight scales into its stage), math
-//!   warpgroups own 64-row slices of a `block_m` × `block_n` tile (`block_m` 256: two 64-row
-//!   waves each); `setmaxnreg` moves registers from the producer to the math warpgroups; with
-//!   [`Sm90Config::cluster`] = 2 the two CTAs of a cluster share their B tile (or, with
-//!   [`Sm90Config::multicast_a`], their A tile) through TMA multicast; the pipelined schedule
-//!   ([`Sm90Config::schedule`] 2) keeps two K blocks in flight per math warpgroup.
+//!   `full` / `empty` mbarriers (and stores each K block's weight scale into its stage), math
+//!   warpgroups own 64-row slices of a `block_m` × 128 tile (`block_m` 256: two 64-row waves
+//!   each); `setmaxnreg` moves registers from the producer to the math warpgroups; with
+//!   [`Sm90Config::cluster`] = 2 the two CTAs of a cluster take horizontally adjacent tiles and
+//!   share their A tile through TMA multicast; the pipelined schedule ([`Sm90Config::schedule`]
+//!   2) keeps two K blocks in flight per math warpgroup.
 //!
 //! [`Sm90Config::for_shape`] picks the configuration [`Sm90Gemm::gemm`] uses.
 //!
@@ -41,19 +41,13 @@ use crate::{BLOCK, Fp8Error, Result};
 /// The kernel source (self-contained CUDA C++; no headers).
 pub const SOURCE: &str = include_str!("../kernels/fp8_gemm_sm90.cu");
 
-/// Compiled variants: (`block_m`, `block_n`, stages, cluster size, multicast A, schedule); each
-/// is an `extern "C"` kernel `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}{a|b}{"", _e, _p}`.
-pub const VARIANTS: &[(u32, u32, u32, u32, bool, u32)] = &[
-    (128, 128, 6, 1, false, 2),
-    (128, 128, 6, 1, false, 0),
-    (128, 128, 6, 2, false, 0),
-    (128, 128, 6, 2, false, 16),
-    (128, 128, 6, 2, false, 18),
-    (128, 192, 5, 1, false, 0),
-    (128, 192, 5, 2, false, 0),
-    (192, 128, 5, 1, false, 0),
-    (256, 128, 4, 2, true, 0),
-];
+/// Compiled variants: (`block_m`, `block_n`, stages, cluster size, schedule); each is an
+/// `extern "C"` kernel `fp8_gemm_m{block_m}_n{block_n}_s{stages}_c{cluster}{a|b}{"", _p}` (`a`:
+/// a 2-CTA cluster multicasting A, `b`: one CTA). The variants that were the fastest at none of
+/// the measured shapes on the H200 (128×128 without the pipelined schedule, 128×192, 192×128 in
+/// 2-CTA clusters, B multicast, weight scales loaded by the math warpgroups) were removed
+/// (docs/PERF.md); 256×128 stays for the burst regime (the fastest at 8192³ timed after idle).
+pub const VARIANTS: &[(u32, u32, u32, u32, u32)] = &[(128, 128, 6, 1, 2), (192, 128, 5, 1, 0), (256, 128, 4, 2, 0)];
 
 /// One configuration of the kernel (a compiled variant plus the tile order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,30 +55,27 @@ pub struct Sm90Config {
     /// Output tile height: 128 (two math warpgroups of 64 rows), 192 (three) or 256 (two, each
     /// running two 64-row waves per K block).
     pub block_m: u32,
-    /// Output tile width (128, 160 or 192 columns).
+    /// Output tile width: 128 columns (one weight-scale block) in every compiled variant.
     pub block_n: u32,
     /// Shared-memory pipeline stages (each holds a `block_m`×128 A tile, a `block_n`×128 B tile
     /// and `block_m` activation scales).
     pub stages: u32,
-    /// CTAs per cluster (1, or 2 for TMA multicast of the shared operand tile).
+    /// CTAs per cluster: 1, or 2 taking horizontally adjacent tiles that share (multicast) the
+    /// A tile.
     pub cluster: u32,
-    /// With `cluster` 2: the cluster's CTAs take horizontally adjacent tiles and share (multicast)
-    /// the A tile; otherwise vertically adjacent ones sharing the B tile.
-    pub multicast_a: bool,
     /// The math warpgroups' schedule per K block: 0 issues the block's wgmma, waits, promotes; 2
     /// ("pipelined", `block_m` 128 only) keeps two blocks in flight in two scratch fragments,
-    /// issuing block k+1 before promoting block k. +16: the math warpgroups read the weight scales
-    /// from global memory themselves (else the producer stores them into each stage).
+    /// issuing block k+1 before promoting block k.
     pub schedule: u32,
     /// The persistent CTAs walk the tiles in column groups of this many tiles (L2 reuse).
     pub group: u32,
 }
 
-/// 128×128 tiles, one CTA per cluster, the pipelined schedule: the fastest configuration at 4096³
-/// on an H200 with the GPU at its power limit (docs/PERF.md), and close to the best at 8192³.
+/// 128×128 tiles, one CTA per cluster, the pipelined schedule (and 16-byte output stores): the
+/// fastest configuration at 4096³ and 2048³ on an H200 (docs/PERF.md).
 impl Default for Sm90Config {
     fn default() -> Self {
-        Sm90Config { block_m: 128, block_n: 128, stages: 6, cluster: 1, multicast_a: false, schedule: 2, group: 16 }
+        Sm90Config { block_m: 128, block_n: 128, stages: 6, cluster: 1, schedule: 2, group: 16 }
     }
 }
 
@@ -93,33 +84,31 @@ impl Sm90Config {
     pub fn all(group: u32) -> Vec<Sm90Config> {
         VARIANTS
             .iter()
-            .map(|&(block_m, block_n, stages, cluster, multicast_a, schedule)| Sm90Config {
+            .map(|&(block_m, block_n, stages, cluster, schedule)| Sm90Config {
                 block_m,
                 block_n,
                 stages,
                 cluster,
-                multicast_a,
                 schedule,
                 group,
             })
             .collect()
     }
 
-    /// The configuration for an `m`×`n` output on a GPU with `sms` multiprocessors: 128×192 tiles
-    /// (one CTA per cluster) once they make at least 12 waves of the persistent grid, else
-    /// [`Sm90Config::default`] (measured on an H200 at its power limit: 128×192 is the fastest
-    /// at 8192³ and 4–8 % behind 128×128 pipelined at 4096³; docs/PERF.md).
+    /// The configuration for an `m`×`n` output on a GPU with `sms` multiprocessors (measured on
+    /// an H200 at its power limit, docs/PERF.md): 192×128 tiles (three math warpgroups) once they
+    /// make at least 12 waves of the persistent grid (8192³: the fastest), else
+    /// [`Sm90Config::default`] (4096³, 2048³: the fastest; 4096×7168×7168: level with 256×128).
     pub fn for_shape(m: usize, n: usize, sms: u32) -> Sm90Config {
-        let tiles = m.div_ceil(128) * n.div_ceil(192);
-        if tiles >= 12 * sms as usize {
-            Sm90Config { block_n: 192, stages: 5, schedule: 0, ..Sm90Config::default() }
+        if m.div_ceil(192) * n.div_ceil(128) >= 12 * sms as usize {
+            Sm90Config { block_m: 192, stages: 5, schedule: 0, ..Sm90Config::default() }
         } else {
             Sm90Config::default()
         }
     }
 
-    fn variant(&self) -> (u32, u32, u32, u32, bool, u32) {
-        (self.block_m, self.block_n, self.stages, self.cluster, self.multicast_a, self.schedule)
+    fn variant(&self) -> (u32, u32, u32, u32, u32) {
+        (self.block_m, self.block_n, self.stages, self.cluster, self.schedule)
     }
 
     fn kernel_name(&self) -> String {
@@ -129,30 +118,14 @@ impl Sm90Config {
             self.block_n,
             self.stages,
             self.cluster,
-            if self.multicast_a { "a" } else { "b" },
-            match self.schedule {
-                0 => "",
-                2 => "_p",
-                16 => "_l",
-                18 => "_pl",
-                _ => "_?",
-            }
+            if self.cluster > 1 { "a" } else { "b" },
+            if self.schedule == 2 { "_p" } else { "" }
         )
     }
 
     /// A producer warpgroup plus the math warpgroups (three for `block_m` 192, else two).
     fn threads(&self) -> u32 {
         128 * (1 + if self.block_m == 192 { 3 } else { 2 })
-    }
-
-    /// The CTAs of a cluster sharing the A tile (1 without A multicast).
-    fn share_a(&self) -> u32 {
-        if self.multicast_a { self.cluster } else { 1 }
-    }
-
-    /// The CTAs of a cluster sharing the B tile (1 with A multicast).
-    fn share_b(&self) -> u32 {
-        if self.multicast_a { 1 } else { self.cluster }
     }
 
     /// Dynamic shared memory: the stages, the barriers and 1 KiB of alignment slack.
@@ -176,7 +149,7 @@ struct Params {
 
 /// A compiled variant and the most CTAs of it the device runs at once (the persistent grid).
 struct Variant {
-    key: (u32, u32, u32, u32, bool, u32),
+    key: (u32, u32, u32, u32, u32),
     func: CudaFunction,
     max_ctas: u32,
 }
@@ -296,7 +269,7 @@ impl Sm90Gemm {
             return Err(Fp8Error::Arg {
                 field: "Sm90Config".into(),
                 value: format!("{cfg:?}"),
-                detail: format!("compiled (block_m, block_n, stages, cluster, multicast_a, schedule): {VARIANTS:?}"),
+                detail: format!("compiled (block_m, block_n, stages, cluster, schedule): {VARIANTS:?}"),
             });
         };
         if cfg.group == 0 {
@@ -326,8 +299,9 @@ impl Sm90Gemm {
             )
         };
         let bm = cfg.block_m;
-        let ta = fp8_map(pa, m, bm / cfg.share_a())?;
-        let tb = fp8_map(pb, n, cfg.block_n / cfg.share_b())?;
+        // A 2-CTA cluster multicasts the A tile: each CTA loads half of its rows.
+        let ta = fp8_map(pa, m, bm / cfg.cluster)?;
+        let tb = fp8_map(pb, n, cfg.block_n)?;
         let tsa = tensor_map(TmaType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32, psa, [m, kb], m * 4, [bm, 1], false, &shape)?;
         let params = Params {
             sb: psb,
@@ -339,8 +313,7 @@ impl Sm90Gemm {
             group: cfg.group as i32,
         };
         // Persistent grid: one CTA per SM (a whole number of clusters), at most one per tile.
-        let tiles = m.div_ceil(bm as usize).next_multiple_of(cfg.share_b() as usize)
-            * n.div_ceil(cfg.block_n as usize).next_multiple_of(cfg.share_a() as usize);
+        let tiles = m.div_ceil(bm as usize) * n.div_ceil(cfg.block_n as usize).next_multiple_of(cfg.cluster as usize);
         let grid = var.max_ctas.min(tiles as u32).max(cfg.cluster);
         let mut attr = cluster_attr(cfg.cluster);
         let config = launch_config(&cfg, grid, stream.cu_stream(), &mut attr);

@@ -37,9 +37,8 @@ fn gpu() -> Option<(GpuGemm, Sm90Gemm)> {
 fn own_kernel_matches_cpu_reference() {
     let Some((g, kern)) = gpu() else { return };
     // (M, N, K): square; K = 128 (one block) with M below one tile; M not a multiple of 128 and
-    // N = 640 (partial 192-wide tiles, tiles starting 64 columns into a weight block, an odd
-    // number of column blocks for A multicast); an odd number of row blocks (the second CTA of a
-    // cluster idles); large K.
+    // N = 640 (an odd number of column blocks: the second CTA of an A-multicast cluster idles,
+    // partial 192- and 256-row tiles); an odd number of row blocks; large K.
     let shapes = [(256, 256, 256), (48, 128, 128), (272, 640, 1152), (384, 384, 640), (256, 512, 4096)];
     for (i, &(m, n, k)) in shapes.iter().enumerate() {
         let a = random_quant(m, k, (1, 128), 40 + i as u64);
