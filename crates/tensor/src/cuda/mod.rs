@@ -293,6 +293,40 @@ impl MatView {
     }
 }
 
+/// The cuBLAS configuration of `batch` row-major products `C = op(A)·op(B)` (`op(A)` `m × k`,
+/// `op(B)` `k × n`) laid out as the views say: row-major C is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ,
+/// so B goes first.
+fn strided_cfg<T>(
+    one: T,
+    zero: T,
+    (m, n, k, batch): (usize, usize, usize, usize),
+    av: MatView,
+    bv: MatView,
+    cv: MatView,
+) -> StridedBatchedConfig<T> {
+    let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
+    StridedBatchedConfig {
+        gemm: GemmConfig {
+            transa: op(bv.trans),
+            transb: op(av.trans),
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha: one,
+            lda: bv.ld as i32,
+            ldb: av.ld as i32,
+            beta: zero,
+            ldc: cv.ld as i32,
+        },
+        batch_size: batch as i32,
+        stride_a: bv.stride as i64,
+        stride_b: av.stride as i64,
+        stride_c: cv.stride as i64,
+    }
+}
+
+/// [`strided_cfg`] for contiguous operands: `batch` products of whole matrices, B shared by all
+/// of them when `b_shared`.
 fn batched_cfg<T>(
     one: T,
     zero: T,
@@ -301,25 +335,10 @@ fn batched_cfg<T>(
     tb: bool,
     b_shared: bool,
 ) -> StridedBatchedConfig<T> {
-    let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
-    StridedBatchedConfig {
-        gemm: GemmConfig {
-            transa: op(tb),
-            transb: op(ta),
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: one,
-            lda: if tb { k } else { n } as i32,
-            ldb: if ta { m } else { k } as i32,
-            beta: zero,
-            ldc: n as i32,
-        },
-        batch_size: batch as i32,
-        stride_a: if b_shared { 0 } else { (k * n) as i64 },
-        stride_b: (m * k) as i64,
-        stride_c: (m * n) as i64,
-    }
+    let av = MatView { off: 0, ld: if ta { m } else { k }, stride: m * k, trans: ta };
+    let bv = MatView { off: 0, ld: if tb { k } else { n }, stride: if b_shared { 0 } else { k * n }, trans: tb };
+    let cv = MatView { off: 0, ld: n, stride: m * n, trans: false };
+    strided_cfg(one, zero, (m, n, k, batch), av, bv, cv)
 }
 
 enum Arg {
@@ -564,35 +583,6 @@ impl CudaBackend {
         (b, bv): (&Tensor, MatView),
         (c, cv): (&mut CudaStorage, MatView),
     ) -> Result<()> {
-        // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: B goes first.
-        fn cfg<T>(
-            one: T,
-            zero: T,
-            (m, n, k, batch): (usize, usize, usize, usize),
-            av: MatView,
-            bv: MatView,
-            cv: MatView,
-        ) -> StridedBatchedConfig<T> {
-            let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
-            StridedBatchedConfig {
-                gemm: GemmConfig {
-                    transa: op(bv.trans),
-                    transb: op(av.trans),
-                    m: n as i32,
-                    n: m as i32,
-                    k: k as i32,
-                    alpha: one,
-                    lda: bv.ld as i32,
-                    ldb: av.ld as i32,
-                    beta: zero,
-                    ldc: cv.ld as i32,
-                },
-                batch_size: batch as i32,
-                stride_a: bv.stride as i64,
-                stride_b: av.stride as i64,
-                stride_c: cv.stride as i64,
-            }
-        }
         let dims = (m, n, k, batch);
         let (ext_a, ext_b) = (
             av.extent(batch, if av.trans { k } else { m }, if av.trans { m } else { k }),
@@ -618,7 +608,7 @@ impl CudaBackend {
                 // buffers.
                 unsafe {
                     self.blas.gemm_strided_batched(
-                        cfg(1.0f32, 0.0f32, dims, av, bv, cv),
+                        strided_cfg(1.0f32, 0.0f32, dims, av, bv, cv),
                         &sb.slice(bv.off..),
                         &sa.slice(av.off..),
                         &mut sc.slice_mut(cv.off..),
@@ -630,7 +620,7 @@ impl CudaBackend {
                 // SAFETY: as above; bf16 accumulates in f32.
                 unsafe {
                     self.blas.gemm_strided_batched(
-                        cfg(bf16::ONE, bf16::ZERO, dims, av, bv, cv),
+                        strided_cfg(bf16::ONE, bf16::ZERO, dims, av, bv, cv),
                         &sb.slice(bv.off..),
                         &sa.slice(av.off..),
                         &mut sc.slice_mut(cv.off..),
