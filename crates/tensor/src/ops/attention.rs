@@ -141,8 +141,9 @@ impl Layout {
 /// [`attention`] with `q [B, S, H, Dk]`, `k [B, T, H, Dk]`, `v [B, T, H, Dv]` → `o [B, S, H, Dv]`
 /// (the layout the projections produce, so no permutes are needed around it); `p` is
 /// `[B, H, S, T]` as in [`attention`]. The CPU reads and writes the heads in place, one task per
-/// batch element; with fewer batch elements than threads, and on other devices, it permutes
-/// around [`attention`] (same values up to the summation order of the products).
+/// batch element (with fewer batch elements than threads it permutes around [`attention`]: same
+/// values up to the summation order of the products); CUDA reads and writes them in place through
+/// strided-batched GEMMs over the heads.
 pub fn attention_bshd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
     let bhsd = [0, 2, 1, 3];
     let ranks = [q, k, v].iter().all(|x| x.rank() == 4);
