@@ -641,7 +641,7 @@ impl CudaBackend {
     /// in f32 and rounded back) and updates the f32 moments in place; gradients are f32 or bf16.
     /// One kernel launch per combination of parameter and gradient dtype over every tensor's
     /// elements (the multi-tensor form of torch's fused AdamW), not one per parameter.
-    /// `bias_corrections` are `(1 − β1^t, 1 − β2^t)`, computed by the caller (in f64: in f32
+    /// `(bc1, bc2)` are the bias corrections `(1 − β1^t, 1 − β2^t)`, computed by the caller (in f64: in f32
     /// the second loses ~1e-5 of its value to cancellation early in training).
     #[allow(clippy::too_many_arguments)]
     pub fn adamw_multi_out(
