@@ -354,8 +354,10 @@ fn grid(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// One block per row of `d` elements, with at most 256 threads (longer rows loop): several blocks
+/// stay resident per SM, so one block's reductions overlap another's loads.
 fn rows_cfg(rows: usize, d: usize) -> LaunchConfig {
-    let threads = (d.next_power_of_two()).clamp(32, 1024) as u32;
+    let threads = (d.next_power_of_two()).clamp(32, 256) as u32;
     LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
