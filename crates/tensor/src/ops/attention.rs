@@ -154,8 +154,7 @@ pub fn attention_bshd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Att
         && ranks
         && !empty
     {
-        let (pq, pk, pv) = (q.reshape(&bhsd_shape(q))?, k.reshape(&bhsd_shape(k))?, v.reshape(&bhsd_shape(v))?);
-        dims("attention_bshd", &pq, &pk, &pv, mask)?;
+        bshd_dims("attention_bshd", q, k, v, mask)?;
         return be.attention_bshd(q, k, v, scale, mask);
     }
     if !empty && (!q.device().is_cpu() || !ranks || q.dim(0) < rayon::current_num_threads()) {
@@ -165,14 +164,14 @@ pub fn attention_bshd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &Att
         let (o, p) = attention(&pq, &pk, &pv, scale, mask)?;
         return Ok((permute(&o, &bhsd)?, p));
     }
-    let (pq, pk, pv) = (q.reshape(&bhsd_shape(q))?, k.reshape(&bhsd_shape(k))?, v.reshape(&bhsd_shape(v))?);
-    let d = dims("attention_bshd", &pq, &pk, &pv, mask)?;
+    let d = bshd_dims("attention_bshd", q, k, v, mask)?;
     attention_cpu(q, k, v, scale, mask, Layout::Bshd, d)
 }
 
-/// The `[B, H, len, D]` shape of a `[B, len, H, D]` tensor (for the shape checks only).
-fn bhsd_shape(x: &Tensor) -> [usize; 4] {
-    [x.dim(0), x.dim(2), x.dim(1), x.dim(3)]
+/// The dimensions of `[B, len, H, D]` operands, checked as [`dims`] checks the head-major ones.
+fn bshd_dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Result<Dims> {
+    let bhsd = |x: &Tensor| x.reshape(&[x.dim(0), x.dim(2), x.dim(1), x.dim(3)]);
+    dims(op, &bhsd(q)?, &bhsd(k)?, &bhsd(v)?, mask)
 }
 
 fn attention_cpu(
@@ -303,9 +302,7 @@ pub fn attention_bshd_backward(
         && ranks
         && !empty
     {
-        let (pq, pk, pv) = (q.reshape(&bhsd_shape(q))?, k.reshape(&bhsd_shape(k))?, v.reshape(&bhsd_shape(v))?);
-        let d = dims("attention_bshd_backward", &pq, &pk, &pv, &AttnMask::default())?;
-        check_bshd_backward(p, d_o, d)?;
+        bshd_backward_dims(q, k, v, p, d_o)?;
         same_device("attention_bshd_backward", &[q, p, d_o])?;
         return be.attention_bshd_backward(q, k, v, p, scale, d_o);
     }
@@ -314,14 +311,13 @@ pub fn attention_bshd_backward(
         let (dq, dk, dv) = attention_backward(&pq, &pk, &pv, p, scale, &pd)?;
         return Ok((permute(&dq, &bhsd)?, permute(&dk, &bhsd)?, permute(&dv, &bhsd)?));
     }
-    let (pq, pk, pv) = (q.reshape(&bhsd_shape(q))?, k.reshape(&bhsd_shape(k))?, v.reshape(&bhsd_shape(v))?);
-    let d = dims("attention_bshd_backward", &pq, &pk, &pv, &AttnMask::default())?;
-    check_bshd_backward(p, d_o, d)?;
+    let d = bshd_backward_dims(q, k, v, p, d_o)?;
     attention_backward_cpu(q, k, v, p, scale, d_o, Layout::Bshd, d)
 }
 
-/// `p` must be `[B, H, S, T]` and `dO` `[B, S, H, Dv]`.
-fn check_bshd_backward(p: &Tensor, d_o: &Tensor, d: Dims) -> Result<()> {
+/// [`bshd_dims`] for the backward, which also needs `p` as `[B, H, S, T]` and `dO` as `[B, S, H, Dv]`.
+fn bshd_backward_dims(q: &Tensor, k: &Tensor, v: &Tensor, p: &Tensor, d_o: &Tensor) -> Result<Dims> {
+    let d = bshd_dims("attention_bshd_backward", q, k, v, &AttnMask::default())?;
     if p.shape() != &[d.b, d.h, d.s, d.t] || d_o.shape() != &[d.b, d.s, d.h, d.dv] {
         return Err(shape_err(
             "attention_bshd_backward",
@@ -329,7 +325,7 @@ fn check_bshd_backward(p: &Tensor, d_o: &Tensor, d: Dims) -> Result<()> {
             &[p.shape(), d_o.shape()],
         ));
     }
-    Ok(())
+    Ok(d)
 }
 
 #[allow(clippy::too_many_arguments)]
