@@ -7,7 +7,6 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mla::cache::{DecodeMode, LatentCache};
 use mla::{Mla, MlaConfig};
-use optim::Grads;
 use tensor::ops::attention::AttnMask;
 use tensor::{DType, Device, Tensor};
 
@@ -38,7 +37,7 @@ fn device() -> Device {
 
 fn train(c: &mut Criterion) {
     let dev = device();
-    let m = Mla::init(cfg(), 0.02, 0, DType::F32, &dev).unwrap();
+    let mut m = Mla::init(cfg(), 0.02, 0, DType::F32, &dev).unwrap();
     let (b, s) = (8, 256);
     let x = Tensor::randn(&[b, s, 256], 1.0, 1, DType::F32, &dev).unwrap();
     let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
@@ -48,8 +47,7 @@ fn train(c: &mut Criterion) {
     g.bench_function("fwd_bwd_8x256", |bch| {
         bch.iter(|| {
             let (y, saved) = m.forward(&x, &pos, &AttnMask::causal()).unwrap();
-            let mut grads = Grads::default();
-            let dx = m.backward(&saved, &y, &mut grads, "attn").unwrap();
+            let dx = m.backward(&saved, &y).unwrap();
             dev.synchronize().unwrap();
             dx
         })

@@ -17,14 +17,14 @@ pub mod cache;
 
 pub use fp8::LinearPrecision;
 use fp8::{LinearSaved, linear_with, linear_with_backward};
-use optim::{Grads, Params};
+use optim::Params;
 use serde::{Deserialize, Serialize};
 use tensor::ops::attention::{AttnMask, attention_bshd, attention_bshd_backward};
 use tensor::ops::elementwise::add;
 use tensor::ops::norm::{rms_norm, rms_norm_backward};
 use tensor::ops::rope::{RopeTable, Yarn, rope, rope_backward};
 use tensor::ops::shape::{broadcast_to, broadcast_to_backward, cat, split_last};
-use tensor::{DType, Device, Tensor};
+use tensor::{DType, Device, Param, Tensor};
 
 /// Errors of the MLA layer.
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +101,8 @@ impl MlaConfig {
 /// The query projection: low-rank with a norm, or direct.
 #[derive(Clone, Debug)]
 pub enum QProj {
-    LowRank { q_a_proj: Tensor, q_a_layernorm: Tensor, q_b_proj: Tensor },
-    Direct { q_proj: Tensor },
+    LowRank { q_a_proj: Param, q_a_layernorm: Param, q_b_proj: Param },
+    Direct { q_proj: Param },
 }
 
 /// One MLA layer's weights (HF layout `[out, in]`) and its RoPE table.
@@ -110,10 +110,10 @@ pub enum QProj {
 pub struct Mla {
     pub cfg: MlaConfig,
     pub q: QProj,
-    pub kv_a_proj_with_mqa: Tensor,
-    pub kv_a_layernorm: Tensor,
-    pub kv_b_proj: Tensor,
-    pub o_proj: Tensor,
+    pub kv_a_proj_with_mqa: Param,
+    pub kv_a_layernorm: Param,
+    pub kv_b_proj: Param,
+    pub o_proj: Param,
     pub rope: RopeTable,
     /// Arithmetic of the projections in [`Mla::forward`] / [`Mla::backward`] (DeepSeek-V3 §3.3);
     /// [`LinearPrecision::F32`] after `init` / `load`.
@@ -155,12 +155,14 @@ impl Mla {
     pub fn init(cfg: MlaConfig, std: f64, seed: u64, dtype: DType, dev: &Device) -> Result<Mla> {
         cfg.validate()?;
         let h = cfg.num_attention_heads;
-        let r =
-            |o: usize, i: usize, s: u64| Tensor::randn(&[o, i], std, seed.wrapping_mul(31).wrapping_add(s), dtype, dev);
+        let r = |o: usize, i: usize, s: u64| -> Result<Param> {
+            Ok(Tensor::randn(&[o, i], std, seed.wrapping_mul(31).wrapping_add(s), dtype, dev)?.into())
+        };
+        let ones = |n: usize| -> Result<Param> { Ok(Tensor::full(&[n], 1.0, dtype, dev)?.into()) };
         let q = match cfg.q_lora_rank {
             Some(qr) => QProj::LowRank {
                 q_a_proj: r(qr, cfg.hidden_size, 1)?,
-                q_a_layernorm: Tensor::full(&[qr], 1.0, dtype, dev)?,
+                q_a_layernorm: ones(qr)?,
                 q_b_proj: r(h * cfg.qk_head_dim(), qr, 2)?,
             },
             None => QProj::Direct { q_proj: r(h * cfg.qk_head_dim(), cfg.hidden_size, 3)? },
@@ -169,7 +171,7 @@ impl Mla {
             rope: RopeTable::new(cfg.qk_rope_head_dim, cfg.rope_theta, cfg.max_position_embeddings, cfg.yarn.as_ref())?,
             q,
             kv_a_proj_with_mqa: r(cfg.kv_lora_rank + cfg.qk_rope_head_dim, cfg.hidden_size, 4)?,
-            kv_a_layernorm: Tensor::full(&[cfg.kv_lora_rank], 1.0, dtype, dev)?,
+            kv_a_layernorm: ones(cfg.kv_lora_rank)?,
             kv_b_proj: r(h * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank, 5)?,
             o_proj: r(cfg.hidden_size, h * cfg.v_head_dim, 6)?,
             precision: LinearPrecision::F32,
@@ -182,7 +184,7 @@ impl Mla {
         cfg.validate()?;
         let get = |n: &str| {
             let name = format!("{prefix}.{n}.weight");
-            params.get(&name).cloned().ok_or(MlaError::MissingWeight(name))
+            params.get(&name).cloned().map(Param::new).ok_or(MlaError::MissingWeight(name))
         };
         let q = match cfg.q_lora_rank {
             Some(_) => QProj::LowRank {
@@ -204,8 +206,9 @@ impl Mla {
         })
     }
 
-    /// `(HF name suffix, weight)` for every parameter, e.g. `("q_a_proj.weight", W)`.
-    pub fn weights(&self) -> Vec<(&'static str, &Tensor)> {
+    /// `(HF name suffix, parameter)` for every parameter, e.g. `("q_a_proj.weight", W)`, in the
+    /// order of [`Mla::params_mut`].
+    pub fn params(&self) -> Vec<(&'static str, &Param)> {
         let mut v = match &self.q {
             QProj::LowRank { q_a_proj, q_a_layernorm, q_b_proj } => vec![
                 ("q_a_proj.weight", q_a_proj),
@@ -220,6 +223,16 @@ impl Mla {
             ("kv_b_proj.weight", &self.kv_b_proj),
             ("o_proj.weight", &self.o_proj),
         ]);
+        v
+    }
+
+    /// Every parameter, in the order of [`Mla::params`].
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v: Vec<&mut Param> = match &mut self.q {
+            QProj::LowRank { q_a_proj, q_a_layernorm, q_b_proj } => vec![q_a_proj, q_a_layernorm, q_b_proj],
+            QProj::Direct { q_proj } => vec![q_proj],
+        };
+        v.extend([&mut self.kv_a_proj_with_mqa, &mut self.kv_a_layernorm, &mut self.kv_b_proj, &mut self.o_proj]);
         v
     }
 
@@ -335,17 +348,16 @@ impl Mla {
         Ok((y, saved))
     }
 
-    /// Backward of [`Mla::forward`]: accumulates every weight's gradient into `grads` under
-    /// `{prefix}.{name}` and returns `dx`.
-    pub fn backward(&self, sv: &MlaSaved, dy: &Tensor, grads: &mut Grads, prefix: &str) -> Result<Tensor> {
-        let c = &self.cfg;
+    /// Backward of [`Mla::forward`]: adds every weight's gradient into its [`Param`] and
+    /// returns `dx`.
+    pub fn backward(&mut self, sv: &MlaSaved, dy: &Tensor) -> Result<Tensor> {
+        let c = self.cfg.clone();
         let (b, s, h) = (sv.x.dim(0), sv.x.dim(1), c.num_attention_heads);
         let (nope, rd, vd) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
-        let mut acc = |n: &str, g: &Tensor| grads.accumulate(&format!("{prefix}.{n}"), g);
 
         let lin = &sv.lin;
         let (d_attn, d_o_proj) = linear_with_backward(&sv.attn_out, &self.o_proj, &lin.o, dy)?;
-        acc("o_proj.weight", &d_o_proj)?;
+        self.o_proj.accumulate_grad(&d_o_proj)?;
         let d_o = d_attn.reshape(&[b, s, h, vd])?;
         let (dq, dk, dv) = attention_bshd_backward(&sv.q, &sv.k, &sv.v, &sv.p, c.softmax_scale(), &d_o)?;
 
@@ -354,30 +366,30 @@ impl Mla {
         let dk_pe = rope_backward(&broadcast_to_backward(&dks[1], &[b, s, 1, rd])?, &sv.positions, &self.rope)?;
         let dkvb = cat(&[dks[0].clone(), dv], 3)?.reshape(&[b, s, h * (nope + vd)])?;
         let (dckv_n, d_kv_b) = linear_with_backward(&sv.ckv_n, &self.kv_b_proj, &lin.kv_b, &dkvb)?;
-        acc("kv_b_proj.weight", &d_kv_b)?;
+        self.kv_b_proj.accumulate_grad(&d_kv_b)?;
         let (dckv, d_kv_ln) = rms_norm_backward(&sv.ckv, &self.kv_a_layernorm, &sv.rstd_kv, &dckv_n)?;
-        acc("kv_a_layernorm.weight", &d_kv_ln)?;
+        self.kv_a_layernorm.accumulate_grad(&d_kv_ln)?;
         let dkv = cat(&[dckv, dk_pe.reshape(&[b, s, rd])?], 2)?;
         let (dx_kv, d_kv_a) = linear_with_backward(&sv.x, &self.kv_a_proj_with_mqa, &lin.kv_a, &dkv)?;
-        acc("kv_a_proj_with_mqa.weight", &d_kv_a)?;
+        self.kv_a_proj_with_mqa.accumulate_grad(&d_kv_a)?;
 
         // Queries.
         let dqs = split_last(&dq, &[nope, rd])?;
         let dq_pe = rope_backward(&dqs[1], &sv.positions, &self.rope)?;
         let dq = cat(&[dqs[0].clone(), dq_pe], 3)?.reshape(&[b, s, h * c.qk_head_dim()])?;
-        let dx_q = match (&self.q, &sv.qa, &lin.q_b) {
+        let dx_q = match (&mut self.q, &sv.qa, &lin.q_b) {
             (QProj::LowRank { q_a_proj, q_a_layernorm, q_b_proj }, Some((qa, cq, rstd)), Some(l_qb)) => {
                 let (dcq, d_qb) = linear_with_backward(cq, q_b_proj, l_qb, &dq)?;
-                acc("q_b_proj.weight", &d_qb)?;
+                q_b_proj.accumulate_grad(&d_qb)?;
                 let (dqa, d_qln) = rms_norm_backward(qa, q_a_layernorm, rstd, &dcq)?;
-                acc("q_a_layernorm.weight", &d_qln)?;
+                q_a_layernorm.accumulate_grad(&d_qln)?;
                 let (dx, d_qa) = linear_with_backward(&sv.x, q_a_proj, &lin.q_first, &dqa)?;
-                acc("q_a_proj.weight", &d_qa)?;
+                q_a_proj.accumulate_grad(&d_qa)?;
                 dx
             }
             (QProj::Direct { q_proj }, _, _) => {
                 let (dx, d_q) = linear_with_backward(&sv.x, q_proj, &lin.q_first, &dq)?;
-                acc("q_proj.weight", &d_q)?;
+                q_proj.accumulate_grad(&d_q)?;
                 dx
             }
             (QProj::LowRank { .. }, _, _) => unreachable!("forward saves the low-rank path"),

@@ -4,7 +4,7 @@
 
 use mla::cache::{DecodeMode, LatentCache, cache_bytes_per_token};
 use mla::{Mla, MlaConfig};
-use optim::{Grads, Params};
+use optim::Params;
 use proptest::prelude::*;
 use tensor::gradcheck::{GradCheck, check, project};
 use tensor::ops::attention::AttnMask;
@@ -54,12 +54,12 @@ proptest! {
                                           b in 1usize..3, s in 1usize..5, seed in 0u64..1000) {
         let c = cfg(q_lora, heads, yarn);
         let m = Mla::init(c.clone(), 0.5, seed, DType::F64, &Device::Cpu).unwrap();
-        let names: Vec<String> = m.weights().iter().map(|(n, _)| format!("l.{n}")).collect();
+        let names: Vec<String> = m.params().iter().map(|(n, _)| format!("l.{n}")).collect();
         let mut inputs = vec![Tensor::randn(&[b, s, c.hidden_size], 1.0, seed + 7, DType::F64, &Device::Cpu).unwrap()];
         // Norm weights away from 1 so the layer is in general position.
-        inputs.extend(m.weights().iter().enumerate().map(|(i, (n, w))| if n.contains("layernorm") {
+        inputs.extend(m.params().iter().enumerate().map(|(i, (n, w))| if n.contains("layernorm") {
             tensor::ops::elementwise::affine(&Tensor::randn(w.shape(), 0.3, seed + 20 + i as u64, DType::F64, &Device::Cpu).unwrap(), 1.0, 1.0).unwrap()
-        } else { (*w).clone() }));
+        } else { w.value.clone() }));
         let positions: Vec<u32> = (0..b * s).map(|i| (i % s) as u32 + 3).collect();
         let mask = AttnMask { causal: true, key_padding: None, segment_ids: None };
         let build = |xs: &[Tensor]| {
@@ -73,12 +73,11 @@ proptest! {
                 .map_err(|e| tensor::TensorError::Arg { op: "mla", detail: e.to_string() })?;
             project(&y, &r)
         };
-        let layer = build(&inputs);
+        let mut layer = build(&inputs);
         let (_, saved) = layer.forward(&inputs[0], &positions, &mask).unwrap();
-        let mut grads = Grads::default();
-        let dx = layer.backward(&saved, &r, &mut grads, "l").unwrap();
+        let dx = layer.backward(&saved, &r).unwrap();
         let mut analytic = vec![dx];
-        analytic.extend(names.iter().map(|n| grads.get(n).unwrap_or_else(|| panic!("no gradient for {n}")).clone()));
+        analytic.extend(layer.params().iter().map(|(n, p)| p.grad.clone().unwrap_or_else(|| panic!("no gradient for {n}"))));
         check(f, &inputs, &analytic, &GradCheck { max_per_input: 24, ..GradCheck::default() }).unwrap().assert_ok("mla");
     }
 }
@@ -187,14 +186,13 @@ fn same_results_on_every_device() {
     let r = Tensor::randn(&[b, s, c.hidden_size], 1.0, 6, DType::F32, &Device::Cpu).unwrap();
     let positions: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
     let run = |dev: &Device| {
-        let m = Mla::init(c.clone(), 0.3, 1, DType::F32, dev).unwrap();
+        let mut m = Mla::init(c.clone(), 0.3, 1, DType::F32, dev).unwrap();
         let (y, saved) = m.forward(&x.to_device(dev).unwrap(), &positions, &AttnMask::causal()).unwrap();
-        let mut grads = Grads::default();
-        let dx = m.backward(&saved, &r.to_device(dev).unwrap(), &mut grads, "l").unwrap();
+        let dx = m.backward(&saved, &r.to_device(dev).unwrap()).unwrap();
         let mut cache = LatentCache::default();
         let dec = m.decode(&x.to_device(dev).unwrap(), &positions, &mut cache, None, DecodeMode::Absorbed).unwrap();
         let mut outs = vec![y, dx, dec];
-        outs.extend(m.weights().iter().map(|(n, _)| grads.get(&format!("l.{n}")).unwrap().clone()));
+        outs.extend(m.params().iter().map(|(_, p)| p.grad.clone().unwrap()));
         outs
     };
     let want = run(&Device::Cpu);

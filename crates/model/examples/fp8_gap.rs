@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use model::{DeepseekV3, DeepseekV3Config, LinearPrecision, lm_loss};
-use optim::{AdamW, AdamWConfig, Grads, Params};
+use optim::{AdamW, AdamWConfig};
 use tensor::ops::attention::AttnMask;
 use tensor::{DType, Device};
 
@@ -30,21 +30,18 @@ fn train(
     let (ids, targets) = stream(B, S);
     let pos: Vec<u32> = (0..B * S).map(|i| (i % S) as u32).collect();
     let mut m = DeepseekV3::init(cfg.clone(), 0.02, 0, DType::F32, &Device::Cpu)?;
-    let mut opt = AdamW::new(AdamWConfig::default());
+    let names: Vec<String> = m.params().into_iter().map(|(n, _)| n).collect();
+    let mut opt = AdamW::new(AdamWConfig::default(), &names);
+    m.set_linear_precision(p);
     let mut losses = Vec::with_capacity(steps);
     let t0 = Instant::now();
     for step in 0..steps {
-        m.set_linear_precision(p); // `load` below starts every model in f32
         let (logits, saved) = m.forward(&ids, B, S, &pos, &AttnMask::causal())?;
         let (loss, dl) = lm_loss(&logits, &targets, -100)?;
-        let mut grads = Grads::default();
-        m.backward(&saved, &dl, &mut grads)?;
-        let mut params = Params::default();
-        for (n, t) in m.named_parameters() {
-            params.insert(n, t)?;
-        }
-        opt.step(&mut params, &grads, 1e-3)?;
-        m = DeepseekV3::load(cfg.clone(), &params)?;
+        m.zero_grad();
+        m.backward(&saved, &dl)?;
+        drop(saved);
+        opt.step(&mut m.params_mut(), 1e-3)?;
         losses.push(loss);
         if step % 10 == 0 || step + 1 == steps {
             eprintln!(

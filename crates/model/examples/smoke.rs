@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use model::{DeepseekV3, DeepseekV3Config, lm_loss};
-use optim::{AdamW, AdamWConfig, Grads, Params};
+use optim::{AdamW, AdamWConfig};
 use tensor::ops::attention::AttnMask;
 use tensor::{DType, Device};
 
@@ -32,19 +32,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = args.iter().find_map(|s| s.parse().ok()).unwrap_or(if bench { 5 } else { 100 });
     let cfg = DeepseekV3Config::from_json(CPU_SMALL, "cpu-small")?;
     let mut m = DeepseekV3::init(cfg.clone(), 0.02, 0, DType::F32, &Device::Cpu)?;
-    let n_params: usize =
-        m.named_parameters().iter().filter(|(n, _)| !n.contains("bias")).map(|(_, t)| t.numel()).sum();
+    let n_params: usize = m.params().iter().map(|(_, p)| p.numel()).sum();
     if !bench {
         println!("cpu-small: {n_params} parameters");
     }
     let (b, s) = (8, 256);
     let (ids, targets) = stream(b, s);
     let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
-    let mut opt = AdamW::new(AdamWConfig::default());
+    let names: Vec<String> = m.params().into_iter().map(|(n, _)| n).collect();
+    let mut opt = AdamW::new(AdamWConfig::default(), &names);
     let t0 = Instant::now();
     let mut times = Vec::new();
-    // Per-phase times (forward + loss, backward, optimizer) of the timed steps.
-    let mut phases: [Vec<f64>; 3] = Default::default();
+    // Per-phase times (forward + loss, backward, optimizer, other) of the timed steps.
+    let mut phases: [Vec<f64>; 4] = Default::default();
     let total = if bench { steps + 2 } else { steps };
     // The loop runs on the thread pool: its ops fork and join there instead of waking it up.
     let res: Result<(), Box<dyn std::error::Error + Send + Sync>> = tensor::on_pool(|| {
@@ -56,21 +56,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (logits, saved) = m.forward(&ids, b, s, &pos, &AttnMask::causal())?;
             let (loss, dl) = lm_loss(&logits, &targets, -100)?;
             let t_fwd = ts.elapsed().as_secs_f64();
-            let mut grads = Grads::default();
-            m.backward(&saved, &dl, &mut grads)?;
+            m.backward(&saved, &dl)?;
             drop(saved);
             let t_bwd = ts.elapsed().as_secs_f64();
-            let mut p = Params::default();
-            for (n, t) in m.named_parameters() {
-                p.insert(n, t)?;
-            }
-            opt.step(&mut p, &grads, 1e-3)?;
-            m = DeepseekV3::load(cfg.clone(), &p)?;
+            // Parameters are handles: AdamW updates them in place, nothing is rebuilt.
+            opt.step(&mut m.params_mut(), 1e-3)?;
+            let t_opt = ts.elapsed().as_secs_f64();
+            m.zero_grad();
             if bench {
                 if step >= 2 {
                     let t = ts.elapsed().as_secs_f64();
                     times.push(t);
-                    for (v, x) in phases.iter_mut().zip([t_fwd, t_bwd - t_fwd, t - t_bwd]) {
+                    for (v, x) in phases.iter_mut().zip([t_fwd, t_bwd - t_fwd, t_opt - t_bwd, t - t_opt]) {
                         v.push(x);
                     }
                 }
@@ -80,9 +77,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         v[v.len() / 2]
                     };
                     let med = median(&mut times);
-                    let [f, bw, o] = phases.each_mut().map(median);
+                    let [f, bw, o, other] = phases.each_mut().map(median);
                     println!(
-                        "{{\"who\": \"r1\", \"threads\": {}, \"params\": {n_params}, \"step_s\": {med:.4}, \"tokens_per_s\": {:.1}, \"loss\": {loss:.4}, \"forward_s\": {f:.4}, \"backward_s\": {bw:.4}, \"optimizer_s\": {o:.4}}}",
+                        "{{\"who\": \"r1\", \"threads\": {}, \"params\": {n_params}, \"step_s\": {med:.4}, \"tokens_per_s\": {:.1}, \"loss\": {loss:.4}, \"forward_s\": {f:.4}, \"backward_s\": {bw:.4}, \"optimizer_s\": {o:.4}, \"other_s\": {other:.4}}}",
                         rayon::current_num_threads(),
                         (b * s) as f64 / med
                     );

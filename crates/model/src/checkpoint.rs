@@ -2,9 +2,10 @@
 //! in `model.safetensors.index.json` (`weight_map`). Tensor names are transformers' names. f32,
 //! bf16, f16 and f64 tensors load (f16 widened to f32); FP8 (E4M3) weights with a sibling
 //! `<name>_scale_inv` (`[ceil(out/128), ceil(in/128)]`) are dequantised on load by the fp8 crate. MTP weights (`model.layers.{L}.*` for
-//! `L ≥ num_hidden_layers`) are optional: [`DeepseekV3::from_pretrained`] skips them,
-//! [`load_mtp`] reads them, [`DeepseekV3::save_pretrained_with_mtp`] writes them. Missing or unexpected tensors are an
-//! error listing them. Saving is the inverse and atomic (temp file + rename).
+//! `L ≥ num_hidden_layers`) are read for the `num_nextn_predict_layers` modules the config
+//! announces (their copies of the embedding and head are not: the modules share the model's) and
+//! written by [`DeepseekV3::save_pretrained`]. Missing or unexpected tensors are an error listing
+//! them. Saving is the inverse and atomic (temp file + rename).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -14,7 +15,6 @@ use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use tensor::{DType, Device, Tensor};
 
-use crate::mtp::Mtp;
 use crate::{DeepseekV3, DeepseekV3Config, ModelError, Result};
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
@@ -159,22 +159,15 @@ impl DeepseekV3 {
         DeepseekV3::load(cfg, &params)
     }
 
-    /// Write `dir/config.json` and `dir/model.safetensors` (f32 weights, bias f32), atomically.
+    /// Write `dir/config.json` and `dir/model.safetensors` (f32 weights, bias f32), atomically:
+    /// the model and its MTP modules, stored as layers `num_hidden_layers + k` with
+    /// `num_nextn_predict_layers` in the config (the released V3 layout).
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        self.save_pretrained_with_mtp(dir, &[])
-    }
-
-    /// [`DeepseekV3::save_pretrained`] plus MTP modules, stored as layers `num_hidden_layers + k`
-    /// with `num_nextn_predict_layers = mtp.len()` in the config (the released V3 layout).
-    pub fn save_pretrained_with_mtp(&self, dir: &Path, mtp: &[Mtp]) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut cfg = self.cfg.clone();
-        cfg.num_nextn_predict_layers = mtp.len();
+        cfg.num_nextn_predict_layers = self.mtp.len();
         let cfg = serde_json::to_string_pretty(&cfg).map_err(|e| fmt(dir, e.to_string()))?;
-        let mut named = self.named_parameters();
-        for (k, m) in mtp.iter().enumerate() {
-            named.extend(m.named(self.cfg.num_hidden_layers + k));
-        }
+        let named = self.state_dict();
         let mut bufs: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
         for (n, t) in named {
             let bytes = t.to_vec::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -191,22 +184,6 @@ impl DeepseekV3 {
         atomic_write(&dir.join("config.json"), cfg.as_bytes())?;
         Ok(())
     }
-}
-
-/// The MTP modules of the checkpoint in `dir` (`num_nextn_predict_layers` of them; none when the
-/// config has none). A config that announces MTP layers whose tensors are absent is an error
-/// naming the missing tensor.
-pub fn load_mtp(dir: &Path, dtype: DType, device: &Device) -> Result<Vec<Mtp>> {
-    let cfg = DeepseekV3Config::from_file(dir)?;
-    if cfg.num_nextn_predict_layers == 0 {
-        return Ok(Vec::new());
-    }
-    let params = load_tensors(dir, dtype, device)?;
-    (0..cfg.num_nextn_predict_layers)
-        .map(|k| {
-            Mtp::load(&cfg, &params, cfg.num_hidden_layers + k).map_err(|e| fmt(dir, format!("MTP layer {k}: {e}")))
-        })
-        .collect()
 }
 
 /// A parity fixture unpacked by [`unpack_fixture`]: the reference input ids and logits.

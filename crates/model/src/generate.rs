@@ -15,6 +15,9 @@ use tensor::ops::shape::narrow;
 
 use crate::{DeepseekV3, Ffn, ModelError, Result};
 
+/// `(layer, [tokens·k] chosen experts)` of every MoE layer in one decode step.
+pub type LayerRouting = Vec<(usize, Vec<u32>)>;
+
 /// Sampling settings (`temperature` 0 = greedy).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
@@ -96,10 +99,25 @@ impl DeepseekV3 {
         key_padding: Option<&[bool]>,
         mode: DecodeMode,
     ) -> Result<Tensor> {
+        Ok(self.decode_step_routed(ids, (b, s), positions, caches, key_padding, mode)?.0)
+    }
+
+    /// [`DeepseekV3::decode_step`], plus the experts each MoE layer chose for the step's tokens:
+    /// `(layer, [B·s·k] expert ids)`.
+    pub fn decode_step_routed(
+        &self,
+        ids: &[u32],
+        (b, s): (usize, usize),
+        positions: &[u32],
+        caches: &mut [LatentCache],
+        key_padding: Option<&[bool]>,
+        mode: DecodeMode,
+    ) -> Result<(Tensor, LayerRouting)> {
         let d = self.cfg.hidden_size;
+        let mut routed = Vec::new();
         let eps = self.cfg.rms_norm_eps;
         let mut x = embedding(ids, &self.embed_tokens)?.reshape(&[b, s, d])?;
-        for (blk, cache) in self.layers.iter().zip(caches.iter_mut()) {
+        for (layer, (blk, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
             let (h, _) = rms_norm(&x, &blk.input_layernorm, eps)?;
             let a = blk.self_attn.decode(&h, positions, cache, key_padding, mode)?;
             let x2 = add(&x, &a)?;
@@ -107,13 +125,17 @@ impl DeepseekV3 {
             let flat = h2.reshape(&[b * s, d])?;
             let m = match &blk.mlp {
                 Ffn::Dense(e) => e.forward(&flat)?.0,
-                Ffn::Moe(moe) => moe.forward(&flat, s)?.0,
+                Ffn::Moe(moe) => {
+                    let (m, sv) = moe.forward(&flat, s)?;
+                    routed.push((layer, sv.routing.topk_idx));
+                    m
+                }
             };
             x = add(&x2, &m.reshape(&[b, s, d])?)?;
         }
         let last = narrow(&x, 1, s - 1, 1)?.reshape(&[b, d])?;
         let (hf, _) = rms_norm(&last, &self.norm, eps)?;
-        Ok(linear(&hf, &self.lm_head)?)
+        Ok((linear(&hf, &self.lm_head)?, routed))
     }
 
     /// Generate continuations of `prompts` (any lengths; left-padded internally).

@@ -2,27 +2,34 @@
 //!
 //! `embed_tokens → [RMSNorm → MLA → +residual → RMSNorm → MLP | MoE → +residual] × L → norm →
 //! lm_head` (pre-norm blocks; dense SwiGLU MLP below `first_k_dense_replace`, DeepSeekMoE above;
-//! untied head). Forward and backward for every parameter, by HF checkpoint name.
+//! untied head), plus the Multi-Token Prediction modules (§2.2) that share the embedding and the
+//! head. Each layer owns its parameters ([`Param`]: value and gradient slot); backward passes add
+//! into the slots; Hugging Face names appear only at checkpoint load and save. [`lm::CausalLm`]
+//! is the interface every trainer drives.
 
 pub mod checkpoint;
 pub mod config;
 pub mod generate;
+pub mod lm;
 pub mod mtp;
 
 pub use config::DeepseekV3Config;
 pub use fp8::LinearPrecision;
 pub use generate::{Generation, SamplingParams};
+pub use lm::{CausalLm, TokenBatch};
 
 use mla::{Mla, MlaSaved};
+use moe_router::balance::TokenDocs;
 use moe_router::{Expert, ExpertSaved, Moe, MoeSaved};
-use optim::{Grads, Params};
+use mtp::Mtp;
+use optim::Params;
 use tensor::ops::attention::AttnMask;
 use tensor::ops::elementwise::add;
 use tensor::ops::index::{embedding, embedding_backward};
 use tensor::ops::loss::{cross_entropy, cross_entropy_backward};
 use tensor::ops::matmul::{linear, linear_backward};
 use tensor::ops::norm::{rms_norm, rms_norm_backward};
-use tensor::{DType, Device, Tensor};
+use tensor::{DType, Device, Param, Tensor};
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +61,10 @@ pub enum ModelError {
 /// Shorthand result type.
 pub type Result<T> = std::result::Result<T, ModelError>;
 
-/// The feed-forward part of a block.
+/// The feed-forward part of a block (one per layer: the size difference of the variants costs
+/// nothing worth a box).
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Ffn {
     Dense(Expert),
     Moe(Moe),
@@ -69,9 +78,9 @@ enum FfnSaved {
 /// One decoder block.
 #[derive(Clone, Debug)]
 pub struct Block {
-    pub input_layernorm: Tensor,
+    pub input_layernorm: Param,
     pub self_attn: Mla,
-    pub post_attention_layernorm: Tensor,
+    pub post_attention_layernorm: Param,
     pub mlp: Ffn,
 }
 
@@ -86,8 +95,16 @@ impl Block {
         }
     }
 
-    /// `x + attn(norm(x))`, then `+ mlp(norm(·))`, for `x [B, S, hidden]`.
-    fn forward(&self, x: &Tensor, positions: &[u32], mask: &AttnMask, eps: f64) -> Result<(Tensor, BlockSaved)> {
+    /// `x + attn(norm(x))`, then `+ mlp(norm(·))`, for `x [B, S, hidden]` (`docs`: the document
+    /// of each token for the MoE balance loss and loads).
+    fn forward(
+        &self,
+        x: &Tensor,
+        positions: &[u32],
+        mask: &AttnMask,
+        docs: &TokenDocs,
+        eps: f64,
+    ) -> Result<(Tensor, BlockSaved)> {
         let (b, s, d) = (x.dim(0), x.dim(1), x.dim(2));
         let (h, rstd1) = rms_norm(x, &self.input_layernorm, eps)?;
         let (a, attn) = self.self_attn.forward(&h, positions, mask)?;
@@ -100,7 +117,7 @@ impl Block {
                 (m, FfnSaved::Dense(sv))
             }
             Ffn::Moe(moe) => {
-                let (m, sv) = moe.forward(&flat, s)?;
+                let (m, sv) = moe.forward_docs(&flat, docs)?;
                 (m, FfnSaved::Moe(Box::new(sv)))
             }
         };
@@ -108,38 +125,70 @@ impl Block {
         Ok((y, BlockSaved { x: x.clone(), rstd1, attn, x2, rstd2, ffn }))
     }
 
-    /// Backward of [`Block::forward`]; weight gradients under `{pre}.…`.
-    fn backward(&self, bs: &BlockSaved, dy: &Tensor, grads: &mut Grads, pre: &str) -> Result<Tensor> {
+    /// Backward of [`Block::forward`]; weight gradients into the block's parameters.
+    fn backward(&mut self, bs: &BlockSaved, dy: &Tensor) -> Result<Tensor> {
         let (b, s, d) = (dy.dim(0), dy.dim(1), dy.dim(2));
         let dm = dy.reshape(&[b * s, d])?;
-        let dh2 = match (&self.mlp, &bs.ffn) {
-            (Ffn::Dense(e), FfnSaved::Dense(f)) => e.backward(f, &dm, grads, &format!("{pre}.mlp"))?,
-            (Ffn::Moe(m), FfnSaved::Moe(f)) => m.backward(f, &dm, grads, &format!("{pre}.mlp"))?,
+        let dh2 = match (&mut self.mlp, &bs.ffn) {
+            (Ffn::Dense(e), FfnSaved::Dense(f)) => e.backward(f, &dm)?,
+            (Ffn::Moe(m), FfnSaved::Moe(f)) => m.backward(f, &dm)?,
             _ => unreachable!("forward saves the block's own kind"),
         };
         let (dx2n, d_post) =
             rms_norm_backward(&bs.x2, &self.post_attention_layernorm, &bs.rstd2, &dh2.reshape(&[b, s, d])?)?;
-        grads.accumulate(&format!("{pre}.post_attention_layernorm.weight"), &d_post)?;
+        self.post_attention_layernorm.accumulate_grad(&d_post)?;
         let dx2 = add(dy, &dx2n)?;
-        let dh = self.self_attn.backward(&bs.attn, &dx2, grads, &format!("{pre}.self_attn"))?;
+        let dh = self.self_attn.backward(&bs.attn, &dx2)?;
         let (dxn, d_in) = rms_norm_backward(&bs.x, &self.input_layernorm, &bs.rstd1, &dh)?;
-        grads.accumulate(&format!("{pre}.input_layernorm.weight"), &d_in)?;
+        self.input_layernorm.accumulate_grad(&d_in)?;
         Ok(add(&dx2, &dxn)?)
     }
 
-    /// `(HF name, tensor)` of the block's parameters and buffers under `pre`.
-    fn named(&self, pre: &str) -> Vec<(String, Tensor)> {
-        let mut v = vec![(format!("{pre}.input_layernorm.weight"), self.input_layernorm.clone())];
-        v.extend(self.self_attn.weights().into_iter().map(|(n, t)| (format!("{pre}.self_attn.{n}"), t.clone())));
-        v.push((format!("{pre}.post_attention_layernorm.weight"), self.post_attention_layernorm.clone()));
+    /// `(HF name, parameter)` of the block's trainable weights under `pre`, in the order of
+    /// [`Block::params_mut`].
+    fn params(&self, pre: &str) -> Vec<(String, &Param)> {
+        let mut v = vec![(format!("{pre}.input_layernorm.weight"), &self.input_layernorm)];
+        v.extend(self.self_attn.params().into_iter().map(|(n, t)| (format!("{pre}.self_attn.{n}"), t)));
+        v.push((format!("{pre}.post_attention_layernorm.weight"), &self.post_attention_layernorm));
         match &self.mlp {
-            Ffn::Dense(e) => v.extend(e.weights().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t.clone()))),
-            Ffn::Moe(m) => {
-                v.extend(m.weights().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t.clone())));
-                v.extend(m.buffers().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t.clone())));
-            }
+            Ffn::Dense(e) => v.extend(e.params().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t))),
+            Ffn::Moe(m) => v.extend(m.params().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t))),
         }
         v
+    }
+
+    /// The block's trainable weights, in the order of [`Block::params`].
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = vec![&mut self.input_layernorm];
+        v.extend(self.self_attn.params_mut());
+        v.push(&mut self.post_attention_layernorm);
+        match &mut self.mlp {
+            Ffn::Dense(e) => v.extend(e.params_mut()),
+            Ffn::Moe(m) => v.extend(m.params_mut()),
+        }
+        v
+    }
+
+    /// `(HF name, tensor)` of the block's non-gradient state (the MoE bias) under `pre`.
+    fn buffers(&self, pre: &str) -> Vec<(String, Tensor)> {
+        match &self.mlp {
+            Ffn::Dense(_) => Vec::new(),
+            Ffn::Moe(m) => m.buffers().into_iter().map(|(n, t)| (format!("{pre}.mlp.{n}"), t.clone())).collect(),
+        }
+    }
+}
+
+impl ModelSaved {
+    /// Each MoE layer's routing in this forward (chosen experts `[B·S·k]`, affinities, loads).
+    pub fn routing(&self) -> Vec<(usize, &moe_router::Routing)> {
+        self.blocks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| match &b.ffn {
+                FfnSaved::Moe(m) => Some((i, &m.routing)),
+                FfnSaved::Dense(_) => None,
+            })
+            .collect()
     }
 }
 
@@ -156,7 +205,9 @@ struct BlockSaved {
 pub struct ModelSaved {
     ids: Vec<u32>,
     blocks: Vec<BlockSaved>,
+    /// The last block's output `[B, S, hidden]` (before the final norm; what MTP reads).
     x: Tensor,
+    /// The final-normed hidden states `[B, S, hidden]`.
     hf: Tensor,
     rstd: Tensor,
     /// Per MoE layer (by layer index): the routed rows per expert of this batch.
@@ -166,21 +217,23 @@ pub struct ModelSaved {
     pub balance_loss: f64,
 }
 
-/// The DeepSeek-V3 causal language model.
+/// The DeepSeek-V3 causal language model and its MTP modules (`cfg.num_nextn_predict_layers`
+/// of them; they use the model's `embed_tokens` and `lm_head`, V3 §2.2).
 #[derive(Clone, Debug)]
 pub struct DeepseekV3 {
     pub cfg: DeepseekV3Config,
-    pub embed_tokens: Tensor,
+    pub embed_tokens: Param,
     pub layers: Vec<Block>,
-    pub norm: Tensor,
-    pub lm_head: Tensor,
+    pub norm: Param,
+    pub lm_head: Param,
+    pub mtp: Vec<Mtp>,
 }
 
 impl DeepseekV3 {
     /// Random weights (N(0, std²), norms 1) for training from scratch and tests.
     pub fn init(cfg: DeepseekV3Config, std: f64, seed: u64, dt: DType, dev: &Device) -> Result<DeepseekV3> {
         let d = cfg.hidden_size;
-        let ones = |n: usize| Tensor::full(&[n], 1.0, dt, dev);
+        let ones = |n: usize| -> Result<Param> { Ok(Tensor::full(&[n], 1.0, dt, dev)?.into()) };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let s = seed.wrapping_mul(7919).wrapping_add(100 * i as u64 + 1);
@@ -197,18 +250,24 @@ impl DeepseekV3 {
                 })
             })
             .collect::<Result<_>>()?;
+        let mtp = (0..cfg.num_nextn_predict_layers)
+            .map(|k| Mtp::init(&cfg, std, seed.wrapping_add(1000 + k as u64), dt, dev))
+            .collect::<Result<_>>()?;
         Ok(DeepseekV3 {
-            embed_tokens: Tensor::randn(&[cfg.vocab_size, d], std, seed.wrapping_add(1), dt, dev)?,
-            lm_head: Tensor::randn(&[cfg.vocab_size, d], std, seed.wrapping_add(2), dt, dev)?,
+            embed_tokens: Tensor::randn(&[cfg.vocab_size, d], std, seed.wrapping_add(1), dt, dev)?.into(),
+            lm_head: Tensor::randn(&[cfg.vocab_size, d], std, seed.wrapping_add(2), dt, dev)?.into(),
             norm: ones(d)?,
             layers,
+            mtp,
             cfg,
         })
     }
 
-    /// Build from parameters named as transformers writes them.
+    /// Build from tensors named as transformers writes them: the model, and the
+    /// `cfg.num_nextn_predict_layers` MTP modules stored as layers `num_hidden_layers + k` (their
+    /// copies of the embedding and head are not read: the modules use the model's).
     pub fn load(cfg: DeepseekV3Config, p: &Params) -> Result<DeepseekV3> {
-        let get = |n: &str| p.get(n).cloned().ok_or_else(|| ModelError::MissingWeight(n.to_string()));
+        let get = |n: &str| p.get(n).cloned().map(Param::new).ok_or_else(|| ModelError::MissingWeight(n.to_string()));
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let pre = format!("model.layers.{i}");
@@ -225,11 +284,15 @@ impl DeepseekV3 {
                 })
             })
             .collect::<Result<_>>()?;
+        let mtp = (0..cfg.num_nextn_predict_layers)
+            .map(|k| Mtp::load(&cfg, p, cfg.num_hidden_layers + k))
+            .collect::<Result<_>>()?;
         Ok(DeepseekV3 {
             embed_tokens: get("model.embed_tokens.weight")?,
             norm: get("model.norm.weight")?,
             lm_head: get("lm_head.weight")?,
             layers,
+            mtp,
             cfg,
         })
     }
@@ -240,24 +303,85 @@ impl DeepseekV3 {
     /// [`DeepseekV3::init`] and [`DeepseekV3::load`] start in [`LinearPrecision::F32`], so set it
     /// again after a reload.
     pub fn set_linear_precision(&mut self, p: LinearPrecision) {
-        for blk in &mut self.layers {
+        for blk in self.layers.iter_mut().chain(self.mtp.iter_mut().map(|m| &mut m.block)) {
             blk.set_linear_precision(p);
         }
     }
 
-    /// Every parameter by HF name (trainable weights, then the MoE biases as buffers).
-    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+    /// Every trainable parameter (model, then MTP modules) with its HF name, in the order of
+    /// [`DeepseekV3::params_mut`]. The embedding and head appear once (the MTP modules share
+    /// them).
+    pub fn params(&self) -> Vec<(String, &Param)> {
+        let mut v = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
         for (i, b) in self.layers.iter().enumerate() {
-            v.extend(b.named(&format!("model.layers.{i}")));
+            v.extend(b.params(&format!("model.layers.{i}")));
         }
-        v.push(("model.norm.weight".to_string(), self.norm.clone()));
-        v.push(("lm_head.weight".to_string(), self.lm_head.clone()));
+        v.push(("model.norm.weight".to_string(), &self.norm));
+        v.push(("lm_head.weight".to_string(), &self.lm_head));
+        for (k, m) in self.mtp.iter().enumerate() {
+            v.extend(m.params(self.cfg.num_hidden_layers + k));
+        }
         v
+    }
+
+    /// Every trainable parameter, in the order of [`DeepseekV3::params`] (what the optimizer
+    /// steps).
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = vec![&mut self.embed_tokens];
+        for b in &mut self.layers {
+            v.extend(b.params_mut());
+        }
+        v.push(&mut self.norm);
+        v.push(&mut self.lm_head);
+        for m in &mut self.mtp {
+            v.extend(m.params_mut());
+        }
+        v
+    }
+
+    /// Every tensor a checkpoint holds, by HF name: the trainable weights, the MoE biases, and
+    /// for each MTP module the copies of the shared embedding and head that released V3
+    /// checkpoints carry under its layer (`embed_tokens`, `shared_head.head`).
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = vec![("model.embed_tokens.weight".into(), self.embed_tokens.value.clone())];
+        for (i, b) in self.layers.iter().enumerate() {
+            let pre = format!("model.layers.{i}");
+            v.extend(b.params(&pre).into_iter().map(|(n, p)| (n, p.value.clone())));
+            v.extend(b.buffers(&pre));
+        }
+        v.push(("model.norm.weight".into(), self.norm.value.clone()));
+        v.push(("lm_head.weight".into(), self.lm_head.value.clone()));
+        for (k, m) in self.mtp.iter().enumerate() {
+            let layer = self.cfg.num_hidden_layers + k;
+            v.extend(m.params(layer).into_iter().map(|(n, p)| (n, p.value.clone())));
+            v.extend(m.block.buffers(&format!("model.layers.{layer}")));
+            v.push((format!("model.layers.{layer}.embed_tokens.weight"), self.embed_tokens.value.clone()));
+            v.push((format!("model.layers.{layer}.shared_head.head.weight"), self.lm_head.value.clone()));
+        }
+        v
+    }
+
+    /// Drop every parameter's gradient.
+    pub fn zero_grad(&mut self) {
+        self.params_mut().into_iter().for_each(Param::zero_grad);
     }
 
     /// Logits `[B, S, vocab]` for token ids `[B·S]` at `positions` (B·S) under `mask`.
     pub fn forward(
+        &self,
+        ids: &[u32],
+        b: usize,
+        s: usize,
+        positions: &[u32],
+        mask: &AttnMask,
+    ) -> Result<(Tensor, ModelSaved)> {
+        let (hf, saved) = self.forward_hidden(ids, b, s, positions, mask)?;
+        Ok((linear(&hf, &self.lm_head)?, saved))
+    }
+
+    /// The final-normed hidden states `[B, S, hidden]` (what the head reads) for token ids
+    /// `[B·S]` at `positions` under `mask`.
+    pub fn forward_hidden(
         &self,
         ids: &[u32],
         b: usize,
@@ -278,8 +402,10 @@ impl DeepseekV3 {
         let mut blocks = Vec::with_capacity(self.layers.len());
         let mut moe_loads = Vec::new();
         let mut balance_loss = 0.0;
+        // The balance loss per packed document; padding counts in neither it nor the loads.
+        let docs = TokenDocs::packed(b, s, mask.segment_ids.as_deref(), mask.key_padding.as_deref());
         for (i, blk) in self.layers.iter().enumerate() {
-            let (next, bs) = blk.forward(&x, positions, mask, eps)?;
+            let (next, bs) = blk.forward(&x, positions, mask, &docs, eps)?;
             if let FfnSaved::Moe(m) = &bs.ffn {
                 moe_loads.push((i, m.routing.load.clone()));
                 balance_loss += m.routing.balance_loss;
@@ -288,38 +414,61 @@ impl DeepseekV3 {
             x = next;
         }
         let (hf, rstd) = rms_norm(&x, &self.norm, eps)?;
-        let logits = linear(&hf, &self.lm_head)?;
-        Ok((logits, ModelSaved { ids: ids.to_vec(), blocks, x, hf, rstd, moe_loads, balance_loss }))
+        Ok((hf.clone(), ModelSaved { ids: ids.to_vec(), blocks, x, hf, rstd, moe_loads, balance_loss }))
     }
 
-    /// Backward from `dlogits [B, S, vocab]`: every parameter's gradient by HF name.
-    pub fn backward(&self, sv: &ModelSaved, dlogits: &Tensor, grads: &mut Grads) -> Result<()> {
-        self.backward_with_hidden(sv, dlogits, None, grads)
+    /// Backward from `dlogits [B, S, vocab]`: every parameter's gradient into its slot.
+    pub fn backward(&mut self, sv: &ModelSaved, dlogits: &Tensor) -> Result<()> {
+        self.backward_parts(sv, Some(dlogits), None, None)
     }
 
-    /// [`DeepseekV3::backward`] plus an extra gradient `[B, S, hidden]` on the last block's output
-    /// (the hidden state MTP reads).
-    pub fn backward_with_hidden(
-        &self,
+    /// Backward from any of: `d_logits [B, S, vocab]` (through the head), `d_hidden [B, S,
+    /// hidden]` on the final-normed hidden states (a head of the caller's on top), `d_trunk
+    /// [B, S, hidden]` on the last block's output (what an MTP module reads). At least one must
+    /// be given.
+    pub fn backward_parts(
+        &mut self,
         sv: &ModelSaved,
-        dlogits: &Tensor,
+        d_logits: Option<&Tensor>,
         d_hidden: Option<&Tensor>,
-        grads: &mut Grads,
+        d_trunk: Option<&Tensor>,
     ) -> Result<()> {
         let d = self.cfg.hidden_size;
-        let (b, s) = (dlogits.dim(0), dlogits.dim(1));
-        let (dhf, d_head) = linear_backward(&sv.hf, &self.lm_head, dlogits)?;
-        grads.accumulate("lm_head.weight", &d_head)?;
-        let (mut dx, d_norm) = rms_norm_backward(&sv.x, &self.norm, &sv.rstd, &dhf)?;
-        grads.accumulate("model.norm.weight", &d_norm)?;
-        if let Some(extra) = d_hidden {
-            dx = add(&dx, extra)?;
+        let (b, s) = (sv.hf.dim(0), sv.hf.dim(1));
+        let mut dhf = match d_logits {
+            Some(dl) => {
+                let (dhf, d_head) = linear_backward(&sv.hf, &self.lm_head, dl)?;
+                self.lm_head.accumulate_grad(&d_head)?;
+                Some(dhf)
+            }
+            None => None,
+        };
+        if let Some(dh) = d_hidden {
+            dhf = Some(match dhf {
+                Some(a) => add(&a, dh)?,
+                None => dh.clone(),
+            });
         }
-        for (i, (blk, bs)) in self.layers.iter().zip(&sv.blocks).enumerate().rev() {
-            dx = blk.backward(bs, &dx, grads, &format!("model.layers.{i}"))?;
+        let mut dx = match dhf {
+            Some(dhf) => {
+                let (dx, d_norm) = rms_norm_backward(&sv.x, &self.norm, &sv.rstd, &dhf)?;
+                self.norm.accumulate_grad(&d_norm)?;
+                Some(dx)
+            }
+            None => None,
+        };
+        if let Some(extra) = d_trunk {
+            dx = Some(match dx {
+                Some(a) => add(&a, extra)?,
+                None => extra.clone(),
+            });
+        }
+        let mut dx = dx.ok_or_else(|| ModelError::Input("backward needs d_logits, d_hidden or d_trunk".into()))?;
+        for (blk, bs) in self.layers.iter_mut().zip(&sv.blocks).rev() {
+            dx = blk.backward(bs, &dx)?;
         }
         let de = embedding_backward(&sv.ids, self.cfg.vocab_size, &dx.reshape(&[b * s, d])?)?;
-        grads.accumulate("model.embed_tokens.weight", &de)?;
+        self.embed_tokens.accumulate_grad(&de)?;
         Ok(())
     }
 }

@@ -1,32 +1,33 @@
 //! Multi-Token Prediction (DeepSeek-V3 §2.2), depth 1: at position i the module combines the main
 //! model's last hidden state `h_i` with the embedding of token `t_{i+1}` and predicts `t_{i+2}`:
 //! `h'_i = eh_proj([enorm(emb(t_{i+1})) ; hnorm(h_i)])` (embedding first), `h = Block(h')`,
-//! `logits = shared_head.head(shared_head.norm(h))`. Loss `λ · CE` (λ = 0.3, then 0.1 in V3).
-//! Stored as layer `num_hidden_layers`: `enorm`, `hnorm`, `eh_proj`, the block's weights,
-//! `shared_head.norm`, `shared_head.head`, `embed_tokens`.
+//! `logits = head(shared_head.norm(h))`. Loss `λ · CE` (λ = 0.3, then 0.1 in V3). The embedding
+//! and the output head are the main model's (one tensor each; both losses' gradients sum in
+//! them). Stored as layer `num_hidden_layers`: `enorm`, `hnorm`, `eh_proj`, the block's weights,
+//! `shared_head.norm`, and copies of the shared `embed_tokens` and `shared_head.head` (the
+//! released V3 layout; [`crate::DeepseekV3::state_dict`] writes them, loading ignores them).
 
-use optim::{Grads, Params};
+use optim::Params;
 use tensor::ops::attention::AttnMask;
 use tensor::ops::index::{embedding, embedding_backward};
 use tensor::ops::loss::IGNORE_INDEX;
 use tensor::ops::matmul::{linear, linear_backward};
 use tensor::ops::norm::{rms_norm, rms_norm_backward};
 use tensor::ops::shape::{cat, narrow, narrow_backward, split_last};
-use tensor::{DType, Device, Tensor};
+use tensor::{DType, Device, Param, Tensor};
 
 use crate::{Block, BlockSaved, DeepseekV3Config, Ffn, ModelError, ModelSaved, Result};
 
-/// One MTP module.
+/// One MTP module (its own weights; the embedding and head are the main model's).
 #[derive(Clone, Debug)]
 pub struct Mtp {
-    pub enorm: Tensor,
-    pub hnorm: Tensor,
+    pub enorm: Param,
+    pub hnorm: Param,
     /// `[hidden, 2·hidden]`.
-    pub eh_proj: Tensor,
+    pub eh_proj: Param,
     pub block: Block,
-    pub norm: Tensor,
-    pub head: Tensor,
-    pub embed_tokens: Tensor,
+    /// `shared_head.norm`.
+    pub norm: Param,
 }
 
 /// What [`Mtp::forward`] keeps for [`Mtp::backward`].
@@ -73,11 +74,11 @@ impl Mtp {
     /// Random weights (norms 1).
     pub fn init(cfg: &DeepseekV3Config, std: f64, seed: u64, dt: DType, dev: &Device) -> Result<Mtp> {
         let d = cfg.hidden_size;
-        let ones = || Tensor::full(&[d], 1.0, dt, dev);
+        let ones = || -> Result<Param> { Ok(Tensor::full(&[d], 1.0, dt, dev)?.into()) };
         Ok(Mtp {
             enorm: ones()?,
             hnorm: ones()?,
-            eh_proj: Tensor::randn(&[d, 2 * d], std, seed, dt, dev)?,
+            eh_proj: Tensor::randn(&[d, 2 * d], std, seed, dt, dev)?.into(),
             block: Block {
                 input_layernorm: ones()?,
                 self_attn: mla::Mla::init(cfg.mla(), std, seed + 1, dt, dev)?,
@@ -85,8 +86,6 @@ impl Mtp {
                 mlp: Ffn::Moe(moe_router::Moe::init(cfg.moe(), std, seed + 2, dt, dev)?),
             },
             norm: ones()?,
-            head: Tensor::randn(&[cfg.vocab_size, d], std, seed + 3, dt, dev)?,
-            embed_tokens: Tensor::randn(&[cfg.vocab_size, d], std, seed + 4, dt, dev)?,
         })
     }
 
@@ -95,7 +94,7 @@ impl Mtp {
         let pre = format!("model.layers.{layer}");
         let get = |n: &str| {
             let name = format!("{pre}.{n}");
-            p.get(&name).cloned().ok_or(ModelError::MissingWeight(name))
+            p.get(&name).cloned().map(Param::new).ok_or(ModelError::MissingWeight(name))
         };
         Ok(Mtp {
             enorm: get("enorm.weight")?,
@@ -108,32 +107,40 @@ impl Mtp {
                 mlp: Ffn::Moe(moe_router::Moe::load(cfg.moe(), p, &format!("{pre}.mlp"))?),
             },
             norm: get("shared_head.norm.weight")?,
-            head: get("shared_head.head.weight")?,
-            embed_tokens: get("embed_tokens.weight")?,
         })
     }
 
-    /// `(HF name, tensor)` under `model.layers.{layer}`.
-    pub fn named(&self, layer: usize) -> Vec<(String, Tensor)> {
+    /// `(HF name, parameter)` of the module's own weights under `model.layers.{layer}`, in the
+    /// order of [`Mtp::params_mut`].
+    pub fn params(&self, layer: usize) -> Vec<(String, &Param)> {
         let pre = format!("model.layers.{layer}");
         let mut v = vec![
-            (format!("{pre}.enorm.weight"), self.enorm.clone()),
-            (format!("{pre}.hnorm.weight"), self.hnorm.clone()),
-            (format!("{pre}.eh_proj.weight"), self.eh_proj.clone()),
+            (format!("{pre}.enorm.weight"), &self.enorm),
+            (format!("{pre}.hnorm.weight"), &self.hnorm),
+            (format!("{pre}.eh_proj.weight"), &self.eh_proj),
         ];
-        v.extend(self.block.named(&pre));
-        v.push((format!("{pre}.shared_head.norm.weight"), self.norm.clone()));
-        v.push((format!("{pre}.shared_head.head.weight"), self.head.clone()));
-        v.push((format!("{pre}.embed_tokens.weight"), self.embed_tokens.clone()));
+        v.extend(self.block.params(&pre));
+        v.push((format!("{pre}.shared_head.norm.weight"), &self.norm));
+        v
+    }
+
+    /// The module's own weights, in the order of [`Mtp::params`].
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = vec![&mut self.enorm, &mut self.hnorm, &mut self.eh_proj];
+        v.extend(self.block.params_mut());
+        v.push(&mut self.norm);
         v
     }
 
     /// MTP logits `[B, S−1, vocab]` (position i predicts `t_{i+2}`) from the main forward's saved
-    /// state, the token ids `[B·S]`, positions and the main forward's attention `mask` (its
-    /// padding and packed-segment parts are narrowed to the first S−1 positions).
+    /// state, the shared `embed` and `head`, the token ids `[B·S]`, positions and the main
+    /// forward's attention `mask` (its padding and packed-segment parts are narrowed to the first
+    /// S−1 positions).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         main: &ModelSaved,
+        (embed, head): (&Tensor, &Tensor),
         ids: &[u32],
         (b, s): (usize, usize),
         positions: &[u32],
@@ -146,7 +153,7 @@ impl Mtp {
         let d = self.enorm.dim(0);
         let next_ids: Vec<u32> = (0..b).flat_map(|r| ids[r * s + 1..(r + 1) * s].to_vec()).collect();
         let pos: Vec<u32> = (0..b).flat_map(|r| positions[r * s..r * s + s - 1].to_vec()).collect();
-        let e = embedding(&next_ids, &self.embed_tokens)?.reshape(&[b, s - 1, d])?;
+        let e = embedding(&next_ids, embed)?.reshape(&[b, s - 1, d])?;
         let h = narrow(&main.x, 1, 0, s - 1)?;
         let (en, re) = rms_norm(&e, &self.enorm, eps)?;
         let (hn, rh) = rms_norm(&h, &self.hnorm, eps)?;
@@ -155,39 +162,62 @@ impl Mtp {
         fn first<T: Copy>(v: &[T], b: usize, s: usize) -> Vec<T> {
             (0..b).flat_map(|r| v[r * s..r * s + s - 1].to_vec()).collect()
         }
+        let main_segments = mask.segment_ids.clone();
         let mask = AttnMask {
             causal: mask.causal,
             key_padding: mask.key_padding.as_ref().map(|v| first(v, b, s)),
             segment_ids: mask.segment_ids.as_ref().map(|v| first(v, b, s)),
         };
-        let (y, block) = self.block.forward(&hp, &pos, &mask, eps)?;
+        // Documents for the block's balance loss: a document's last token predicts across its
+        // end (its target is ignored; an unpacked row drops it with the row's last position), so
+        // it counts as padding there.
+        let mut docs =
+            moe_router::balance::TokenDocs::packed(b, s - 1, mask.segment_ids.as_deref(), mask.key_padding.as_deref())
+                .ids()
+                .to_vec();
+        if let Some(seg) = &main_segments {
+            for r in 0..b {
+                for i in 0..s - 1 {
+                    if seg[r * s + i] != seg[r * s + i + 1] {
+                        docs[r * (s - 1) + i] = moe_router::balance::TokenDocs::PAD;
+                    }
+                }
+            }
+        }
+        let docs = moe_router::balance::TokenDocs::new(docs);
+        let (y, block) = self.block.forward(&hp, &pos, &mask, &docs, eps)?;
         let (yn, ry) = rms_norm(&y, &self.norm, eps)?;
-        let logits = linear(&yn, &self.head)?;
+        let logits = linear(&yn, head)?;
         let full = main.x.shape().clone();
         Ok((logits, MtpSaved { next_ids, e, re, h, rh, c, block, y, ry, yn, full }))
     }
 
-    /// Backward of [`Mtp::forward`]: gradients under `model.layers.{layer}.…`; returns the
-    /// gradient on the main model's last hidden state `[B, S, hidden]` for
-    /// [`crate::DeepseekV3::backward_with_hidden`].
-    pub fn backward(&self, sv: &MtpSaved, dlogits: &Tensor, grads: &mut Grads, layer: usize) -> Result<Tensor> {
-        let pre = format!("model.layers.{layer}");
+    /// Backward of [`Mtp::forward`]: gradients into the module's weights and into the shared
+    /// `embed` and `head` (added to what the main loss put there); returns the gradient on the
+    /// main model's last block output `[B, S, hidden]` (`d_trunk` of
+    /// [`crate::DeepseekV3::backward_parts`]).
+    pub fn backward(
+        &mut self,
+        sv: &MtpSaved,
+        dlogits: &Tensor,
+        (embed, head): (&mut Param, &mut Param),
+    ) -> Result<Tensor> {
         let d = self.enorm.dim(0);
-        let (dyn_, d_head) = linear_backward(&sv.yn, &self.head, dlogits)?;
-        grads.accumulate(&format!("{pre}.shared_head.head.weight"), &d_head)?;
+        let (dyn_, d_head) = linear_backward(&sv.yn, head, dlogits)?;
+        head.accumulate_grad(&d_head)?;
         let (dy, d_norm) = rms_norm_backward(&sv.y, &self.norm, &sv.ry, &dyn_)?;
-        grads.accumulate(&format!("{pre}.shared_head.norm.weight"), &d_norm)?;
-        let dhp = self.block.backward(&sv.block, &dy, grads, &pre)?;
+        self.norm.accumulate_grad(&d_norm)?;
+        let dhp = self.block.backward(&sv.block, &dy)?;
         let (dc, d_eh) = linear_backward(&sv.c, &self.eh_proj, &dhp)?;
-        grads.accumulate(&format!("{pre}.eh_proj.weight"), &d_eh)?;
+        self.eh_proj.accumulate_grad(&d_eh)?;
         let parts = split_last(&dc, &[d, d])?;
         let (de, d_en) = rms_norm_backward(&sv.e, &self.enorm, &sv.re, &parts[0])?;
-        grads.accumulate(&format!("{pre}.enorm.weight"), &d_en)?;
+        self.enorm.accumulate_grad(&d_en)?;
         let (dh, d_hn) = rms_norm_backward(&sv.h, &self.hnorm, &sv.rh, &parts[1])?;
-        grads.accumulate(&format!("{pre}.hnorm.weight"), &d_hn)?;
+        self.hnorm.accumulate_grad(&d_hn)?;
         let n = sv.next_ids.len();
-        let d_emb = embedding_backward(&sv.next_ids, self.embed_tokens.dim(0), &de.reshape(&[n, d])?)?;
-        grads.accumulate(&format!("{pre}.embed_tokens.weight"), &d_emb)?;
+        let d_emb = embedding_backward(&sv.next_ids, embed.dim(0), &de.reshape(&[n, d])?)?;
+        embed.accumulate_grad(&d_emb)?;
         Ok(narrow_backward(&dh, &sv.full, 1, 0)?)
     }
 }

@@ -45,7 +45,7 @@ fn save_then_load_gives_the_same_model() {
     let d2 = dir("sharded");
     std::fs::copy(d.join("config.json"), d2.join("config.json")).unwrap();
     std::fs::copy(d.join("model.safetensors"), d2.join("model-00001-of-00001.safetensors")).unwrap();
-    let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = m.state_dict().into_iter().map(|(n, _)| n).collect();
     let map: serde_json::Map<String, serde_json::Value> =
         names.iter().map(|n| (n.clone(), serde_json::Value::from("model-00001-of-00001.safetensors"))).collect();
     std::fs::write(d2.join("model.safetensors.index.json"), serde_json::json!({"weight_map": map}).to_string())

@@ -2,7 +2,7 @@
 //! finite-difference gradient check (f64), and a training smoke run.
 
 use model::{DeepseekV3, DeepseekV3Config, lm_loss};
-use optim::{AdamW, AdamWConfig, Grads, Params};
+use optim::{AdamW, AdamWConfig, Params};
 use tensor::gradcheck::{GradCheck, check, project};
 use tensor::ops::attention::AttnMask;
 use tensor::{DType, Device, Tensor};
@@ -57,11 +57,9 @@ fn tiny() -> DeepseekV3Config {
 fn whole_model_gradient_check() {
     let cfg = tiny();
     let m = DeepseekV3::init(cfg.clone(), 0.5, 3, DType::F64, &Device::Cpu).unwrap();
-    let named = m.named_parameters();
-    let trainable: Vec<(String, Tensor)> =
-        named.into_iter().filter(|(n, _)| !n.contains("e_score_correction_bias")).collect();
+    let trainable: Vec<(String, Tensor)> = m.params().into_iter().map(|(n, p)| (n, p.value.clone())).collect();
     let bias: Vec<(String, Tensor)> =
-        m.named_parameters().into_iter().filter(|(n, _)| n.contains("e_score_correction_bias")).collect();
+        m.state_dict().into_iter().filter(|(n, _)| n.contains("e_score_correction_bias")).collect();
     let (b, s) = (2, 4);
     let ids: Vec<u32> = (0..b * s).map(|i| (i * 7 % 11) as u32).collect();
     let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
@@ -77,15 +75,13 @@ fn whole_model_gradient_check() {
     };
     let inputs: Vec<Tensor> = trainable.iter().map(|(_, t)| t.clone()).collect();
     let r = Tensor::randn(&[b, s, cfg.vocab_size], 1.0, 9, DType::F64, &Device::Cpu).unwrap();
-    let model = build(&inputs);
+    let mut model = build(&inputs);
     let (_, saved) = model.forward(&ids, b, s, &pos, &AttnMask::causal()).unwrap();
-    let mut grads = Grads::default();
-    model.backward(&saved, &r, &mut grads).unwrap();
-    let analytic: Vec<Tensor> = trainable
+    model.backward(&saved, &r).unwrap();
+    let analytic: Vec<Tensor> = model
+        .params()
         .iter()
-        .map(|(n, t)| {
-            grads.get(n).cloned().unwrap_or_else(|| Tensor::zeros(t.shape(), DType::F64, &Device::Cpu).unwrap())
-        })
+        .map(|(_, p)| p.grad.clone().unwrap_or_else(|| Tensor::zeros(p.shape(), DType::F64, &Device::Cpu).unwrap()))
         .collect();
     let f = |xs: &[Tensor]| {
         let (y, _) = build(xs)
@@ -110,20 +106,17 @@ fn training_smoke_loss_falls() {
         .flat_map(|r| stream[r * (s + 1) + 1..(r + 1) * (s + 1)].iter().map(|&t| t as i64).collect::<Vec<_>>())
         .collect();
     let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
-    let mut opt = AdamW::new(AdamWConfig::default());
+    let names: Vec<String> = m.params().into_iter().map(|(n, _)| n).collect();
+    let mut opt = AdamW::new(AdamWConfig::default(), &names);
     let mut losses = vec![];
     for _ in 0..60 {
         let (logits, saved) = m.forward(&ids, b, s, &pos, &AttnMask::causal()).unwrap();
         let (loss, dl) = lm_loss(&logits, &targets, -100).unwrap();
         losses.push(loss);
-        let mut grads = Grads::default();
-        m.backward(&saved, &dl, &mut grads).unwrap();
-        let mut p = Params::default();
-        for (n, t) in m.named_parameters() {
-            p.insert(n, t).unwrap();
-        }
-        opt.step(&mut p, &grads, 1e-2).unwrap();
-        m = DeepseekV3::load(cfg.clone(), &p).unwrap();
+        m.zero_grad();
+        m.backward(&saved, &dl).unwrap();
+        drop(saved);
+        opt.step(&mut m.params_mut(), 1e-2).unwrap();
     }
     eprintln!("loss {:.3} → {:.3}", losses[0], losses[59]);
     assert!(losses[59] < 0.5 * losses[0], "loss {losses:?}");

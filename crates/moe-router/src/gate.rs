@@ -1,7 +1,6 @@
 //! The router: scores, expert choice (noaux_tc, greedy, group-limited greedy), combine weights,
 //! the sequence-wise balance loss, and the gate's backward.
 
-use optim::Grads;
 use rayon::prelude::*;
 use tensor::ops::activation::{sigmoid, sigmoid_backward};
 use tensor::ops::elementwise::{add, affine, div, div_backward, scale};
@@ -11,7 +10,8 @@ use tensor::ops::reduce::sum_dim;
 use tensor::ops::softmax::{softmax, softmax_backward};
 use tensor::{DType, Tensor};
 
-use crate::{Moe, Result};
+use crate::balance::{TokenDocs, sequence_balance_loss};
+use crate::{Moe, MoeError, Result};
 
 /// How router logits become affinities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub struct GateSaved {
     raw: Tensor,
     denom: Option<Tensor>,
     scale: f64,
-    seq_len: usize,
+    docs: TokenDocs,
 }
 
 /// Indices of the `k` largest values (ties to the lower index; −inf never beats a number).
@@ -92,10 +92,18 @@ impl Moe {
         top_indices(&masked, k).into_iter().map(|i| i as u32).collect()
     }
 
-    /// Route `x [T, hidden]`: affinities, choice, combine weights, loads, balance loss.
-    pub fn route(&self, x: &Tensor, seq_len: usize) -> Result<(Routing, GateSaved)> {
+    /// Route `x [T, hidden]` (tokens of the documents `docs`, for the balance loss and the
+    /// loads; padding tokens are routed but counted in neither): affinities, choice, combine
+    /// weights, loads, balance loss.
+    pub fn route(&self, x: &Tensor, docs: &TokenDocs) -> Result<(Routing, GateSaved)> {
         let c = &self.cfg;
         let (t, e, k) = (x.dim(0), c.n_routed_experts, c.num_experts_per_tok);
+        if docs.len() != t {
+            return Err(MoeError::Config {
+                field: "docs",
+                detail: format!("{} document ids for {t} tokens", docs.len()),
+            });
+        }
         // Router logits in fp32 (f64 when the layer runs in f64, for gradient checks).
         let cdt = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
         let (x32, w32) = (x.to_dtype(cdt)?, self.gate_weight.to_dtype(cdt)?);
@@ -120,54 +128,24 @@ impl Moe {
         let s = if c.scoring_func == ScoringFunc::Softmax && c.norm_topk_prob { 1.0 } else { c.routed_scaling_factor };
         let weights = scale(&w, s)?;
         let mut load = vec![0usize; e];
-        topk_idx.iter().for_each(|&i| load[i as usize] += 1);
-        let balance_loss = if c.seq_aux_alpha > 0.0 { self.balance(&sv, &topk_idx, seq_len).0 } else { 0.0 };
-        let routing = Routing { topk_idx, weights, scores, load, balance_loss };
-        Ok((routing, GateSaved { x: x32, w: w32, raw, denom, scale: s, seq_len }))
-    }
-
-    /// The sequence-wise balance loss `α Σ_i f_i P_i` (V3 eq. 17–20) averaged over sequences,
-    /// and its gradient with respect to the affinities `s` (`[T·E]`).
-    fn balance(&self, s: &[f64], idx: &[u32], seq_len: usize) -> (f64, Vec<f64>) {
-        let c = &self.cfg;
-        let (e, k) = (c.n_routed_experts, c.num_experts_per_tok);
-        let t_all = s.len() / e;
-        let seq_len = if seq_len == 0 { t_all } else { seq_len.min(t_all) };
-        let n_seq = t_all.div_ceil(seq_len);
-        let mut loss = 0.0;
-        let mut grad = vec![0.0; s.len()];
-        for q in 0..n_seq {
-            let (t0, t1) = (q * seq_len, ((q + 1) * seq_len).min(t_all));
-            let tl = (t1 - t0) as f64;
-            let mut f = vec![0.0; e];
-            for &i in &idx[t0 * k..t1 * k] {
-                f[i as usize] += e as f64 / (k as f64 * tl);
-            }
-            for t in t0..t1 {
-                let row = &s[t * e..(t + 1) * e];
-                let z: f64 = row.iter().sum();
-                let g: Vec<f64> = f.iter().map(|fi| c.seq_aux_alpha * fi / (tl * n_seq as f64)).collect();
-                let proj: f64 = g.iter().zip(row).map(|(gi, si)| gi * si / z).sum();
-                for i in 0..e {
-                    loss += c.seq_aux_alpha * f[i] * row[i] / z / tl / n_seq as f64;
-                    grad[t * e + i] = (g[i] - proj) / z;
-                }
+        for (tok, chosen) in topk_idx.chunks(k).enumerate() {
+            if !docs.is_pad(tok) {
+                chosen.iter().for_each(|&i| load[i as usize] += 1);
             }
         }
-        (loss, grad)
+        let balance_loss = if c.seq_aux_alpha > 0.0 {
+            sequence_balance_loss(&sv, &topk_idx, docs, e, k, c.seq_aux_alpha).0
+        } else {
+            0.0
+        };
+        let routing = Routing { topk_idx, weights, scores, load, balance_loss };
+        Ok((routing, GateSaved { x: x32, w: w32, raw, denom, scale: s, docs: docs.clone() }))
     }
 
     /// Backward of the combine weights into the gate: `dw [T, k]` → gradient of the gate
-    /// weight (accumulated as `{prefix}.gate.weight`) and the returned `dx` of the router input.
-    pub(crate) fn route_backward(
-        &self,
-        r: &Routing,
-        g: &GateSaved,
-        dw: &Tensor,
-        grads: &mut Grads,
-        prefix: &str,
-    ) -> Result<Tensor> {
-        let c = &self.cfg;
+    /// weight (added into [`Moe::gate_weight`]) and the returned `dx` of the router input.
+    pub(crate) fn route_backward(&mut self, r: &Routing, g: &GateSaved, dw: &Tensor) -> Result<Tensor> {
+        let c = self.cfg.clone();
         let dw = scale(&dw.to_dtype(g.raw.dtype())?, g.scale)?;
         let d_raw = match &g.denom {
             Some(denom) => {
@@ -178,7 +156,8 @@ impl Moe {
         };
         let mut d_scores = scatter_last(&d_raw, &r.topk_idx, c.n_routed_experts)?;
         if c.seq_aux_alpha > 0.0 {
-            let (_, gb) = self.balance(&r.scores.to_vec_f64()?, &r.topk_idx, g.seq_len);
+            let (e, k) = (c.n_routed_experts, c.num_experts_per_tok);
+            let (_, gb) = sequence_balance_loss(&r.scores.to_vec_f64()?, &r.topk_idx, &g.docs, e, k, c.seq_aux_alpha);
             let gb =
                 Tensor::from_vec(gb, r.scores.shape())?.to_dtype(d_scores.dtype())?.to_device(d_scores.device())?;
             d_scores = add(&d_scores, &gb)?;
@@ -188,7 +167,8 @@ impl Moe {
             ScoringFunc::Softmax => softmax_backward(&r.scores, &d_scores)?,
         };
         let (dx, d_gate) = linear_backward(&g.x, &g.w, &d_logits)?;
-        grads.accumulate(&format!("{prefix}.gate.weight"), &d_gate.to_dtype(self.gate_weight.dtype())?)?;
+        let d_gate = d_gate.to_dtype(self.gate_weight.dtype())?;
+        self.gate_weight.accumulate_grad(&d_gate)?;
         Ok(dx)
     }
 }

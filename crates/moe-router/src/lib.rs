@@ -21,14 +21,14 @@ pub use gate::{GateSaved, Routing, ScoringFunc, TopkMethod};
 
 pub use fp8::LinearPrecision;
 use fp8::{LinearSaved, linear_with, linear_with_backward};
-use optim::{Grads, Params};
+use optim::Params;
 use rayon::prelude::*;
 use tensor::ops::activation::{swiglu, swiglu_backward};
 use tensor::ops::elementwise::{add, mul};
 use tensor::ops::index::{combine_rows, combine_rows_backward, index_add, index_select};
 use tensor::ops::matmul::{matmul, pad_groups, stack, unpad_groups, unstack};
 use tensor::ops::reduce::sum_dim;
-use tensor::{DType, Device, Tensor};
+use tensor::{DType, Device, Param, Tensor};
 
 /// Errors of the MoE layer.
 #[derive(Debug, thiserror::Error)]
@@ -100,9 +100,9 @@ impl MoeConfig {
 /// shared experts, and the dense MLP of the first `first_k_dense_replace` layers.
 #[derive(Clone, Debug)]
 pub struct Expert {
-    pub gate_proj: Tensor,
-    pub up_proj: Tensor,
-    pub down_proj: Tensor,
+    pub gate_proj: Param,
+    pub up_proj: Param,
+    pub down_proj: Param,
     /// Arithmetic of the three projections (DeepSeek-V3 §3.3); [`LinearPrecision::F32`] after
     /// `init` / `load`.
     pub precision: LinearPrecision,
@@ -150,9 +150,9 @@ impl Expert {
     /// Random N(0, std²) weights for hidden `d` and intermediate `inter`.
     pub fn init(d: usize, inter: usize, std: f64, seed: u64, dt: DType, dev: &Device) -> Result<Expert> {
         Ok(Expert {
-            gate_proj: Tensor::randn(&[inter, d], std, seed, dt, dev)?,
-            up_proj: Tensor::randn(&[inter, d], std, seed + 1, dt, dev)?,
-            down_proj: Tensor::randn(&[d, inter], std, seed + 2, dt, dev)?,
+            gate_proj: Tensor::randn(&[inter, d], std, seed, dt, dev)?.into(),
+            up_proj: Tensor::randn(&[inter, d], std, seed + 1, dt, dev)?.into(),
+            down_proj: Tensor::randn(&[d, inter], std, seed + 2, dt, dev)?.into(),
             precision: LinearPrecision::F32,
         })
     }
@@ -161,7 +161,7 @@ impl Expert {
     pub fn load(p: &Params, prefix: &str) -> Result<Expert> {
         let get = |n: &str| {
             let name = format!("{prefix}.{n}.weight");
-            p.get(&name).cloned().ok_or(MoeError::MissingWeight(name))
+            p.get(&name).cloned().map(Param::new).ok_or(MoeError::MissingWeight(name))
         };
         Ok(Expert {
             gate_proj: get("gate_proj")?,
@@ -181,26 +181,32 @@ impl Expert {
         Ok((y, ExpertSaved { x: x.clone(), g, u, h, lin: [lg, lu, ld] }))
     }
 
-    /// Backward of [`Expert::forward`]: weight gradients under `{prefix}.…`, returns `dx`.
-    pub fn backward(&self, s: &ExpertSaved, dy: &Tensor, grads: &mut Grads, prefix: &str) -> Result<Tensor> {
+    /// Backward of [`Expert::forward`]: weight gradients into the three [`Param`]s, returns `dx`.
+    pub fn backward(&mut self, s: &ExpertSaved, dy: &Tensor) -> Result<Tensor> {
         let [lg, lu, ld] = &s.lin;
         let (dh, d_down) = linear_with_backward(&s.h, &self.down_proj, ld, dy)?;
         let (dg, du) = swiglu_backward(&s.g, &s.u, &dh)?;
         let (dx1, d_gate) = linear_with_backward(&s.x, &self.gate_proj, lg, &dg)?;
         let (dx2, d_up) = linear_with_backward(&s.x, &self.up_proj, lu, &du)?;
-        grads.accumulate(&format!("{prefix}.gate_proj.weight"), &d_gate)?;
-        grads.accumulate(&format!("{prefix}.up_proj.weight"), &d_up)?;
-        grads.accumulate(&format!("{prefix}.down_proj.weight"), &d_down)?;
+        self.gate_proj.accumulate_grad(&d_gate)?;
+        self.up_proj.accumulate_grad(&d_up)?;
+        self.down_proj.accumulate_grad(&d_down)?;
         Ok(add(&dx1, &dx2)?)
     }
 
-    /// `(HF name suffix, weight)` of the three projections.
-    pub fn weights(&self) -> [(&'static str, &Tensor); 3] {
+    /// `(HF name suffix, parameter)` of the three projections, in the order of
+    /// [`Expert::params_mut`].
+    pub fn params(&self) -> [(&'static str, &Param); 3] {
         [
             ("gate_proj.weight", &self.gate_proj),
             ("up_proj.weight", &self.up_proj),
             ("down_proj.weight", &self.down_proj),
         ]
+    }
+
+    /// The three projections, in the order of [`Expert::params`].
+    pub fn params_mut(&mut self) -> [&mut Param; 3] {
+        [&mut self.gate_proj, &mut self.up_proj, &mut self.down_proj]
     }
 }
 
@@ -209,7 +215,7 @@ impl Expert {
 pub struct Moe {
     pub cfg: MoeConfig,
     /// `[n_routed_experts, hidden]`.
-    pub gate_weight: Tensor,
+    pub gate_weight: Param,
     /// `[n_routed_experts]`, f32; changed only by [`balance::update_bias`].
     pub e_score_correction_bias: Tensor,
     pub experts: Vec<Expert>,
@@ -244,7 +250,7 @@ impl Moe {
             .then(|| Expert::init(d, cfg.n_shared_experts * cfg.moe_intermediate_size, std, seed * 1000 + 1, dt, dev))
             .transpose()?;
         Ok(Moe {
-            gate_weight: Tensor::randn(&[e, d], std, seed * 1000 + 2, dt, dev)?,
+            gate_weight: Tensor::randn(&[e, d], std, seed * 1000 + 2, dt, dev)?.into(),
             e_score_correction_bias: Tensor::zeros(&[e], DType::F32, dev)?,
             experts,
             shared_experts,
@@ -257,7 +263,7 @@ impl Moe {
     pub fn load(cfg: MoeConfig, p: &Params, prefix: &str) -> Result<Moe> {
         cfg.validate()?;
         let name = format!("{prefix}.gate.weight");
-        let gate_weight = p.get(&name).cloned().ok_or(MoeError::MissingWeight(name))?;
+        let gate_weight = Param::new(p.get(&name).cloned().ok_or(MoeError::MissingWeight(name))?);
         let bname = format!("{prefix}.gate.e_score_correction_bias");
         let e_score_correction_bias = match p.get(&bname) {
             Some(b) => b.to_dtype(DType::F32)?,
@@ -274,15 +280,25 @@ impl Moe {
         Ok(Moe { cfg, gate_weight, e_score_correction_bias, experts, shared_experts })
     }
 
-    /// `(HF name suffix, tensor)` for every trainable weight (the bias is not trained by
-    /// gradients and is listed by [`Moe::buffers`]).
-    pub fn weights(&self) -> Vec<(String, &Tensor)> {
+    /// `(HF name suffix, parameter)` for every trainable weight, in the order of
+    /// [`Moe::params_mut`] (the bias is not trained by gradients and is listed by
+    /// [`Moe::buffers`]).
+    pub fn params(&self) -> Vec<(String, &Param)> {
         let mut v = vec![("gate.weight".to_string(), &self.gate_weight)];
         for (e, ex) in self.experts.iter().enumerate() {
-            v.extend(ex.weights().map(|(n, t)| (format!("experts.{e}.{n}"), t)));
+            v.extend(ex.params().map(|(n, t)| (format!("experts.{e}.{n}"), t)));
         }
         if let Some(s) = &self.shared_experts {
-            v.extend(s.weights().map(|(n, t)| (format!("shared_experts.{n}"), t)));
+            v.extend(s.params().map(|(n, t)| (format!("shared_experts.{n}"), t)));
+        }
+        v
+    }
+
+    /// Every trainable weight, in the order of [`Moe::params`].
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = vec![&mut self.gate_weight];
+        for ex in self.experts.iter_mut().chain(self.shared_experts.as_mut()) {
+            v.extend(ex.params_mut());
         }
         v
     }
@@ -308,15 +324,22 @@ impl Moe {
 
     /// The routed experts' gate, up and down projection weights, in expert order.
     fn routed_weights(&self) -> [Vec<Tensor>; 3] {
-        let pick = |f: fn(&Expert) -> &Tensor| self.experts.iter().map(|e| f(e).clone()).collect();
+        let pick = |f: fn(&Expert) -> &Param| self.experts.iter().map(|e| f(e).value.clone()).collect();
         [pick(|e| &e.gate_proj), pick(|e| &e.up_proj), pick(|e| &e.down_proj)]
     }
 
-    /// `x [T, hidden]` (tokens of `seq_len`-long sequences, for the balance loss) → `[T, hidden]`.
+    /// `x [T, hidden]` (tokens of consecutive `seq_len`-long sequences, for the balance loss)
+    /// → `[T, hidden]`.
     pub fn forward(&self, x: &Tensor, seq_len: usize) -> Result<(Tensor, MoeSaved)> {
+        self.forward_docs(x, &balance::TokenDocs::rows(x.dim(0), seq_len))
+    }
+
+    /// [`Moe::forward`] for tokens of the documents `docs` (packed documents and padding: the
+    /// balance loss is computed per document, padding counts in neither it nor the loads).
+    pub fn forward_docs(&self, x: &Tensor, docs: &balance::TokenDocs) -> Result<(Tensor, MoeSaved)> {
         let t = x.dim(0);
         let k = self.cfg.num_experts_per_tok;
-        let (routing, gsaved) = self.route(x, seq_len)?;
+        let (routing, gsaved) = self.route(x, docs)?;
         // Dispatch: rows grouped by expert, in token order within an expert.
         let mut buckets: Vec<Vec<(u32, u32)>> = vec![Vec::new(); self.cfg.n_routed_experts];
         for (slot, &e) in routing.topk_idx.iter().enumerate() {
@@ -393,10 +416,10 @@ impl Moe {
         Ok((y, saved))
     }
 
-    /// Backward of [`Moe::forward`]: gradients of every expert and the gate weight into `grads`
-    /// (under `{prefix}.…`), returns `dx`. The sequence-wise balance loss (α > 0) adds its own
-    /// gradient (its value is in `saved.routing.balance_loss`).
-    pub fn backward(&self, sv: &MoeSaved, dy: &Tensor, grads: &mut Grads, prefix: &str) -> Result<Tensor> {
+    /// Backward of [`Moe::forward`]: gradients of every expert and the gate weight into their
+    /// [`Param`]s, returns `dx`. The sequence-wise balance loss (α > 0) adds its own gradient
+    /// (its value is in `saved.routing.balance_loss`).
+    pub fn backward(&mut self, sv: &MoeSaved, dy: &Tensor) -> Result<Tensor> {
         let (t, k) = (sv.tokens, self.cfg.num_experts_per_tok);
         let (mut dx, dw) = match &sv.experts {
             RoutedSaved::Grouped(gs) => {
@@ -417,11 +440,11 @@ impl Moe {
                 let keep: Vec<bool> = sv.offsets.windows(2).map(|o| o[1] > o[0]).collect();
                 let (d_gate, d_up, d_down) =
                     (unstack(&d_gate, &keep)?, unstack(&d_up, &keep)?, unstack(&d_down, &keep)?);
-                for (e, ((dg, du), dd)) in d_gate.iter().zip(&d_up).zip(&d_down).enumerate() {
+                for (ex, ((dg, du), dd)) in self.experts.iter_mut().zip(d_gate.iter().zip(&d_up).zip(&d_down)) {
                     if let (Some(dg), Some(du), Some(dd)) = (dg, du, dd) {
-                        grads.accumulate(&format!("{prefix}.experts.{e}.gate_proj.weight"), dg)?;
-                        grads.accumulate(&format!("{prefix}.experts.{e}.up_proj.weight"), du)?;
-                        grads.accumulate(&format!("{prefix}.experts.{e}.down_proj.weight"), dd)?;
+                        ex.gate_proj.accumulate_grad(dg)?;
+                        ex.up_proj.accumulate_grad(du)?;
+                        ex.down_proj.accumulate_grad(dd)?;
                     }
                 }
                 (index_add(t, &sv.perm_tokens, &unpad_groups(&dxp, &sv.offsets)?)?, dw)
@@ -431,33 +454,26 @@ impl Moe {
                 // Each expert's output gradient (w · dy at its rows) and the weights' (<dy, y>).
                 let (d_ys, dw) = combine_rows_backward(ys, loc, k, Some(&sv.weights), dy)?;
                 let dw = dw.expect("weights were given");
-                // Each expert's gradients go to its own `Grads` (concurrently on the CPU, as in
-                // the forward) and are merged in expert order.
-                let run = |e: usize| -> Result<(Tensor, Option<Grads>)> {
-                    let Some(s) = &experts[e] else { return Ok((d_ys[e].clone(), None)) };
-                    let mut g = Grads::default();
-                    let dx = self.experts[e].backward(s, &d_ys[e], &mut g, &format!("{prefix}.experts.{e}"))?;
-                    Ok((dx, Some(g)))
-                };
-                let outs: Vec<(Tensor, Option<Grads>)> = if dy.device().is_cpu() {
-                    (0..self.experts.len()).into_par_iter().map(run).collect::<Result<_>>()?
-                } else {
-                    (0..self.experts.len()).map(run).collect::<Result<_>>()?
-                };
-                let mut dxs = Vec::with_capacity(outs.len());
-                for (dx, g) in outs {
-                    for (name, t) in g.iter().flat_map(|g| g.iter()) {
-                        grads.accumulate(name, t)?;
+                // Each expert writes its own parameters' gradients (concurrently on the CPU, as
+                // in the forward).
+                let run = |(e, ex): (usize, &mut Expert)| -> Result<Tensor> {
+                    match &experts[e] {
+                        Some(s) => ex.backward(s, &d_ys[e]),
+                        None => Ok(d_ys[e].clone()),
                     }
-                    dxs.push(dx);
-                }
+                };
+                let dxs: Vec<Tensor> = if dy.device().is_cpu() {
+                    self.experts.par_iter_mut().enumerate().map(run).collect::<Result<_>>()?
+                } else {
+                    self.experts.iter_mut().enumerate().map(run).collect::<Result<_>>()?
+                };
                 (combine_rows(&dxs, loc, k, None)?, dw)
             }
         };
-        if let (Some(se), Some(s)) = (&self.shared_experts, &sv.shared) {
-            dx = add(&dx, &se.backward(s, dy, grads, &format!("{prefix}.shared_experts"))?)?;
+        if let (Some(se), Some(s)) = (&mut self.shared_experts, &sv.shared) {
+            dx = add(&dx, &se.backward(s, dy)?)?;
         }
-        let dx_gate = self.route_backward(&sv.routing, &sv.gate, &dw, grads, prefix)?;
+        let dx_gate = self.route_backward(&sv.routing, &sv.gate, &dw)?;
         Ok(add(&dx, &dx_gate.to_dtype(dx.dtype())?)?)
     }
 }

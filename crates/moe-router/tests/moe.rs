@@ -3,7 +3,7 @@
 
 use moe_router::balance::{max_vio, update_bias};
 use moe_router::{Moe, MoeConfig, ScoringFunc, TopkMethod};
-use optim::{Grads, Params};
+use optim::Params;
 use proptest::prelude::*;
 use tensor::gradcheck::{GradCheck, check, project};
 use tensor::{DType, Device, Tensor};
@@ -44,10 +44,10 @@ proptest! {
         c.norm_topk_prob = norm;
         if softmax { c.scoring_func = ScoringFunc::Softmax; c.topk_method = TopkMethod::GroupLimitedGreedy; }
         let m = with_bias(Moe::init(c.clone(), 0.7, seed, DType::F64, &Device::Cpu).unwrap(), seed);
-        let names: Vec<String> = m.weights().iter().map(|(n, _)| format!("mlp.{n}")).collect();
+        let names: Vec<String> = m.params().iter().map(|(n, _)| format!("mlp.{n}")).collect();
         let (t, seq) = (6, 3);
         let mut inputs = vec![Tensor::randn(&[t, c.hidden_size], 1.0, seed + 5, DType::F64, &Device::Cpu).unwrap()];
-        inputs.extend(m.weights().iter().map(|(_, w)| (*w).clone()));
+        inputs.extend(m.params().iter().map(|(_, w)| w.value.clone()));
         let bias = m.e_score_correction_bias.clone();
         let build = |xs: &[Tensor]| {
             let mut p = Params::default();
@@ -60,14 +60,13 @@ proptest! {
             let (y, s) = build(xs).forward(&xs[0], seq).map_err(|e| tensor::TensorError::Arg { op: "moe", detail: e.to_string() })?;
             Ok(project(&y, &r)? + s.routing.balance_loss)
         };
-        let layer = build(&inputs);
+        let mut layer = build(&inputs);
         let (_, saved) = layer.forward(&inputs[0], seq).unwrap();
-        let mut grads = Grads::default();
-        let dx = layer.backward(&saved, &r, &mut grads, "mlp").unwrap();
+        let dx = layer.backward(&saved, &r).unwrap();
         let zero = |w: &Tensor| Tensor::zeros(w.shape(), DType::F64, &Device::Cpu).unwrap();
         let mut analytic = vec![dx];
-        // Experts that received no token get no gradient entry: their true gradient is zero.
-        analytic.extend(names.iter().zip(&inputs[1..]).map(|(n, w)| grads.get(n).cloned().unwrap_or_else(|| zero(w))));
+        // Experts that received no token get no gradient: their true gradient is zero.
+        analytic.extend(layer.params().iter().map(|(_, p)| p.grad.clone().unwrap_or_else(|| zero(&p.value))));
         check(f, &inputs, &analytic, &GradCheck { max_per_input: 16, ..GradCheck::default() }).unwrap().assert_ok("moe");
     }
 
@@ -82,7 +81,7 @@ proptest! {
         let k = (topk_group * per).min(3);
         let m = with_bias(Moe::init(cfg(e, groups, topk_group, k, 0.0), 1.0, seed, DType::F32, &Device::Cpu).unwrap(), seed + 1);
         let x = Tensor::randn(&[16, 6], 1.0, seed + 2, DType::F32, &Device::Cpu).unwrap();
-        let (r, _) = m.route(&x, 16).unwrap();
+        let (r, _) = m.route(&x, &moe_router::balance::TokenDocs::rows(16, 16)).unwrap();
         let s = r.scores.to_vec_f64().unwrap();
         let b = m.e_score_correction_bias.to_vec_f64().unwrap();
         let w = r.weights.to_vec_f64().unwrap();
@@ -136,7 +135,7 @@ fn aux_free_bias_balances_a_skewed_stream() {
             gw[r * d + j] += 0.25;
         }
     }
-    m.gate_weight = Tensor::from_vec(gw, &[e, d]).unwrap();
+    m.gate_weight = Tensor::from_vec(gw, &[e, d]).unwrap().into();
     let batch = |step: u64| {
         let noise = Tensor::randn(&[t, d], 1.0, 100 + step, DType::F32, &Device::Cpu).unwrap();
         tensor::ops::elementwise::add(&noise, &mu).unwrap()
@@ -144,7 +143,7 @@ fn aux_free_bias_balances_a_skewed_stream() {
     let run = |m: &mut Moe, gamma: f64| -> Vec<f64> {
         (0..600)
             .map(|s| {
-                let (r, _) = m.route(&batch(s), t).unwrap();
+                let (r, _) = m.route(&batch(s), &moe_router::balance::TokenDocs::rows(t, t)).unwrap();
                 if gamma > 0.0 {
                     update_bias(m, &r.load, gamma).unwrap();
                 }
@@ -177,12 +176,9 @@ fn same_results_on_every_device() {
         let mut m = Moe::init(c.clone(), 0.5, 4, DType::F32, dev).unwrap();
         m.e_score_correction_bias = Tensor::randn(&[8], 0.3, 5, DType::F32, dev).unwrap();
         let (y, s) = m.forward(&x.to_device(dev).unwrap(), 5).unwrap();
-        let mut grads = Grads::default();
-        let dx = m.backward(&s, &r.to_device(dev).unwrap(), &mut grads, "mlp").unwrap();
+        let dx = m.backward(&s, &r.to_device(dev).unwrap()).unwrap();
         let mut out = vec![y.to_vec_f64().unwrap(), dx.to_vec_f64().unwrap()];
-        let mut names: Vec<&str> = grads.iter().map(|(n, _)| n).collect();
-        names.sort();
-        out.extend(names.iter().map(|n| grads.get(n).unwrap().to_vec_f64().unwrap()));
+        out.extend(m.params().iter().filter_map(|(_, p)| p.grad.as_ref()).map(|g| g.to_vec_f64().unwrap()));
         (out, s.routing.topk_idx)
     };
     let (want, want_idx) = run(&Device::Cpu);

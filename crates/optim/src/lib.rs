@@ -1,20 +1,20 @@
 //! # optim — what every trainer in r1 steps with
 //!
-//! [`Params`] and [`Grads`]: ordered, named tensors (names are the HF checkpoint names, so
-//! loading, saving and optimizer state are a walk over one list). [`AdamW`] (decoupled weight
-//! decay, bias correction; a fused kernel on CUDA), [`clip_grad_norm`], [`Schedule`] (warmup +
-//! cosine), and atomic save/load of optimizer state.
+//! Trainers step [`tensor::Param`] handles — each layer owns its parameters and their gradient
+//! slots — in a fixed order: [`AdamW`] (decoupled weight decay, bias correction; a fused
+//! multi-tensor kernel on CUDA) replaces each value in place, [`clip_grad_norm`] scales the
+//! slots, [`Schedule`] gives the learning rate (warmup + cosine). Names appear only at I/O:
+//! [`Params`] is the name → tensor map of checkpoint files, and the optimizer state is saved
+//! under the parameter names given to [`AdamW::new`].
 //!
 //! ```
-//! use optim::{AdamW, AdamWConfig, Grads, Params};
-//! use tensor::{DType, Device, Tensor};
-//! let mut params = Params::default();
-//! params.insert("w", Tensor::full(&[2], 1.0, DType::F32, &Device::Cpu)?)?;
-//! let mut grads = Grads::default();
-//! grads.accumulate("w", &Tensor::full(&[2], 0.5, DType::F32, &Device::Cpu)?)?;
-//! let mut opt = AdamW::new(AdamWConfig::default());
-//! opt.step(&mut params, &grads, 1e-2)?;
-//! assert!(params.get("w").unwrap().to_vec::<f32>()?[0] < 1.0);
+//! use optim::{AdamW, AdamWConfig};
+//! use tensor::{DType, Device, Param, Tensor};
+//! let mut w = Param::new(Tensor::full(&[2], 1.0, DType::F32, &Device::Cpu)?);
+//! w.accumulate_grad(&Tensor::full(&[2], 0.5, DType::F32, &Device::Cpu)?)?;
+//! let mut opt = AdamW::new(AdamWConfig::default(), &["w"]);
+//! opt.step(&mut [&mut w], 1e-2)?;
+//! assert!(w.value.to_vec::<f32>()?[0] < 1.0);
 //! # Ok::<(), optim::OptimError>(())
 //! ```
 
@@ -25,7 +25,7 @@ mod schedule;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use io::atomic_write;
-pub use params::{Grads, Params, clip_grad_norm};
+pub use params::{Named, Params, clip_grad_norm, grad_norm, zero_grad};
 pub use schedule::Schedule;
 
 /// Errors from parameter containers, the optimizer and state files.

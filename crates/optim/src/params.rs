@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use tensor::ops::{elementwise, reduce};
-use tensor::{DType, Tensor};
+use tensor::{DType, Param, Tensor};
 
 use crate::{OptimError, Result};
 
@@ -78,64 +78,34 @@ impl Named {
 /// Model parameters by HF checkpoint name.
 pub type Params = Named;
 
-/// Gradients by parameter name, accumulated across micro-batches.
-#[derive(Clone, Debug, Default)]
-pub struct Grads(pub Named);
-
-impl Grads {
-    /// `grad[name] += g` (inserting on first use); shapes must agree.
-    pub fn accumulate(&mut self, name: &str, g: &Tensor) -> Result<()> {
-        match self.0.get(name) {
-            Some(old) if old.shape() != g.shape() => Err(OptimError::Param {
-                name: name.into(),
-                detail: format!("gradient shape {:?} added to accumulated {:?}", g.shape(), old.shape()),
-            }),
-            Some(old) => {
-                let sum = elementwise::add(old, g)?;
-                self.0.set(name, sum)
-            }
-            None => self.0.insert(name, g.clone()),
-        }
+/// `sqrt(Σ ‖g‖²)` over the gradients of `params` (those without one count 0), accumulated in
+/// f64.
+pub fn grad_norm(params: &[&mut Param]) -> Result<f64> {
+    let mut ss = 0.0;
+    for g in params.iter().filter_map(|p| p.grad.as_ref()) {
+        let g32 = g.to_dtype(DType::F32)?;
+        ss += reduce::sum_all(&elementwise::mul(&g32, &g32)?)?.item()?;
     }
-
-    /// The gradient of `name`.
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.0.get(name)
-    }
-
-    /// `(name, gradient)` in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
-        self.0.iter()
-    }
-
-    /// Multiply every gradient by `s` (e.g. 1 / micro-batches).
-    pub fn scale(&mut self, s: f64) -> Result<()> {
-        let names = self.0.names().to_vec();
-        for n in names {
-            let g = elementwise::scale(self.0.get(&n).expect("listed"), s)?;
-            self.0.set(&n, g)?;
-        }
-        Ok(())
-    }
-
-    /// `sqrt(Σ ‖g‖²)` over all gradients, accumulated in f64.
-    pub fn global_norm(&self) -> Result<f64> {
-        let mut ss = 0.0;
-        for (_, g) in self.0.iter() {
-            let g32 = g.to_dtype(DType::F32)?;
-            ss += reduce::sum_all(&elementwise::mul(&g32, &g32)?)?.item()?;
-        }
-        Ok(ss.sqrt())
-    }
+    Ok(ss.sqrt())
 }
 
-/// Clip gradients to global L2 norm `max_norm` (as `torch.nn.utils.clip_grad_norm_`:
-/// scale by `max_norm / (norm + 1e-6)` when that is below 1). Returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut Grads, max_norm: f64) -> Result<f64> {
-    let norm = grads.global_norm()?;
+/// Clip the gradients of `params` to global L2 norm `max_norm` (as
+/// `torch.nn.utils.clip_grad_norm_`: scale by `max_norm / (norm + 1e-6)` when that is below 1).
+/// Returns the norm before clipping.
+pub fn clip_grad_norm(params: &mut [&mut Param], max_norm: f64) -> Result<f64> {
+    let norm = grad_norm(params)?;
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
-        grads.scale(coef)?;
+        for p in params.iter_mut() {
+            if let Some(g) = p.grad.take() {
+                p.grad = Some(elementwise::scale(&g, coef)?);
+            }
+        }
     }
     Ok(norm)
+}
+
+/// Drop every gradient of `params`.
+pub fn zero_grad(params: &mut [&mut Param]) {
+    params.iter_mut().for_each(|p| p.zero_grad());
 }

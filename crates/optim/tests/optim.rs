@@ -1,9 +1,19 @@
 //! AdamW against an independent scalar transcription of `torch.optim.AdamW`, on every device;
 //! clipping, schedules, accumulation, and resume-from-state equivalence.
 
-use optim::{AdamW, AdamWConfig, Grads, Params, Schedule, clip_grad_norm};
+use optim::{AdamW, AdamWConfig, Schedule, clip_grad_norm, grad_norm};
 use proptest::prelude::*;
-use tensor::{DType, Device, Tensor};
+use tensor::{DType, Device, Param, Tensor};
+
+/// Set each parameter's gradient to `grads[i]` and take one step.
+fn step_with(opt: &mut AdamW, params: &mut [Param], grads: &[Tensor], lr: f64) {
+    for (p, g) in params.iter_mut().zip(grads) {
+        p.zero_grad();
+        p.accumulate_grad(g).unwrap();
+    }
+    let mut refs: Vec<&mut Param> = params.iter_mut().collect();
+    opt.step(&mut refs, lr).unwrap();
+}
 
 /// torch.optim.AdamW for one scalar, in f64.
 fn torch_adamw(p0: f64, grads: &[f64], lr: f64, b1: f64, b2: f64, eps: f64, wd: f64) -> f64 {
@@ -25,23 +35,19 @@ fn adamw_matches_torch_formula_on_every_device() {
     for dev in Device::all_available() {
         let n = 300;
         let p0 = Tensor::randn(&[n], 1.0, 1, DType::F32, &dev).unwrap();
-        let mut params = Params::default();
-        params.insert("layers.0.w", p0.clone()).unwrap();
-        params.insert("layers.0.input_layernorm.weight", p0.clone()).unwrap();
+        let names = ["layers.0.w", "layers.0.input_layernorm.weight"];
+        let mut params = vec![Param::new(p0.clone()), Param::new(p0.clone())];
         let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
-        let mut opt = AdamW::new(cfg.clone());
+        let mut opt = AdamW::new(cfg.clone(), &names);
         let steps = 5;
         let gs: Vec<Tensor> = (0..steps).map(|s| Tensor::randn(&[n], 0.5, 10 + s, DType::F32, &dev).unwrap()).collect();
         for g in &gs {
-            let mut grads = Grads::default();
-            grads.accumulate("layers.0.w", g).unwrap();
-            grads.accumulate("layers.0.input_layernorm.weight", g).unwrap();
-            opt.step(&mut params, &grads, 1e-2).unwrap();
+            step_with(&mut opt, &mut params, &[g.clone(), g.clone()], 1e-2);
         }
         let p0v = p0.to_vec_f64().unwrap();
         let gv: Vec<Vec<f64>> = gs.iter().map(|g| g.to_vec_f64().unwrap()).collect();
-        for (name, wd) in [("layers.0.w", 0.1), ("layers.0.input_layernorm.weight", 0.0)] {
-            let got = params.get(name).unwrap().to_vec_f64().unwrap();
+        for (k, (name, wd)) in [("layers.0.w", 0.1), ("layers.0.input_layernorm.weight", 0.0)].into_iter().enumerate() {
+            let got = params[k].value.to_vec_f64().unwrap();
             for i in 0..n {
                 let hist: Vec<f64> = gv.iter().map(|g| g[i]).collect();
                 let want = torch_adamw(p0v[i], &hist, 1e-2, 0.9, 0.999, 1e-8, wd);
@@ -62,29 +68,30 @@ fn adamw_fused_gpu_matches_cpu() {
         [(0, F32, F32), (1, BF16, F32), (40_000, F32, BF16), (33_000, BF16, BF16), (777, F32, F32), (5, BF16, F32)];
     for dev in Device::all_available().into_iter().filter(|d| !d.is_cpu()) {
         let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
-        let (mut on_cpu, mut on_gpu) = (Params::default(), Params::default());
+        let names: Vec<String> = (0..specs.len()).map(|i| format!("layers.{i}.w")).collect();
+        let (mut on_cpu, mut on_gpu) = (Vec::new(), Vec::new());
         for (i, &(n, pd, _)) in specs.iter().enumerate() {
             let p = Tensor::randn(&[n], 1.0, 40 + i as u64, DType::F32, &Device::Cpu).unwrap().to_dtype(pd).unwrap();
-            on_cpu.insert(format!("layers.{i}.w"), p.clone()).unwrap();
-            on_gpu.insert(format!("layers.{i}.w"), p.to_device(&dev).unwrap()).unwrap();
+            on_cpu.push(Param::new(p.clone()));
+            on_gpu.push(Param::new(p.to_device(&dev).unwrap()));
         }
-        let (mut o_cpu, mut o_gpu) = (AdamW::new(cfg.clone()), AdamW::new(cfg.clone()));
+        let (mut o_cpu, mut o_gpu) = (AdamW::new(cfg.clone(), &names), AdamW::new(cfg.clone(), &names));
         for step in 0..3u64 {
-            let (mut g_cpu, mut g_gpu) = (Grads::default(), Grads::default());
+            let (mut g_cpu, mut g_gpu) = (Vec::new(), Vec::new());
             for (i, &(n, _, gd)) in specs.iter().enumerate() {
                 let g = Tensor::randn(&[n], 0.5, 100 * step + i as u64, DType::F32, &Device::Cpu)
                     .unwrap()
                     .to_dtype(gd)
                     .unwrap();
-                g_cpu.accumulate(&format!("layers.{i}.w"), &g).unwrap();
-                g_gpu.accumulate(&format!("layers.{i}.w"), &g.to_device(&dev).unwrap()).unwrap();
+                g_gpu.push(g.to_device(&dev).unwrap());
+                g_cpu.push(g);
             }
-            o_cpu.step(&mut on_cpu, &g_cpu, 1e-2).unwrap();
-            o_gpu.step(&mut on_gpu, &g_gpu, 1e-2).unwrap();
+            step_with(&mut o_cpu, &mut on_cpu, &g_cpu, 1e-2);
+            step_with(&mut o_gpu, &mut on_gpu, &g_gpu, 1e-2);
         }
         for (i, &(n, pd, gd)) in specs.iter().enumerate() {
-            let name = format!("layers.{i}.w");
-            let (want, got) = (on_cpu.get(&name).unwrap(), on_gpu.get(&name).unwrap());
+            let name = &names[i];
+            let (want, got) = (&on_cpu[i].value, &on_gpu[i].value);
             assert_eq!((got.dtype(), got.shape()), (pd, &vec![n]), "{name} keeps dtype and shape");
             let (w, g) = (want.to_vec_f64().unwrap(), got.to_vec_f64().unwrap());
             // One step of the stored dtype's rounding (a bf16 ulp is at most 2^-7 of the value; f32
@@ -107,46 +114,54 @@ fn adamw_fused_gpu_matches_cpu() {
 #[test]
 fn adamw_minimises_a_quadratic() {
     let target = Tensor::randn(&[50], 2.0, 3, DType::F32, &Device::Cpu).unwrap();
-    let mut params = Params::default();
-    params.insert("x", Tensor::zeros(&[50], DType::F32, &Device::Cpu).unwrap()).unwrap();
-    let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() });
+    let mut params = vec![Param::new(Tensor::zeros(&[50], DType::F32, &Device::Cpu).unwrap())];
+    let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() }, &["x"]);
     let sched = Schedule::WarmupCosine { peak: 0.1, warmup: 10, total: 400, min_ratio: 0.01 };
-    let loss = |p: &Params| {
-        let x = p.get("x").unwrap().to_vec_f64().unwrap();
+    let loss = |p: &[Param]| {
+        let x = p[0].value.to_vec_f64().unwrap();
         let t = target.to_vec_f64().unwrap();
         x.iter().zip(&t).map(|(a, b)| (a - b) * (a - b)).sum::<f64>()
     };
     let l0 = loss(&params);
     for s in 0..400 {
-        let x = params.get("x").unwrap();
+        let x = &params[0].value;
         let g = tensor::ops::elementwise::scale(&tensor::ops::elementwise::sub(x, &target).unwrap(), 2.0).unwrap();
-        let mut grads = Grads::default();
-        grads.accumulate("x", &g).unwrap();
-        opt.step(&mut params, &grads, sched.lr(s)).unwrap();
+        step_with(&mut opt, &mut params, &[g], sched.lr(s));
     }
     assert!(loss(&params) < 1e-4 * l0, "loss {} from {l0}", loss(&params));
 }
 
 #[test]
 fn clipping_scales_to_max_norm() {
-    let mut grads = Grads::default();
-    grads.accumulate("a", &Tensor::from_vec(vec![3.0f32, 0.0], &[2]).unwrap()).unwrap();
-    grads.accumulate("b", &Tensor::from_vec(vec![4.0f32], &[1]).unwrap()).unwrap();
-    let n = clip_grad_norm(&mut grads, 1.0).unwrap();
+    let param = |g: Vec<f32>| {
+        let n = g.len();
+        let mut p = Param::new(Tensor::zeros(&[n], DType::F32, &Device::Cpu).unwrap());
+        p.accumulate_grad(&Tensor::from_vec(g, &[n]).unwrap()).unwrap();
+        p
+    };
+    // A parameter without a gradient counts 0 and stays without one.
+    let (mut a, mut b, mut c) =
+        (param(vec![3.0, 0.0]), param(vec![4.0]), Param::new(Tensor::zeros(&[2], DType::F32, &Device::Cpu).unwrap()));
+    let mut ps = [&mut a, &mut b, &mut c];
+    let n = clip_grad_norm(&mut ps, 1.0).unwrap();
     assert!((n - 5.0).abs() < 1e-6);
-    assert!((grads.global_norm().unwrap() - 1.0).abs() < 1e-5);
-    let n2 = clip_grad_norm(&mut grads, 10.0).unwrap();
-    assert!((grads.global_norm().unwrap() - n2).abs() < 1e-9, "no clipping under the limit");
+    assert!((grad_norm(&ps).unwrap() - 1.0).abs() < 1e-5);
+    assert_eq!(ps[0].grad.as_ref().unwrap().to_vec::<f32>().unwrap()[0], (3.0 / (5.0 + 1e-6)) as f32);
+    let n2 = clip_grad_norm(&mut ps, 10.0).unwrap();
+    assert!((grad_norm(&ps).unwrap() - n2).abs() < 1e-9, "no clipping under the limit");
+    assert!(ps[2].grad.is_none());
 }
 
 #[test]
 fn accumulation_sums_and_rejects_shape_change() {
-    let mut g = Grads::default();
-    g.accumulate("w", &Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap()).unwrap();
-    g.accumulate("w", &Tensor::from_vec(vec![0.5f32, -1.0], &[2]).unwrap()).unwrap();
-    assert_eq!(g.get("w").unwrap().to_vec::<f32>().unwrap(), vec![1.5, 1.0]);
-    let e = g.accumulate("w", &Tensor::from_vec(vec![1.0f32], &[1]).unwrap()).unwrap_err().to_string();
-    assert!(e.contains("\"w\"") && e.contains("[1]") && e.contains("[2]"), "{e}");
+    let mut g = Param::new(Tensor::zeros(&[2], DType::F32, &Device::Cpu).unwrap());
+    g.accumulate_grad(&Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap()).unwrap();
+    g.accumulate_grad(&Tensor::from_vec(vec![0.5f32, -1.0], &[2]).unwrap()).unwrap();
+    assert_eq!(g.grad.as_ref().unwrap().to_vec::<f32>().unwrap(), vec![1.5, 1.0]);
+    let e = g.accumulate_grad(&Tensor::from_vec(vec![1.0f32], &[1]).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("[1]") && e.contains("[2]"), "{e}");
+    g.zero_grad();
+    assert!(g.grad.is_none());
 }
 
 proptest! {
@@ -170,43 +185,37 @@ proptest! {
 fn resume_from_saved_state_is_exact() {
     let dir = std::env::temp_dir().join(format!("optim-test-{}", std::process::id()));
     let path = dir.join("optimizer.safetensors");
-    let grads_at = |s: u64| {
-        let mut g = Grads::default();
-        g.accumulate("w", &Tensor::randn(&[64], 1.0, 100 + s, DType::F32, &Device::Cpu).unwrap()).unwrap();
-        g
-    };
-    let init = || {
-        let mut p = Params::default();
-        p.insert("w", Tensor::randn(&[64], 1.0, 7, DType::F32, &Device::Cpu).unwrap()).unwrap();
-        p
-    };
+    let grads_at = |s: u64| [Tensor::randn(&[64], 1.0, 100 + s, DType::F32, &Device::Cpu).unwrap()];
+    let init = || vec![Param::new(Tensor::randn(&[64], 1.0, 7, DType::F32, &Device::Cpu).unwrap())];
+    let new = || AdamW::new(AdamWConfig::default(), &["w"]);
     // Uninterrupted: 6 steps.
     let mut p1 = init();
-    let mut o1 = AdamW::new(AdamWConfig::default());
+    let mut o1 = new();
     for s in 0..6 {
-        o1.step(&mut p1, &grads_at(s), 1e-2).unwrap();
+        step_with(&mut o1, &mut p1, &grads_at(s), 1e-2);
     }
     // Interrupted after 3: save, load into a fresh optimizer, continue.
     let mut p2 = init();
-    let mut o2 = AdamW::new(AdamWConfig::default());
+    let mut o2 = new();
     for s in 0..3 {
-        o2.step(&mut p2, &grads_at(s), 1e-2).unwrap();
+        step_with(&mut o2, &mut p2, &grads_at(s), 1e-2);
     }
     o2.save(&path).unwrap();
-    let mut o3 = AdamW::new(AdamWConfig::default());
-    o3.load(&path, &p2, &Device::Cpu).unwrap();
+    let mut o3 = new();
+    o3.load(&path, &[&p2[0]]).unwrap();
     assert_eq!(o3.step, 3);
     for s in 3..6 {
-        o3.step(&mut p2, &grads_at(s), 1e-2).unwrap();
+        step_with(&mut o3, &mut p2, &grads_at(s), 1e-2);
     }
-    assert_eq!(p1.get("w").unwrap().to_vec::<f32>().unwrap(), p2.get("w").unwrap().to_vec::<f32>().unwrap());
+    assert_eq!(p1[0].value.to_vec::<f32>().unwrap(), p2[0].value.to_vec::<f32>().unwrap());
     // A state file for other parameters is refused with the file and tensor named.
-    let mut other = Params::default();
-    other.insert("w", Tensor::zeros(&[3], DType::F32, &Device::Cpu).unwrap()).unwrap();
-    let e = AdamW::new(AdamWConfig::default()).load(&path, &other, &Device::Cpu).unwrap_err().to_string();
+    let other = Param::new(Tensor::zeros(&[3], DType::F32, &Device::Cpu).unwrap());
+    let e = new().load(&path, &[&other]).unwrap_err().to_string();
     assert!(e.contains("optimizer.safetensors") && e.contains("exp_avg"), "{e}");
+    let e = AdamW::new(AdamWConfig::default(), &["v"]).load(&path, &[&p2[0]]).unwrap_err().to_string();
+    assert!(e.contains("unknown parameter \"w\""), "{e}");
     std::fs::write(&path, b"not a safetensors file").unwrap();
-    let e = AdamW::new(AdamWConfig::default()).load(&path, &p2, &Device::Cpu).unwrap_err().to_string();
+    let e = new().load(&path, &[&p2[0]]).unwrap_err().to_string();
     assert!(e.contains("optimizer.safetensors"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -219,16 +228,13 @@ fn adamw_bf16_weights_on_every_device() {
     for dev in Device::all_available() {
         let n = 200;
         let p0 = Tensor::randn(&[n], 1.0, 4, DType::F32, &dev).unwrap().to_dtype(DType::BF16).unwrap();
-        let mut params = Params::default();
-        params.insert("layers.0.w", p0.clone()).unwrap();
-        let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() });
+        let mut params = vec![Param::new(p0.clone())];
+        let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() }, &["layers.0.w"]);
         let gs: Vec<Tensor> = (0..4).map(|s| Tensor::randn(&[n], 0.5, 20 + s, DType::F32, &dev).unwrap()).collect();
         for g in &gs {
-            let mut grads = Grads::default();
-            grads.accumulate("layers.0.w", &g.to_dtype(DType::BF16).unwrap()).unwrap();
-            opt.step(&mut params, &grads, 1e-2).unwrap();
+            step_with(&mut opt, &mut params, &[g.to_dtype(DType::BF16).unwrap()], 1e-2);
         }
-        let got = params.get("layers.0.w").unwrap();
+        let got = &params[0].value;
         assert_eq!(got.dtype(), DType::BF16, "{dev:?}: weights stay bf16");
         let got = got.to_vec_f64().unwrap();
         let p0v = p0.to_vec_f64().unwrap();

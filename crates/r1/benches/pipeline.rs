@@ -19,7 +19,7 @@ fn pipeline(c: &mut Criterion) {
             stream.batch(step).unwrap()
         })
     });
-    let (model, _) = init_scaled(&cfg.model, 0, cfg.embed_std, 0, &Device::Cpu).unwrap();
+    let model = init_scaled(&cfg.model, 0, cfg.embed_std, 0, &Device::Cpu).unwrap();
     let problems = stream.corpus.task.test_problems(32, 1).unwrap();
     g.sample_size(10);
     g.throughput(Throughput::Elements(32));

@@ -15,8 +15,7 @@ fn step(c: &mut Criterion) {
         "bench",
     )
     .unwrap();
-    let (m, mtp) = init_scaled(&cfg, 1, 0.3, 0, &Device::Cpu).unwrap();
-    let mut t = LmTrainer::new(m, mtp, TrainConfig::default()).unwrap();
+    let mut t = LmTrainer::new(init_scaled(&cfg, 1, 0.3, 0, &Device::Cpu).unwrap(), TrainConfig::default()).unwrap();
     let (rows, seq) = (8, 128);
     let ids: Vec<u32> = (0..rows * seq).map(|i| ((i * 7 + i / 13) % 64) as u32).collect();
     let targets = (0..rows * seq).map(|i| if i % 32 == 31 { -100 } else { ids[i + 1] as i64 }).collect();

@@ -6,8 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use model::checkpoint::load_mtp;
-use model::{DeepseekV3, DeepseekV3Config};
+use model::lm::CausalLm;
 use serde::{Deserialize, Serialize};
 use tensor::{DType, Device};
 
@@ -20,6 +19,9 @@ const PREFIX: &str = "checkpoint-";
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainerState {
     pub step: usize,
+    /// Steps the non-finite guard skipped.
+    #[serde(default)]
+    pub skipped: usize,
     pub train: TrainConfig,
     /// Caller state (data position, seeds, metrics so far …).
     pub extra: serde_json::Value,
@@ -50,15 +52,17 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<(usize, PathBuf)>> {
 }
 
 /// Write `trainer` (and `extra`, and the files `write_more` adds to the directory) as
-/// `out/checkpoint-{step}`, atomically; keep the newest `keep` checkpoints.
-pub fn save_checkpoint(
-    trainer: &LmTrainer,
+/// `out/checkpoint-{step}`, atomically; keep the newest `keep` checkpoints. A parameter holding a
+/// non-finite value is an error, and nothing is written.
+pub fn save_checkpoint<M: CausalLm>(
+    trainer: &LmTrainer<M>,
     out: &Path,
     extra: serde_json::Value,
     keep: usize,
     write_more: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     let dst = out.join(format!("{PREFIX}{:06}", trainer.step));
+    check_finite(&trainer.model, &dst)?;
     let tmp = out.join(format!(".tmp-{PREFIX}{:06}", trainer.step));
     std::fs::create_dir_all(out).map_err(io(out))?;
     // Half-written checkpoints of a killed run are never resumed from: clear them.
@@ -69,10 +73,10 @@ pub fn save_checkpoint(
         }
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    trainer.model.save_pretrained_with_mtp(&tmp, &trainer.mtp)?;
+    trainer.model.save_pretrained(&tmp)?;
     trainer.opt.save(&tmp.join("optimizer.safetensors"))?;
     write_more(&tmp)?;
-    let state = TrainerState { step: trainer.step, train: trainer.cfg.clone(), extra };
+    let state = TrainerState { step: trainer.step, skipped: trainer.skipped, train: trainer.cfg.clone(), extra };
     let text = serde_json::to_string_pretty(&state).map_err(|e| state_err(&tmp, e))?;
     optim::atomic_write(&tmp.join("trainer_state.json"), text.as_bytes())?;
     if dst.exists() {
@@ -86,24 +90,33 @@ pub fn save_checkpoint(
     Ok(dst)
 }
 
+/// Every parameter of `model` finite? (Else the error names the first that is not.)
+pub fn check_finite<M: CausalLm>(model: &M, path: &Path) -> Result<()> {
+    for (name, p) in model.params() {
+        if p.value.to_vec_f64()?.iter().any(|x| !x.is_finite()) {
+            return Err(SftError::NonFiniteParam { path: path.display().to_string(), name });
+        }
+    }
+    Ok(())
+}
+
 fn state_err(path: &Path, e: impl std::fmt::Display) -> SftError {
     SftError::State { path: path.display().to_string(), detail: e.to_string() }
 }
 
-/// Rebuild a trainer from a checkpoint directory: weights, MTP, optimizer state and step.
+/// Rebuild a trainer from a checkpoint directory: weights (MTP included), optimizer state, step.
 /// Returns the caller's `extra` state too.
-pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<(LmTrainer, serde_json::Value)> {
+pub fn load_checkpoint<M: CausalLm>(dir: &Path, device: &Device) -> Result<(LmTrainer<M>, serde_json::Value)> {
     let path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| state_err(&path, e))?;
-    let model = DeepseekV3::from_pretrained(dir, DType::F32, device)?;
-    let mtp = load_mtp(dir, DType::F32, device)?;
-    let mut cfg: DeepseekV3Config = model.cfg.clone();
-    cfg.num_nextn_predict_layers = 0;
-    let model = DeepseekV3 { cfg, ..model };
-    let mut t = LmTrainer::new(model, mtp, state.train)?;
-    let p = t.params()?;
-    t.opt.load(&dir.join("optimizer.safetensors"), &p, device)?;
+    let model = M::from_pretrained(dir, DType::F32, device)?;
+    let mut t = LmTrainer::new(model, state.train)?;
+    {
+        let params: Vec<&tensor::Param> = t.model.params().into_iter().map(|(_, p)| p).collect();
+        t.opt.load(&dir.join("optimizer.safetensors"), &params)?;
+    }
     t.step = state.step;
+    t.skipped = state.skipped;
     Ok((t, state.extra))
 }

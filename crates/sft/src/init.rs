@@ -3,7 +3,6 @@
 //! weights 1, MoE biases 0. (GPT-2's fixed 0.02 does not learn to copy tokens at widths 64–128;
 //! see the project's miniature notes.)
 
-use model::mtp::Mtp;
 use model::{DeepseekV3, DeepseekV3Config};
 use optim::Params;
 use tensor::{DType, Device, Tensor};
@@ -15,25 +14,20 @@ fn name_seed(seed: u64, name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// A fresh model (and `mtp_layers` MTP modules) with fan-in scaled weights and embeddings of
-/// standard deviation `embed_std`.
+/// A fresh model (with `mtp_layers` MTP modules, which share its embedding and head) with
+/// fan-in scaled weights and embeddings of standard deviation `embed_std`.
 pub fn init_scaled(
     cfg: &DeepseekV3Config,
     mtp_layers: usize,
     embed_std: f64,
     seed: u64,
     dev: &Device,
-) -> Result<(DeepseekV3, Vec<Mtp>)> {
+) -> Result<DeepseekV3> {
+    let mut cfg = cfg.clone();
+    cfg.num_nextn_predict_layers = mtp_layers;
     let m = DeepseekV3::init(cfg.clone(), 1.0, seed, DType::F32, dev)?;
-    let mtp: Vec<Mtp> = (0..mtp_layers)
-        .map(|k| Mtp::init(cfg, 1.0, seed + 1000 + k as u64, DType::F32, dev))
-        .collect::<model::Result<_>>()?;
-    let mut named = m.named_parameters();
-    for (k, t) in mtp.iter().enumerate() {
-        named.extend(t.named(cfg.num_hidden_layers + k));
-    }
     let mut p = Params::default();
-    for (name, t) in named {
+    for (name, t) in m.state_dict() {
         let fresh = if name.ends_with("e_score_correction_bias") {
             Tensor::zeros(t.shape(), DType::F32, dev)?
         } else if t.shape().len() == 1 {
@@ -46,7 +40,5 @@ pub fn init_scaled(
         };
         p.insert(name, fresh)?;
     }
-    let model = DeepseekV3::load(cfg.clone(), &p)?;
-    let mtp = (0..mtp_layers).map(|k| Mtp::load(cfg, &p, cfg.num_hidden_layers + k)).collect::<model::Result<_>>()?;
-    Ok((model, mtp))
+    Ok(DeepseekV3::load(cfg, &p)?)
 }

@@ -1,9 +1,10 @@
-//! # sft — causal-LM training of the DeepSeek-V3 model
+//! # sft — causal-LM training of any [`model::CausalLm`] (DeepSeek-V3 by default)
 //!
 //! One trainer for pretraining and supervised fine-tuning: both minimise next-token
 //! cross-entropy over packed rows; SFT only masks the prompt tokens out of the targets.
-//! A step is forward → LM loss (+ λ·MTP loss, V3 §2.2; + the sequence-wise balance loss, eq. 17)
-//! → backward → clip → AdamW → the auxiliary-loss-free bias update of every MoE layer (§2.1.2).
+//! A step is forward → LM loss (+ the architecture's own losses: for V3 λ·MTP, §2.2, and the
+//! sequence-wise balance loss, eq. 17) → backward into the parameters' gradient slots → clip →
+//! non-finite guard → AdamW in place → the auxiliary-loss-free bias update (§2.1.2).
 //! Checkpoints are directories written atomically (temp dir + rename) holding the model in the
 //! Hugging Face layout, the optimizer state and the trainer state, so a killed run resumes.
 
@@ -13,7 +14,7 @@ pub mod trainer;
 
 pub use checkpoint::{latest_checkpoint, save_checkpoint};
 pub use init::init_scaled;
-pub use trainer::{LmBatch, LmTrainer, StepStats, TrainConfig};
+pub use trainer::{LmBatch, LmTrainer, OnNonFinite, StepStats, TrainConfig};
 
 /// Errors of the sft crate.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,10 @@ pub enum SftError {
     Batch { field: &'static str, detail: String },
     #[error("train config: field {field}: {detail}")]
     Config { field: &'static str, detail: String },
+    #[error("step {step}: {what} is {value} (non-finite); the run stops (on_nonfinite = \"stop\")")]
+    NonFinite { step: usize, what: &'static str, value: f64 },
+    #[error("{path}: parameter {name:?} holds a non-finite value; no checkpoint is written")]
+    NonFiniteParam { path: String, name: String },
 }
 
 /// Shorthand result type.

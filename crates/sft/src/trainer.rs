@@ -1,10 +1,10 @@
 //! The training step (forward and backward of the whole model, MTP included) and its settings.
 
 use fp8::LinearPrecision;
-use model::mtp::{Mtp, mtp_loss_with_targets, mtp_targets_packed};
-use model::{DeepseekV3, Ffn, lm_loss};
-use moe_router::balance::{max_vio, update_bias};
-use optim::{AdamW, AdamWConfig, Grads, Params, Schedule, clip_grad_norm};
+use model::lm::{AuxOptions, CausalLm, ExpertLoads, TokenBatch};
+use model::{DeepseekV3, lm_loss};
+use moe_router::balance::max_vio;
+use optim::{AdamW, AdamWConfig, Schedule, clip_grad_norm, grad_norm};
 use serde::{Deserialize, Serialize};
 use tensor::ops::attention::AttnMask;
 
@@ -36,6 +36,21 @@ pub struct TrainConfig {
     /// gradient, weight gradient — on E4M3 operands with 1×128 / 128×128 scales; master weights,
     /// optimizer state, embedding, head, gate, norms and attention core stay f32.
     pub fp8: bool,
+    /// What a non-finite loss or gradient norm does: skip the update (counted), or stop the run
+    /// with an error naming the step.
+    pub on_nonfinite: OnNonFinite,
+}
+
+/// The non-finite guard's action (checked before every optimizer step).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    /// Drop the step's gradients, leave the parameters, optimizer and biases as they were, count
+    /// the step in [`StepStats::skipped`] (mixed-precision loss scalers do the same).
+    #[default]
+    Skip,
+    /// Stop with [`SftError::NonFinite`].
+    Stop,
 }
 
 impl Default for TrainConfig {
@@ -52,6 +67,7 @@ impl Default for TrainConfig {
             mtp_lambda: 0.3,
             bias_update_speed: 0.001,
             fp8: false,
+            on_nonfinite: OnNonFinite::Skip,
         }
     }
 }
@@ -97,7 +113,7 @@ impl TrainConfig {
         }
     }
 
-    fn adamw(&self) -> AdamWConfig {
+    pub(crate) fn adamw(&self) -> AdamWConfig {
         AdamWConfig { beta1: self.beta1, beta2: self.beta2, weight_decay: self.weight_decay, ..Default::default() }
     }
 }
@@ -153,6 +169,18 @@ impl LmBatch {
     pub fn n_targets(&self) -> usize {
         self.targets.iter().filter(|&&t| t != IGNORE).count()
     }
+
+    /// The tokens as the model reads them.
+    pub fn tokens(&self) -> TokenBatch {
+        TokenBatch {
+            ids: self.ids.clone(),
+            positions: self.positions.clone(),
+            segment_ids: self.segment_ids.clone(),
+            key_padding: None,
+            b: self.b,
+            s: self.s,
+        }
+    }
 }
 
 /// What one step measured.
@@ -173,135 +201,92 @@ pub struct StepStats {
     pub max_vio: f64,
     /// Targets that counted.
     pub tokens: usize,
+    /// Steps skipped so far by the non-finite guard (this one included when it was skipped).
+    #[serde(default)]
+    pub skipped: usize,
 }
 
-/// `(layer index, routed tokens per expert)` of every MoE layer for one batch; the MTP module's
-/// block is layer `num_hidden_layers` (its checkpoint index).
-pub type MoeLoads = Vec<(usize, Vec<usize>)>;
-
-/// A model, its MTP modules and its optimizer.
-pub struct LmTrainer {
-    pub model: DeepseekV3,
-    pub mtp: Vec<Mtp>,
+/// A causal LM and its optimizer: pretraining and SFT of any [`CausalLm`].
+pub struct LmTrainer<M: CausalLm = DeepseekV3> {
+    pub model: M,
     pub opt: AdamW,
     pub cfg: TrainConfig,
-    /// Steps taken.
+    /// Steps taken (skipped ones included: the data position follows it).
     pub step: usize,
+    /// Steps the non-finite guard skipped.
+    pub skipped: usize,
 }
 
-impl LmTrainer {
-    /// A trainer at step 0 (MTP uses the first module only: depth 1, as V3).
-    pub fn new(model: DeepseekV3, mtp: Vec<Mtp>, cfg: TrainConfig) -> Result<LmTrainer> {
+impl<M: CausalLm> LmTrainer<M> {
+    /// A trainer at step 0; the model's linear layers are put in the configured precision.
+    pub fn new(mut model: M, cfg: TrainConfig) -> Result<LmTrainer<M>> {
         cfg.validate()?;
-        let opt = AdamW::new(cfg.adamw());
-        let mut t = LmTrainer { model, mtp, opt, cfg, step: 0 };
-        t.apply_precision();
-        Ok(t)
+        model.set_precision(if cfg.fp8 { LinearPrecision::Fp8 } else { LinearPrecision::F32 });
+        let names: Vec<String> = model.params().into_iter().map(|(n, _)| n).collect();
+        let opt = AdamW::new(cfg.adamw(), &names);
+        Ok(LmTrainer { model, opt, cfg, step: 0, skipped: 0 })
     }
 
-    /// Put every linear layer (model and MTP) in the configured precision.
-    fn apply_precision(&mut self) {
-        let p = if self.cfg.fp8 { LinearPrecision::Fp8 } else { LinearPrecision::F32 };
-        self.model.set_linear_precision(p);
-        for m in &mut self.mtp {
-            m.set_linear_precision(p);
-        }
-    }
-
-    /// Every parameter (model, then MTP) by HF name.
-    pub fn params(&self) -> Result<Params> {
-        let mut p = Params::default();
-        for (n, t) in self.model.named_parameters() {
-            p.insert(n, t)?;
-        }
-        for (k, m) in self.mtp.iter().enumerate() {
-            for (n, t) in m.named(self.model.cfg.num_hidden_layers + k) {
-                p.insert(n, t)?;
-            }
-        }
-        Ok(p)
-    }
-
-    /// Rebuild the model and MTP from `p`.
-    pub fn set_params(&mut self, p: &Params) -> Result<()> {
-        let cfg = self.model.cfg.clone();
-        self.model = DeepseekV3::load(cfg.clone(), p)?;
-        self.mtp =
-            (0..self.mtp.len()).map(|k| Mtp::load(&cfg, p, cfg.num_hidden_layers + k)).collect::<model::Result<_>>()?;
-        // A reload starts every linear layer in f32.
-        self.apply_precision();
-        Ok(())
-    }
-
-    /// The loss, the gradient of every parameter and each MoE layer's expert loads for `batch`
-    /// (no update).
-    pub fn loss_and_grads(&self, batch: &LmBatch) -> Result<(StepStats, Grads, MoeLoads)> {
-        batch.validate(self.model.cfg.vocab_size)?;
-        let (b, s) = (batch.b, batch.s);
-        let mask = batch.mask();
-        let (logits, saved) = self.model.forward(&batch.ids, b, s, &batch.positions, &mask)?;
+    /// The loss of `batch` with every parameter's gradient left in its slot (slots cleared
+    /// first), and each MoE layer's expert loads (no update).
+    pub fn loss_and_grads(&mut self, batch: &LmBatch) -> Result<(StepStats, ExpertLoads)> {
+        batch.validate(self.model.vocab_size())?;
+        self.model.zero_grad();
+        let tokens = batch.tokens();
+        let (logits, mut saved) = self.model.forward(&tokens)?;
         let (loss, dlogits) = lm_loss(&logits, &batch.targets, IGNORE)?;
-        let mut grads = Grads::default();
-        let mut mtp_loss = 0.0;
-        let (mut mtp_balance, mut mtp_load) = (0.0, None);
-        let d_hidden = match self.mtp.first() {
-            Some(m) if self.cfg.mtp_lambda > 0.0 && s >= 2 => {
-                let eps = self.model.cfg.rms_norm_eps;
-                let (ml, msv) = m.forward(&saved, &batch.ids, (b, s), &batch.positions, &mask, eps)?;
-                mtp_balance = msv.balance_loss();
-                mtp_load = msv.moe_load().map(<[usize]>::to_vec);
-                let t = mtp_targets_packed(&batch.targets, b, s, IGNORE);
-                if t.iter().any(|&x| x != IGNORE) {
-                    let (l, dml) = mtp_loss_with_targets(&ml, &t, self.cfg.mtp_lambda)?;
-                    mtp_loss = l;
-                    Some(m.backward(&msv, &dml, &mut grads, self.model.cfg.num_hidden_layers)?)
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        };
-        self.model.backward_with_hidden(&saved, &dlogits, d_hidden.as_ref(), &mut grads)?;
-        let vios: Vec<f64> = saved.moe_loads.iter().map(|(_, l)| max_vio(l)).collect();
+        drop(logits);
+        let aux = self.model.aux_losses(
+            &mut saved,
+            &tokens,
+            &batch.targets,
+            &AuxOptions { mtp_lambda: self.cfg.mtp_lambda },
+        )?;
+        let loads = self.model.expert_loads(&saved);
+        self.model.backward(saved, Some(&dlogits), None)?;
+        let vios: Vec<f64> = loads.iter().map(|(_, l)| max_vio(l)).collect();
         let stats = StepStats {
             step: self.step + 1,
             loss,
-            mtp_loss,
-            balance_loss: saved.balance_loss + mtp_balance,
+            mtp_loss: aux.mtp_loss,
+            balance_loss: aux.balance_loss,
             grad_norm: 0.0,
             lr: self.cfg.schedule().lr(self.step),
             max_vio: if vios.is_empty() { 0.0 } else { vios.iter().sum::<f64>() / vios.len() as f64 },
             tokens: batch.n_targets(),
+            skipped: self.skipped,
         };
-        let mut loads = saved.moe_loads;
-        if let Some(l) = mtp_load {
-            loads.push((self.model.cfg.num_hidden_layers, l));
-        }
-        Ok((stats, grads, loads))
+        Ok((stats, loads))
     }
 
-    /// One optimisation step on `batch`.
+    /// One optimisation step on `batch`: forward, backward, clip, the non-finite guard, AdamW
+    /// (parameters updated in place), the aux-loss-free bias update.
     pub fn step(&mut self, batch: &LmBatch) -> Result<StepStats> {
-        let (mut stats, mut grads, loads) = self.loss_and_grads(batch)?;
+        let (mut stats, loads) = self.loss_and_grads(batch)?;
+        let mut params = self.model.params_mut();
         stats.grad_norm = if self.cfg.max_grad_norm > 0.0 {
-            clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?
+            clip_grad_norm(&mut params, self.cfg.max_grad_norm)?
         } else {
-            grads.global_norm()?
+            grad_norm(&params)?
         };
-        let mut p = self.params()?;
-        self.opt.step(&mut p, &grads, stats.lr)?;
-        self.set_params(&p)?;
-        if self.cfg.bias_update_speed > 0.0 {
-            let main = self.model.layers.len();
-            for (layer, load) in &loads {
-                let ffn = match layer.checked_sub(main) {
-                    None => &mut self.model.layers[*layer].mlp,
-                    Some(k) => &mut self.mtp[k].block.mlp,
-                };
-                if let Ffn::Moe(moe) = ffn {
-                    update_bias(moe, load, self.cfg.bias_update_speed)?;
-                }
+        let bad = [("loss", stats.loss), ("mtp_loss", stats.mtp_loss), ("grad_norm", stats.grad_norm)]
+            .into_iter()
+            .find(|(_, v)| !v.is_finite());
+        if let Some((what, value)) = bad {
+            params.iter_mut().for_each(|p| p.zero_grad());
+            if self.cfg.on_nonfinite == OnNonFinite::Stop {
+                return Err(SftError::NonFinite { step: self.step + 1, what, value });
             }
+            self.skipped += 1;
+            self.step += 1;
+            stats.skipped = self.skipped;
+            return Ok(stats);
+        }
+        self.opt.step(&mut params, stats.lr)?;
+        params.iter_mut().for_each(|p| p.zero_grad());
+        drop(params);
+        if self.cfg.bias_update_speed > 0.0 {
+            self.model.update_expert_bias(&loads, self.cfg.bias_update_speed)?;
         }
         self.step += 1;
         Ok(stats)
@@ -309,8 +294,8 @@ impl LmTrainer {
 
     /// Summed next-token cross-entropy and the number of targets over `batch` (no MTP).
     pub fn eval_loss(&self, batch: &LmBatch) -> Result<(f64, usize)> {
-        batch.validate(self.model.cfg.vocab_size)?;
-        let (logits, _) = self.model.forward(&batch.ids, batch.b, batch.s, &batch.positions, &batch.mask())?;
+        batch.validate(self.model.vocab_size())?;
+        let (logits, _) = self.model.forward(&batch.tokens())?;
         let (mean, _) = lm_loss(&logits, &batch.targets, IGNORE)?;
         let n = batch.n_targets();
         Ok((mean * n as f64, n))

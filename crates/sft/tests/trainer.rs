@@ -22,8 +22,18 @@ fn cfg(alpha: f64) -> DeepseekV3Config {
 
 fn trainer(alpha: f64, tc: TrainConfig) -> LmTrainer {
     let c = cfg(alpha);
-    let (m, mtp) = init_scaled(&c, 1, 0.3, 3, &Device::Cpu).unwrap();
-    LmTrainer::new(m, mtp, tc).unwrap()
+    LmTrainer::new(init_scaled(&c, 1, 0.3, 3, &Device::Cpu).unwrap(), tc).unwrap()
+}
+
+/// The loss stats and every parameter's gradient (by name) of `batch`.
+fn loss_and_grads(t: &mut LmTrainer, b: &LmBatch) -> (sft::StepStats, Vec<(String, Option<tensor::Tensor>)>) {
+    let (s, _) = t.loss_and_grads(b).unwrap();
+    (s, t.model.params().into_iter().map(|(n, p)| (n, p.grad.clone())).collect())
+}
+
+/// The tensor a checkpoint would hold under `name` (parameters and MoE biases).
+fn state(t: &LmTrainer, name: &str) -> Vec<f32> {
+    t.model.state_dict().into_iter().find(|(n, _)| n == name).unwrap().1.to_vec::<f32>().unwrap()
 }
 
 /// Rows of documents → a batch (next-token targets inside each document).
@@ -50,22 +60,34 @@ fn doc(seed: u32, n: usize) -> Vec<u32> {
 
 #[test]
 fn packed_documents_train_exactly_like_separate_rows() {
-    // Property: packing two documents into one row with segment ids (attention, positions and
-    // both the next-token and MTP targets stay inside each document) gives the loss and every
-    // gradient of the same two documents as separate rows.
-    let t = trainer(0.0, TrainConfig::default());
+    // Property: packing two documents into one row with segment ids (attention, positions,
+    // both the next-token and MTP targets, and the balance loss stay inside each document) gives
+    // the loss and every gradient of the same two documents as separate rows.
+    // The sequence-wise balance loss is on (α = 0.01): it too is computed per document.
+    let mut t = trainer(1e-2, TrainConfig::default());
     let (a, b) = (doc(1, 9), doc(2, 9));
     let packed = batch(&[vec![a.clone(), b.clone()]]);
     let separate = batch(&[vec![a], vec![b]]);
-    let (sp, gp, _) = t.loss_and_grads(&packed).unwrap();
-    let (ss, gs, _) = t.loss_and_grads(&separate).unwrap();
+    let (sp, gp) = loss_and_grads(&mut t, &packed);
+    let (ss, gs) = loss_and_grads(&mut t, &separate);
     assert_eq!(sp.tokens, ss.tokens);
+    assert!(ss.balance_loss > 0.0);
+    assert!(
+        (sp.balance_loss - ss.balance_loss).abs() < 1e-9 * ss.balance_loss,
+        "{} vs {}",
+        sp.balance_loss,
+        ss.balance_loss
+    );
     assert!((sp.loss - ss.loss).abs() < 1e-5 * ss.loss, "{} vs {}", sp.loss, ss.loss);
     assert!(ss.mtp_loss > 0.0);
     assert!((sp.mtp_loss - ss.mtp_loss).abs() < 1e-5 * ss.mtp_loss, "{} vs {}", sp.mtp_loss, ss.mtp_loss);
     let mut n = 0;
-    for (name, g) in gs.iter() {
-        let (x, y) = (gp.get(name).unwrap().to_vec::<f32>().unwrap(), g.to_vec::<f32>().unwrap());
+    for ((name, g), (_, gp)) in gs.iter().zip(&gp) {
+        let (Some(g), Some(gp)) = (g, gp) else {
+            assert!(g.is_none() && gp.is_none(), "{name}: a gradient in one layout only");
+            continue;
+        };
+        let (x, y) = (gp.to_vec::<f32>().unwrap(), g.to_vec::<f32>().unwrap());
         let num: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
         let den: f32 = y.iter().map(|b| b * b).sum::<f32>().sqrt();
         assert!(num <= 1e-4 * den + 1e-7, "{name}: |Δ| {num} vs |g| {den}");
@@ -78,12 +100,12 @@ fn packed_documents_train_exactly_like_separate_rows() {
 fn cross_document_attention_would_change_the_loss() {
     // The segment mask matters: the same packed row without segment ids lets the second
     // document see the first, which changes its loss (so the test above can fail).
-    let t = trainer(0.0, TrainConfig::default());
+    let mut t = trainer(0.0, TrainConfig::default());
     let packed = batch(&[vec![doc(1, 9), doc(2, 9)]]);
     let mut open = packed.clone();
     open.segment_ids = None;
-    let (a, _, _) = t.loss_and_grads(&packed).unwrap();
-    let (b, _, _) = t.loss_and_grads(&open).unwrap();
+    let (a, _) = t.loss_and_grads(&packed).unwrap();
+    let (b, _) = t.loss_and_grads(&open).unwrap();
     assert!((a.loss - b.loss).abs() > 1e-4, "{} vs {}", a.loss, b.loss);
 }
 
@@ -92,23 +114,22 @@ fn loss_falls_and_bias_balancing_runs() {
     let tc = TrainConfig { lr: 1e-2, warmup_steps: 2, total_steps: 40, bias_update_speed: 0.01, ..Default::default() };
     let mut t = trainer(1e-3, tc);
     let data = batch(&[vec![doc(1, 12), doc(3, 12)], vec![doc(5, 12), doc(7, 12)]]);
-    let bias0 =
-        t.params().unwrap().get("model.layers.1.mlp.gate.e_score_correction_bias").unwrap().to_vec::<f32>().unwrap();
+    let bias0 = state(&t, "model.layers.1.mlp.gate.e_score_correction_bias");
     let first = t.step(&data).unwrap();
     assert!(first.balance_loss > 0.0 && first.mtp_loss > 0.0 && first.grad_norm > 0.0);
     let mut last = first.clone();
+    // The MTP module's MoE bias moves too (it may come back to 0: ±γ steps around a balance).
+    let mut mtp_moved = false;
     for _ in 0..39 {
         last = t.step(&data).unwrap();
+        mtp_moved |= state(&t, "model.layers.2.mlp.gate.e_score_correction_bias").iter().any(|&b| b != 0.0);
     }
     assert_eq!(last.step, 40);
     assert!(last.loss < 0.3 * first.loss, "loss {} → {}", first.loss, last.loss);
     assert!(last.mtp_loss < 0.5 * first.mtp_loss, "mtp {} → {}", first.mtp_loss, last.mtp_loss);
-    let bias =
-        t.params().unwrap().get("model.layers.1.mlp.gate.e_score_correction_bias").unwrap().to_vec::<f32>().unwrap();
+    let bias = state(&t, "model.layers.1.mlp.gate.e_score_correction_bias");
     assert_ne!(bias, bias0, "the aux-loss-free update moved the bias");
-    let p = t.params().unwrap();
-    let mtp_bias = p.get("model.layers.2.mlp.gate.e_score_correction_bias").unwrap().to_vec::<f32>().unwrap();
-    assert!(mtp_bias.iter().any(|&b| b != 0.0), "the MTP module's MoE bias is balanced too: {mtp_bias:?}");
+    assert!(mtp_moved, "the MTP module's MoE bias is balanced too");
     // Biases move by ±γ per step: bounded by 40 γ.
     assert!(bias.iter().all(|b| b.abs() <= 0.4 + 1e-6), "{bias:?}");
 }
@@ -127,7 +148,7 @@ fn resume_from_a_checkpoint_continues_bit_identically() {
     let straight: Vec<f64> = (0..3).map(|_| t.step(&data).unwrap().loss).collect();
     let (latest, path) = latest_checkpoint(&dir).unwrap().unwrap();
     assert_eq!(latest, 3);
-    let (mut r, extra) = load_checkpoint(&path, &Device::Cpu).unwrap();
+    let (mut r, extra): (LmTrainer, _) = load_checkpoint(&path, &Device::Cpu).unwrap();
     assert_eq!(extra["cursor"], 3);
     assert_eq!(r.step, 3);
     let resumed: Vec<f64> = (0..3).map(|_| r.step(&data).unwrap().loss).collect();
@@ -168,14 +189,13 @@ fn checkpoints_are_whole_or_absent_and_old_ones_pruned() {
 #[test]
 fn bad_settings_and_batches_name_the_field() {
     let e = LmTrainer::new(
-        init_scaled(&cfg(0.0), 0, 0.3, 0, &Device::Cpu).unwrap().0,
-        vec![],
+        init_scaled(&cfg(0.0), 0, 0.3, 0, &Device::Cpu).unwrap(),
         TrainConfig { lr: -1.0, ..Default::default() },
     )
     .err()
     .unwrap();
     assert!(e.to_string().contains("field lr"), "{e}");
-    let t = trainer(0.0, TrainConfig::default());
+    let mut t = trainer(0.0, TrainConfig::default());
     let mut b = batch(&[vec![doc(1, 8)]]);
     b.ids[3] = 99;
     let e = t.loss_and_grads(&b).err().unwrap().to_string();
@@ -197,7 +217,7 @@ fn fp8_training_stays_fp8_across_steps_and_resume() {
                 v.extend(m.experts.iter().map(|e| e.precision));
             }
         }
-        for m in &t.mtp {
+        for m in &t.model.mtp {
             v.push(m.block.self_attn.precision);
         }
         v
@@ -217,7 +237,44 @@ fn fp8_training_stays_fp8_across_steps_and_resume() {
     let dir = std::env::temp_dir().join(format!("sft-fp8-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let path = save_checkpoint(&t, &dir, serde_json::Value::Null, 1, |_| Ok(())).unwrap();
-    let (r, _) = load_checkpoint(&path, &Device::Cpu).unwrap();
+    let (r, _): (LmTrainer, _) = load_checkpoint(&path, &Device::Cpu).unwrap();
     assert!(precisions(&r).iter().all(|&p| p == Fp8));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The non-finite guard: a NaN injected into a weight makes the loss non-finite; with `skip` the
+/// step is counted and nothing changes (parameters, optimizer step, biases), with `stop` the run
+/// ends with an error naming the step; a checkpoint is never written with a non-finite value.
+#[test]
+fn nonfinite_steps_are_skipped_or_stop_the_run() {
+    let data = batch(&[vec![doc(1, 10), doc(2, 6)]]);
+    let poison = |t: &mut LmTrainer| {
+        let mut v = t.model.norm.value.to_vec::<f32>().unwrap();
+        v[0] = f32::NAN;
+        t.model.norm.value = tensor::Tensor::from_vec(v, t.model.norm.value.shape()).unwrap();
+    };
+    let mut t = trainer(1e-3, TrainConfig { bias_update_speed: 0.01, ..Default::default() });
+    t.step(&data).unwrap();
+    poison(&mut t);
+    let before = t.model.state_dict();
+    let s = t.step(&data).unwrap();
+    assert!(!s.loss.is_finite() && s.skipped == 1, "{s:?}");
+    assert_eq!((t.step, t.skipped, t.opt.step), (2, 1, 1));
+    for ((n, a), (_, b)) in before.iter().zip(t.model.state_dict().iter()) {
+        let (a, b) = (a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{n} changed by a skipped step");
+    }
+    assert!(t.model.params().iter().all(|(_, p)| p.grad.is_none()), "gradients of a skipped step are dropped");
+    let dir = std::env::temp_dir().join(format!("sft-nonfinite-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = save_checkpoint(&t, &dir, serde_json::Value::Null, 1, |_| Ok(())).unwrap_err().to_string();
+    assert!(e.contains("model.norm.weight") && e.contains("non-finite"), "{e}");
+    assert!(list_checkpoints(&dir).unwrap().is_empty(), "nothing written");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut t = trainer(0.0, TrainConfig { on_nonfinite: sft::OnNonFinite::Stop, ..Default::default() });
+    t.step(&data).unwrap();
+    poison(&mut t);
+    let e = t.step(&data).unwrap_err().to_string();
+    assert!(e.contains("step 2") && e.contains("loss") && e.contains("NaN"), "{e}");
 }

@@ -22,10 +22,12 @@ pub mod dtype;
 pub mod error;
 pub mod gradcheck;
 pub mod ops;
+pub mod param;
 pub mod tensor;
 
 pub use dtype::{DType, Element, Float};
 pub use error::{Result, TensorError};
+pub use param::Param;
 pub use tensor::{CpuStorage, Device, Shape, Tensor, numel};
 
 /// Runs `f` on a worker of the CPU thread pool (rayon's global pool) and returns its result.

@@ -9,7 +9,7 @@
 
 use grpo::trainer::{Completion, Policy, RewardFn, Sample, Scored, Scorer, StepInfo};
 use grpo::{GrpoError, Result};
-use optim::{AdamW, AdamWConfig, Grads, Params, clip_grad_norm};
+use optim::{AdamW, AdamWConfig, clip_grad_norm};
 use tensor::Tensor;
 
 pub const TARGET_LEN: usize = 4;
@@ -85,7 +85,7 @@ pub struct Tabular {
     pub lr: f64,
     /// Perturbation of the sampler's logits (a rollout/trainer precision mismatch).
     pub sampler_noise: f64,
-    params: Params,
+    params: tensor::Param,
     grad: Vec<f64>,
     opt: AdamW,
     rng: u64,
@@ -99,14 +99,13 @@ impl Tabular {
     /// Uniform logits (all zero): every token equally likely.
     pub fn new(prompts: usize, max_len: usize, vocab: usize, lr: f64, seed: u64) -> Self {
         let n = prompts * max_len * vocab;
-        let mut params = Params::default();
-        params.insert("logits", Tensor::from_vec(vec![0f32; n], &[n]).unwrap()).unwrap();
-        let opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() });
+        let params = tensor::Param::new(Tensor::from_vec(vec![0f32; n], &[n]).unwrap());
+        let opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() }, &["logits"]);
         Tabular { prompts, max_len, vocab, lr, sampler_noise: 0.0, params, grad: vec![0.0; n], opt, rng: seed }
     }
 
     pub fn table(&self) -> Vec<f64> {
-        self.params.get("logits").unwrap().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
+        self.params.value.to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
     }
 }
 
@@ -174,11 +173,11 @@ impl Policy<usize> for Tabular {
 
     fn step(&mut self) -> Result<StepInfo> {
         let n = self.grad.len();
-        let mut grads = Grads::default();
         let g: Vec<f32> = self.grad.iter().map(|&x| x as f32).collect();
-        grads.accumulate("logits", &Tensor::from_vec(g, &[n]).map_err(perr)?).map_err(perr)?;
-        let grad_norm = clip_grad_norm(&mut grads, 1.0).map_err(perr)?;
-        self.opt.step(&mut self.params, &grads, self.lr).map_err(perr)?;
+        self.params.zero_grad();
+        self.params.accumulate_grad(&Tensor::from_vec(g, &[n]).map_err(perr)?).map_err(perr)?;
+        let grad_norm = clip_grad_norm(&mut [&mut self.params], 1.0).map_err(perr)?;
+        self.opt.step(&mut [&mut self.params], self.lr).map_err(perr)?;
         self.grad.iter_mut().for_each(|x| *x = 0.0);
         Ok(StepInfo { grad_norm, lr: self.lr })
     }

@@ -430,8 +430,8 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: &Device, fresh: bool) -> Re
             t
         }
         None => {
-            let (m, mtp) = init_scaled(&cfg.model, cfg.mtp_layers, cfg.embed_std, cfg.seed, device)?;
-            LmTrainer::new(m, mtp, cfg.train.clone())?
+            let m = init_scaled(&cfg.model, cfg.mtp_layers, cfg.embed_std, cfg.seed, device)?;
+            LmTrainer::new(m, cfg.train.clone())?
         }
     };
     optim::atomic_write(&paths.config(), cfg_text.as_bytes())?;
@@ -450,7 +450,7 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: &Device, fresh: bool) -> Re
         .open(paths.metrics())
         .with_context(|| format!("opening {}", paths.metrics().display()))?;
     let heldout = stream.heldout(cfg.eval_docs)?;
-    let n_params: usize = trainer.params()?.numel();
+    let n_params: usize = trainer.model.params().iter().map(|(_, p)| p.numel()).sum();
     let total = cfg.train.total_steps;
     eprintln!(
         "pretraining: {n_params} parameters (MTP included), vocab {}, {} × {} tokens per step, steps {}..{total}",
@@ -508,7 +508,7 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: &Device, fresh: bool) -> Re
     }
     bar.finish();
     write_curve(&paths, &metrics)?;
-    trainer.model.save_pretrained_with_mtp(&paths.final_model(), &trainer.mtp)?;
+    trainer.model.save_pretrained(&paths.final_model())?;
     stream.tok.save(paths.final_model().join("tokenizer.json"))?;
     // The held-out evaluation.
     let (loss, n) = mean_heldout_loss(&trainer, &heldout)?;
