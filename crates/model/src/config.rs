@@ -1,7 +1,12 @@
 //! `config.json` of a DeepSeek-V3 checkpoint (serde). Accepts both the released form
-//! (`rope_theta` + `rope_scaling`) and transformers-5 `rope_parameters`. An omitted key takes the
-//! default of transformers' `DeepseekV3Config` (the DeepSeek-V3 671B values), except
-//! `num_nextn_predict_layers` (0 here: it announces MTP tensors in the checkpoint). Keys this crate
+//! (`rope_theta` + `rope_scaling`) and transformers-5 `rope_parameters`. The sizes (`vocab_size`,
+//! `hidden_size`, `intermediate_size`, `moe_intermediate_size`, `num_hidden_layers`,
+//! `num_attention_heads`, `kv_lora_rank`, `qk_rope_head_dim`, `qk_nope_head_dim`, `v_head_dim`,
+//! `max_position_embeddings`) are required: an omitted size is an error (transformers would build
+//! the 671B model). Every other omitted key takes the default of transformers' `DeepseekV3Config`
+//! (`q_lora_rank` 1536 — `null` for none —, 256 routed experts, 1 shared, top-8 of 8 groups
+//! limited to 4, scale 2.5, 3 dense layers, …), except `num_nextn_predict_layers` (0 here: it
+//! announces MTP tensors in the checkpoint). Keys this crate
 //! does not interpret are kept in [`DeepseekV3Config::extra`] (and [`RopeParams::extra`]) so that a
 //! save writes them back. Inconsistent or unsupported values are rejected with an error naming the
 //! file, the field and the value.
@@ -54,24 +59,6 @@ fn d_eps() -> f64 {
 fn d_theta() -> f64 {
     10000.0
 }
-fn d_vocab() -> usize {
-    129280
-}
-fn d_hidden() -> usize {
-    7168
-}
-fn d_inter() -> usize {
-    18432
-}
-fn d_moe_inter() -> usize {
-    2048
-}
-fn d_layers() -> usize {
-    61
-}
-fn d_heads() -> usize {
-    128
-}
 fn d_one() -> usize {
     1
 }
@@ -81,17 +68,8 @@ fn d_routed() -> usize {
 fn d_rsf() -> f64 {
     2.5
 }
-fn d_kv_lora() -> usize {
-    512
-}
 fn d_q_lora() -> Option<usize> {
     Some(1536)
-}
-fn d_rope_dim() -> usize {
-    64
-}
-fn d_128() -> usize {
-    128
 }
 fn d_n_group() -> usize {
     8
@@ -105,9 +83,6 @@ fn d_top_k() -> usize {
 fn d_dense() -> usize {
     3
 }
-fn d_max_pos() -> usize {
-    4096
-}
 fn d_sigmoid() -> String {
     "sigmoid".into()
 }
@@ -118,17 +93,11 @@ fn d_noaux() -> String {
 /// The fields of a DeepSeek-V3 `config.json` the model uses, plus the keys it does not use.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct DeepseekV3Config {
-    #[serde(default = "d_vocab")]
     pub vocab_size: usize,
-    #[serde(default = "d_hidden")]
     pub hidden_size: usize,
-    #[serde(default = "d_inter")]
     pub intermediate_size: usize,
-    #[serde(default = "d_moe_inter")]
     pub moe_intermediate_size: usize,
-    #[serde(default = "d_layers")]
     pub num_hidden_layers: usize,
-    #[serde(default = "d_heads")]
     pub num_attention_heads: usize,
     #[serde(default = "d_one")]
     pub n_shared_experts: usize,
@@ -136,16 +105,12 @@ pub struct DeepseekV3Config {
     pub n_routed_experts: usize,
     #[serde(default = "d_rsf")]
     pub routed_scaling_factor: f64,
-    #[serde(default = "d_kv_lora")]
     pub kv_lora_rank: usize,
     /// `null` for a direct `q_proj`; an omitted key means 1536 (as in transformers).
     #[serde(default = "d_q_lora")]
     pub q_lora_rank: Option<usize>,
-    #[serde(default = "d_rope_dim")]
     pub qk_rope_head_dim: usize,
-    #[serde(default = "d_128")]
     pub v_head_dim: usize,
-    #[serde(default = "d_128")]
     pub qk_nope_head_dim: usize,
     #[serde(default = "d_n_group")]
     pub n_group: usize,
@@ -169,7 +134,6 @@ pub struct DeepseekV3Config {
     pub rope_parameters: Option<RopeParams>,
     #[serde(default = "d_true")]
     pub rope_interleave: bool,
-    #[serde(default = "d_max_pos")]
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,

@@ -28,22 +28,27 @@ fn transformers_defaults() -> serde_json::Map<String, Value> {
     v.as_object().unwrap().clone()
 }
 
-/// The fields whose defaults must be transformers'.
-const DEFAULTED: [&str; 24] = [
+/// The sizes: required here (an omitted one is an error, not the 671B model).
+const SIZES: [&str; 11] = [
     "vocab_size",
     "hidden_size",
     "intermediate_size",
     "moe_intermediate_size",
     "num_hidden_layers",
     "num_attention_heads",
-    "n_shared_experts",
-    "n_routed_experts",
-    "routed_scaling_factor",
     "kv_lora_rank",
-    "q_lora_rank",
     "qk_rope_head_dim",
     "v_head_dim",
     "qk_nope_head_dim",
+    "max_position_embeddings",
+];
+
+/// The fields with a default, which must be transformers'.
+const DEFAULTED: [&str; 13] = [
+    "n_shared_experts",
+    "n_routed_experts",
+    "routed_scaling_factor",
+    "q_lora_rank",
     "n_group",
     "topk_group",
     "num_experts_per_tok",
@@ -51,16 +56,17 @@ const DEFAULTED: [&str; 24] = [
     "norm_topk_prob",
     "rms_norm_eps",
     "rope_interleave",
-    "max_position_embeddings",
     "tie_word_embeddings",
     "attention_bias",
 ];
 
-fn assert_defaults(cfg: &DeepseekV3Config, given: &[&str]) {
+/// `cfg` (parsed from a config without the [`DEFAULTED`] keys) has transformers' defaults.
+fn assert_defaults(cfg: &DeepseekV3Config) {
     let hf = transformers_defaults();
     let ours = serde_json::to_value(cfg).unwrap();
-    for k in DEFAULTED.iter().filter(|k| !given.contains(k)) {
-        let (a, b) = (&ours[*k], &hf[*k]);
+    for k in DEFAULTED {
+        let (a, b) = (&ours[k], &hf[k]);
+        assert!(!b.is_null() || k == "q_lora_rank", "{k}: not in the transformers dump");
         // Compare numbers as numbers (2.5 vs 2.5, 8 vs 8), everything else as JSON.
         let same = match (a.as_f64(), b.as_f64()) {
             (Some(x), Some(y)) => x == y,
@@ -79,12 +85,15 @@ fn assert_defaults(cfg: &DeepseekV3Config, given: &[&str]) {
     assert_eq!(cfg.num_nextn_predict_layers, 0);
 }
 
+/// transformers' sizes alone parse to transformers' `DeepseekV3Config()`: the same model as its
+/// full dump (whose other keys are kept, not used).
 #[test]
-fn an_empty_config_is_transformers_default_config() {
-    let cfg = DeepseekV3Config::from_json("{}", "empty.json").unwrap();
-    assert_defaults(&cfg, &[]);
-    // transformers' own dump parses to the same model (its extra keys are kept, not used).
+fn the_sizes_alone_give_transformers_default_config() {
     let hf = transformers_defaults();
+    let sizes: serde_json::Map<String, Value> = SIZES.iter().map(|k| (k.to_string(), hf[*k].clone())).collect();
+    assert!(sizes.values().all(Value::is_u64), "{sizes:?}");
+    let cfg = DeepseekV3Config::from_json(&Value::Object(sizes).to_string(), "sizes.json").unwrap();
+    assert_defaults(&cfg);
     let full = DeepseekV3Config::from_json(&Value::Object(hf).to_string(), "dump").unwrap();
     assert_eq!(full.mla(), cfg.mla());
     assert_eq!(full.moe(), cfg.moe());
@@ -92,30 +101,19 @@ fn an_empty_config_is_transformers_default_config() {
         (full.vocab_size, full.num_hidden_layers, full.first_k_dense_replace, full.intermediate_size),
         (cfg.vocab_size, cfg.num_hidden_layers, cfg.first_k_dense_replace, cfg.intermediate_size)
     );
+    // A size is required.
+    let e = DeepseekV3Config::from_json("{}", "empty.json").unwrap_err().to_string();
+    assert!(e.contains("empty.json") && e.contains("missing field"), "{e}");
 }
 
 /// A small config that names only the sizes: the routing keys it omits are transformers'.
 #[test]
 fn omitted_routing_keys_take_transformers_defaults() {
     let text = r#"{"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 12,
-        "num_hidden_layers": 5, "num_attention_heads": 4, "n_routed_experts": 16, "kv_lora_rank": 16,
+        "num_hidden_layers": 5, "num_attention_heads": 4, "kv_lora_rank": 16,
         "qk_rope_head_dim": 8, "v_head_dim": 8, "qk_nope_head_dim": 8, "max_position_embeddings": 64}"#;
-    let given = [
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "moe_intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "n_routed_experts",
-        "kv_lora_rank",
-        "qk_rope_head_dim",
-        "v_head_dim",
-        "qk_nope_head_dim",
-        "max_position_embeddings",
-    ];
     let cfg = DeepseekV3Config::from_json(text, "small.json").unwrap();
-    assert_defaults(&cfg, &given);
+    assert_defaults(&cfg);
     // An explicit null is a direct q_proj; an omitted key is transformers' 1536.
     let null =
         DeepseekV3Config::from_json(&text.replace("\"vocab_size\"", "\"q_lora_rank\": null, \"vocab_size\""), "n")
