@@ -5,8 +5,9 @@
 //! `AutoModelForCausalLM.from_pretrained` in `tests/fixtures/make_hf_checkpoint_fixtures.py`, which
 //! stored its float64 logits (`hf/transformers_logits.safetensors`) and `DeepseekV3Config()`'s
 //! defaults (`hf/transformers_default_config.json`). Here, without Python:
-//! - re-saving each fixture model writes the committed files again, tensor by tensor and config
-//!   key by key (a format change without refreshing the fixtures fails);
+//! - saving each fixture model again (built from the same seeds, or loaded from the committed
+//!   files) writes the committed files, tensor by tensor and config key by key (a format change
+//!   without refreshing the fixtures fails);
 //! - the logits `r1 logits` computes (f32 load, causal, positions 0..S) on each committed
 //!   checkpoint equal transformers' (and in f64, to rounding);
 //! - config defaults are transformers' defaults; unknown keys survive a save; `dtype`, sharding
@@ -145,26 +146,42 @@ fn parse(v: &Variant) -> DeepseekV3Config {
     DeepseekV3Config::from_json(v.config, v.name).unwrap()
 }
 
+/// Save variant `k` (random weights from [`random_params`]) into `dir` with our save code.
+fn write_variant(k: usize, v: &Variant, dir: &Path) {
+    let cfg = parse(v);
+    let shell = DeepseekV3::init(cfg.clone(), 0.1, 1, DType::F32, &Device::Cpu).unwrap();
+    let mut named = shell.named_parameters();
+    for m in 0..v.mtp {
+        let l = cfg.num_hidden_layers + m;
+        named.extend(Mtp::init(&cfg, 0.1, 7, DType::F32, &Device::Cpu).unwrap().named(l));
+    }
+    let shapes: Vec<(String, Vec<usize>)> = named.iter().map(|(n, t)| (n.clone(), t.shape().clone())).collect();
+    let p = random_params(&shapes, 1000 + k as u64);
+    let model = DeepseekV3::load(cfg.clone(), &p).unwrap();
+    let mtp: Vec<Mtp> = (0..v.mtp).map(|m| Mtp::load(&cfg, &p, cfg.num_hidden_layers + m).unwrap()).collect();
+    let _ = std::fs::remove_dir_all(dir);
+    model.save_pretrained_with(dir, &mtp, &v.opts).unwrap();
+}
+
 /// Writes the committed checkpoints (run by hand, then run the Python script).
 #[test]
 #[ignore = "writes tests/fixtures/hf; run by hand to refresh the fixtures"]
 fn write_hf_fixtures() {
     for (k, v) in variants().iter().enumerate() {
-        let cfg = parse(v);
-        let shell = DeepseekV3::init(cfg.clone(), 0.1, 1, DType::F32, &Device::Cpu).unwrap();
-        let mut named = shell.named_parameters();
-        for m in 0..v.mtp {
-            let l = cfg.num_hidden_layers + m;
-            named.extend(Mtp::init(&cfg, 0.1, 7, DType::F32, &Device::Cpu).unwrap().named(l));
-        }
-        let shapes: Vec<(String, Vec<usize>)> = named.iter().map(|(n, t)| (n.clone(), t.shape().clone())).collect();
-        let p = random_params(&shapes, 1000 + k as u64);
-        let model = DeepseekV3::load(cfg.clone(), &p).unwrap();
-        let mtp: Vec<Mtp> = (0..v.mtp).map(|m| Mtp::load(&cfg, &p, cfg.num_hidden_layers + m).unwrap()).collect();
         let dir = fixtures().join(v.name);
-        let _ = std::fs::remove_dir_all(&dir);
-        model.save_pretrained_with(&dir, &mtp, &v.opts).unwrap();
+        write_variant(k, v, &dir);
         eprintln!("wrote {}", dir.display());
+    }
+}
+
+/// The same models saved again give the committed files.
+#[test]
+fn saving_the_fixture_models_writes_the_committed_files() {
+    for (k, v) in variants().iter().enumerate() {
+        let dst = tmp(&format!("write-{}", v.name));
+        write_variant(k, v, &dst);
+        assert_same_checkpoint(&dst, &fixtures().join(v.name));
+        std::fs::remove_dir_all(dst).ok();
     }
 }
 
@@ -242,13 +259,21 @@ fn resaving_each_fixture_writes_the_committed_files() {
     }
 }
 
-/// transformers' logits for the committed checkpoints: `input_ids` [B, S] and `<variant>.logits`.
-fn reference() -> (Vec<u32>, usize, usize, BTreeMap<String, Vec<f64>>, BTreeMap<String, String>) {
+/// transformers' logits for the committed checkpoints (`input_ids` [B, S] and `<variant>.logits`)
+/// and the file's metadata (versions, loading reports).
+struct Reference {
+    ids: Vec<u32>,
+    b: usize,
+    s: usize,
+    logits: BTreeMap<String, Vec<f64>>,
+    meta: BTreeMap<String, String>,
+}
+
+fn reference() -> Reference {
     let path = fixtures().join("transformers_logits.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-    let meta: BTreeMap<String, String> =
-        header.metadata().clone().unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>();
+    let meta: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ids = st.tensor("input_ids").unwrap();
     assert_eq!(ids.dtype(), Dtype::I64);
@@ -264,7 +289,7 @@ fn reference() -> (Vec<u32>, usize, usize, BTreeMap<String, Vec<f64>>, BTreeMap<
             );
         }
     }
-    (ids, b, s, logits, meta)
+    Reference { ids, b, s, logits, meta }
 }
 
 fn rel_err(got: &[f64], want: &[f64]) -> f64 {
@@ -275,24 +300,28 @@ fn rel_err(got: &[f64], want: &[f64]) -> f64 {
 
 #[test]
 fn logits_on_each_fixture_equal_transformers() {
-    let (ids, b, s, want, meta) = reference();
-    let names: Vec<String> = variants().iter().map(|v| v.name.to_string()).collect();
-    assert_eq!(
-        want.keys().cloned().collect::<Vec<_>>(),
-        {
-            let mut n = names.clone();
-            n.sort();
-            n
-        },
-        "one reference per variant"
-    );
-    for n in &names {
-        // transformers loaded the checkpoint with nothing missing (MTP tensors aside, nothing unexpected).
-        assert_eq!(meta.get(&format!("{n}.missing_keys")).map(String::as_str), Some("[]"), "{n}: {meta:?}");
+    let Reference { ids, b, s, logits: want, meta } = reference();
+    let mut names: Vec<String> = variants().iter().map(|v| v.name.to_string()).collect();
+    names.sort();
+    assert_eq!(want.keys().cloned().collect::<Vec<_>>(), names, "one reference per variant");
+    for v in variants() {
+        let n = v.name;
+        // transformers loaded every tensor of the checkpoint: none missing or mismatched, and
+        // the only unexpected ones are the MTP layer's (transformers has no MTP module).
+        let report = |k: &str| -> Vec<String> {
+            serde_json::from_str(meta.get(&format!("{n}.{k}")).unwrap_or_else(|| panic!("{n}.{k} in {meta:?}")))
+                .unwrap()
+        };
+        assert!(report("missing_keys").is_empty() && report("mismatched_keys").is_empty(), "{n}: {meta:?}");
+        let unexpected = report("unexpected_keys");
+        let mtp_prefix = format!("model.layers.{}.", parse(&v).num_hidden_layers);
+        assert_eq!(unexpected.is_empty(), v.mtp == 0, "{n}: {unexpected:?}");
+        assert!(unexpected.iter().all(|k| k.starts_with(&mtp_prefix)), "{n}: {unexpected:?}");
         let dir = fixtures().join(n);
         let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
-        // f32 as `r1 logits` runs it; f64 as transformers did (the router and the RoPE tables
-        // stay f32 on both sides, hence ~1e-7 in f64 too — the bound of tests/parity.rs).
+        // f32 as `r1 logits` runs it; f64 as transformers did. transformers computes RMSNorm, the
+        // attention softmax, the router and the RoPE angles in float32 even in a float64 model,
+        // so f64 agrees to ~2e-7, not to rounding (1e-6: the bound of tests/parity.rs).
         for (dt, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-6)] {
             let m = DeepseekV3::from_pretrained(&dir, dt, &Device::Cpu).unwrap();
             let (logits, _) = m.forward(&ids, b, s, &pos, &AttnMask::causal()).unwrap();
