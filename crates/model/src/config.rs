@@ -6,10 +6,11 @@
 //! the 671B model). Every other omitted key takes the default of transformers' `DeepseekV3Config`
 //! (`q_lora_rank` 1536 — `null` for none —, 256 routed experts, 1 shared, top-8 of 8 groups
 //! limited to 4, scale 2.5, 3 dense layers, …), except `num_nextn_predict_layers` (0 here: it
-//! announces MTP tensors in the checkpoint). Keys this crate
-//! does not interpret are kept in [`DeepseekV3Config::extra`] (and [`RopeParams::extra`]) so that a
-//! save writes them back. Inconsistent or unsupported values are rejected with an error naming the
-//! file, the field and the value.
+//! announces MTP tensors in the checkpoint). Keys this crate does not interpret are kept in
+//! [`DeepseekV3Config::extra`] (and [`RopeParams::extra`]) so that a save writes them back.
+//! Inconsistent or unsupported values (`attention_bias: true`, `moe_layer_freq` ≠ 1,
+//! `num_key_value_heads` ≠ `num_attention_heads`, `hidden_act` ≠ `silu`, …) are rejected with an
+//! error naming the file, the field and the value.
 
 use std::path::Path;
 
