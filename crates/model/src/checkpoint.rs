@@ -4,10 +4,13 @@
 //! `<name>_scale_inv` (`[ceil(out/128), ceil(in/128)]`) are dequantised on load by the fp8 crate. MTP weights (`model.layers.{L}.*` for
 //! `L ≥ num_hidden_layers`) are read for the `num_nextn_predict_layers` modules the config
 //! announces (their copies of the embedding and head are not: the modules share the model's) and
-//! written by [`DeepseekV3::save_pretrained`]. Missing or unexpected tensors are an error listing
-//! them. Saving is the inverse and atomic (temp file + rename).
+//! written with the model. Missing or unexpected tensors are an error listing them. Saving
+//! ([`DeepseekV3::save_pretrained_with`], [`SaveOptions`]) is the inverse: a checkpoint
+//! transformers' `AutoModelForCausalLM` loads as is (`model_type`, `architectures`, `dtype` in
+//! config.json; the weights in the dtype they have; shards with an index above
+//! [`SaveOptions::max_shard_size`]), every file written atomically (temp file + rename).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use optim::{Params, atomic_write};
@@ -159,31 +162,174 @@ impl DeepseekV3 {
         DeepseekV3::load(cfg, &params)
     }
 
-    /// Write `dir/config.json` and `dir/model.safetensors` (f32 weights, bias f32), atomically:
-    /// the model and its MTP modules, stored as layers `num_hidden_layers + k` with
-    /// `num_nextn_predict_layers` in the config (the released V3 layout).
+    /// Write `dir/config.json` and the weights, MTP modules included
+    /// ([`DeepseekV3::save_pretrained_with`] with [`SaveOptions::default`]).
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let mut cfg = self.cfg.clone();
-        cfg.num_nextn_predict_layers = self.mtp.len();
-        let cfg = serde_json::to_string_pretty(&cfg).map_err(|e| fmt(dir, e.to_string()))?;
-        let named = self.state_dict();
-        let mut bufs: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
-        for (n, t) in named {
-            let bytes = t.to_vec::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect();
-            bufs.insert(n, (t.shape().clone(), bytes));
+        self.save_pretrained_with(dir, &SaveOptions::default())
+    }
+
+    /// Write a checkpoint that transformers' `AutoModelForCausalLM.from_pretrained` loads as is:
+    /// `config.json` (the config's keys, unknown ones included, plus `model_type`,
+    /// `architectures`, `dtype`/`torch_dtype` of the saved weights and
+    /// `num_nextn_predict_layers`; no `quantization_config`, the weights are not FP8) and the
+    /// weights of the model and of its MTP modules (layers `num_hidden_layers + k`, with the
+    /// copies of the shared embedding and head the released V3 layout carries),
+    /// each in its own dtype or in `opts.dtype`, in one `model.safetensors` or, above
+    /// `opts.max_shard_size`, in shards `model-0000i-of-0000n.safetensors` listed in
+    /// `model.safetensors.index.json`. Every file is written atomically; weight files of an
+    /// earlier save into `dir` that this one does not write are removed afterwards.
+    pub fn save_pretrained_with(&self, dir: &Path, opts: &SaveOptions) -> Result<()> {
+        if opts.max_shard_size == 0 {
+            return Err(fmt(dir, "SaveOptions::max_shard_size must be > 0"));
         }
-        let views: Vec<(String, TensorView<'_>)> = bufs
-            .iter()
-            .map(|(n, (s, b))| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| fmt(dir, e.to_string()))?;
-        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| fmt(dir, e.to_string()))?;
-        atomic_write(&dir.join("model.safetensors"), &bytes)?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let named = self.state_dict();
+        // (name, dtype, shape, little-endian bytes) in model order (the order shards are cut in).
+        let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(named.len());
+        for (n, t) in named {
+            let keep = n.ends_with("e_score_correction_bias");
+            let t = match opts.dtype {
+                Some(d) if !keep && d != t.dtype() => t.to_dtype(d)?,
+                _ => t,
+            };
+            let (dt, bytes): (Dtype, Vec<u8>) = match t.dtype() {
+                DType::F32 => (Dtype::F32, t.to_vec::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                DType::F64 => (Dtype::F64, t.to_vec::<f64>()?.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                DType::BF16 => (Dtype::BF16, t.to_vec::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            };
+            bufs.push((n, dt, t.shape().clone(), bytes));
+        }
+        let weights_dtype = bufs.iter().find(|b| b.0 == "model.embed_tokens.weight").map_or(Dtype::F32, |b| b.1);
+        // Cut shards greedily in model order, as transformers does: a tensor that would push the
+        // current shard past the limit starts the next one (a tensor above the limit alone).
+        let mut shards: Vec<Vec<usize>> = Vec::new();
+        let mut size = 0u64;
+        for (i, (_, _, _, b)) in bufs.iter().enumerate() {
+            let n = b.len() as u64;
+            match shards.last_mut() {
+                Some(cur) if size + n <= opts.max_shard_size => {
+                    cur.push(i);
+                    size += n;
+                }
+                _ => {
+                    shards.push(vec![i]);
+                    size = n;
+                }
+            }
+        }
+        if shards.is_empty() {
+            shards.push(Vec::new());
+        }
+        let files: Vec<String> = if shards.len() == 1 {
+            vec![SINGLE.to_string()]
+        } else {
+            (1..=shards.len()).map(|i| format!("model-{i:05}-of-{:05}.safetensors", shards.len())).collect()
+        };
+        let mut weight_map = serde_json::Map::new();
+        for (file, idx) in files.iter().zip(&shards) {
+            let views: Vec<(String, TensorView<'_>)> = idx
+                .iter()
+                .map(|&i| {
+                    let (n, d, s, b) = &bufs[i];
+                    TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v))
+                })
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| fmt(dir, e.to_string()))?;
+            let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+            let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| fmt(dir, e.to_string()))?;
+            atomic_write(&dir.join(file), &bytes)?;
+            for &i in idx {
+                weight_map.insert(bufs[i].0.clone(), file.clone().into());
+            }
+        }
+        if files.len() > 1 {
+            let total: u64 = bufs.iter().map(|b| b.3.len() as u64).sum();
+            let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+            let text = serde_json::to_string_pretty(&index).map_err(|e| fmt(dir, e.to_string()))?;
+            atomic_write(&dir.join(INDEX), text.as_bytes())?;
+        }
+        let cfg = hf_config_json(&self.cfg, self.mtp.len(), weights_dtype).map_err(|e| fmt(dir, e))?;
         atomic_write(&dir.join("config.json"), cfg.as_bytes())?;
+        // Weight files of an earlier save that this one replaced (only after everything new is in
+        // place: until then a reader sees the old checkpoint whole).
+        let keep: BTreeSet<&str> = files.iter().map(String::as_str).chain((files.len() > 1).then_some(INDEX)).collect();
+        for e in std::fs::read_dir(dir).map_err(io(dir))? {
+            let e = e.map_err(io(dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_weight_file(&name) && !keep.contains(name.as_str()) {
+                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            }
+        }
         Ok(())
     }
+}
+
+const SINGLE: &str = "model.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
+
+/// Default [`SaveOptions::max_shard_size`]: transformers' `max_shard_size="5GB"` (5·10⁹ bytes).
+pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
+
+/// How [`DeepseekV3::save_pretrained_with`] writes the weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SaveOptions {
+    /// Largest shard, in bytes of tensor data; a checkpoint above it is split into shards with an
+    /// index. Default [`DEFAULT_MAX_SHARD_SIZE`].
+    pub max_shard_size: u64,
+    /// Store the weights in this dtype; `None` (the default) stores each tensor in the dtype it
+    /// has (the dtype it is trained in). The router's `e_score_correction_bias` always keeps its
+    /// own dtype.
+    pub dtype: Option<DType>,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions { max_shard_size: DEFAULT_MAX_SHARD_SIZE, dtype: None }
+    }
+}
+
+/// `model.safetensors`, `model.safetensors.index.json` or `model-NNNNN-of-NNNNN.safetensors`.
+fn is_weight_file(name: &str) -> bool {
+    if name == SINGLE || name == INDEX {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix("model-").and_then(|r| r.strip_suffix(".safetensors")) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    rest.split_once("-of-").is_some_and(|(a, b)| digits(a) && digits(b))
+}
+
+/// The torch name of a safetensors dtype, as `config.json`'s `dtype` spells it.
+fn torch_dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::BF16 => "bfloat16",
+        Dtype::F64 => "float64",
+        Dtype::F16 => "float16",
+        _ => "float32",
+    }
+}
+
+/// The `config.json` text a save writes: the config's own keys (unknown ones included) with
+/// `num_nextn_predict_layers = n_mtp`, no `quantization_config`, the top-level `rope_theta` the
+/// effective RoPE base, `num_key_value_heads = num_attention_heads`, and the keys transformers
+/// needs to pick the model class and dtype.
+fn hf_config_json(cfg: &DeepseekV3Config, n_mtp: usize, weights: Dtype) -> std::result::Result<String, String> {
+    let mut cfg = cfg.clone();
+    cfg.num_nextn_predict_layers = n_mtp;
+    cfg.quantization_config = None;
+    cfg.rope_theta = cfg.theta();
+    let mut v = serde_json::to_value(&cfg).map_err(|e| e.to_string())?;
+    let obj = v.as_object_mut().ok_or("config did not serialise to an object")?;
+    // transformers' alias of num_nextn_predict_layers would contradict it.
+    obj.remove("num_mtp_layers");
+    obj.insert("model_type".into(), "deepseek_v3".into());
+    // transformers repeats K/V heads num_attention_heads / num_key_value_heads times (default 128).
+    obj.insert("num_key_value_heads".into(), cfg.num_attention_heads.into());
+    obj.insert("architectures".into(), serde_json::json!(["DeepseekV3ForCausalLM"]));
+    obj.insert("dtype".into(), torch_dtype_name(weights).into());
+    obj.insert("torch_dtype".into(), torch_dtype_name(weights).into());
+    serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
 }
 
 /// A parity fixture unpacked by [`unpack_fixture`]: the reference input ids and logits.

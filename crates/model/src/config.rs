@@ -1,6 +1,16 @@
 //! `config.json` of a DeepSeek-V3 checkpoint (serde). Accepts both the released form
-//! (`rope_theta` + `rope_scaling`) and transformers-5 `rope_parameters`; unknown keys are ignored;
-//! inconsistent values are rejected with an error naming the field.
+//! (`rope_theta` + `rope_scaling`) and transformers-5 `rope_parameters`. The sizes (`vocab_size`,
+//! `hidden_size`, `intermediate_size`, `moe_intermediate_size`, `num_hidden_layers`,
+//! `num_attention_heads`, `kv_lora_rank`, `qk_rope_head_dim`, `qk_nope_head_dim`, `v_head_dim`,
+//! `max_position_embeddings`) are required: an omitted size is an error (transformers would build
+//! the 671B model). Every other omitted key takes the default of transformers' `DeepseekV3Config`
+//! (`q_lora_rank` 1536 — `null` for none —, 256 routed experts, 1 shared, top-8 of 8 groups
+//! limited to 4, scale 2.5, 3 dense layers, …), except `num_nextn_predict_layers` (0 here: it
+//! announces MTP tensors in the checkpoint). Keys this crate does not interpret are kept in
+//! [`DeepseekV3Config::extra`] (and [`RopeParams::extra`]) so that a save writes them back.
+//! Inconsistent or unsupported values (`attention_bias: true`, `moe_layer_freq` ≠ 1,
+//! `num_key_value_heads` ≠ `num_attention_heads`, `hidden_act` ≠ `silu`, …) are rejected with an
+//! error naming the file, the field and the value.
 
 use std::path::Path;
 
@@ -12,21 +22,35 @@ use crate::{ModelError, Result};
 /// The rope block in either spelling.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct RopeParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_type: Option<String>,
     /// The released checkpoints' spelling of `rope_type`.
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_theta: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub factor: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub original_max_position_embeddings: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub beta_fast: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub beta_slow: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mscale: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mscale_all_dim: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub attention_factor: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub truncate: Option<bool>,
+    /// Keys of the block this crate does not interpret (written back on save).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+// transformers' `DeepseekV3Config` defaults (the DeepSeek-V3 671B model).
 fn d_true() -> bool {
     true
 }
@@ -39,8 +63,26 @@ fn d_theta() -> f64 {
 fn d_one() -> usize {
     1
 }
+fn d_routed() -> usize {
+    256
+}
 fn d_rsf() -> f64 {
-    1.0
+    2.5
+}
+fn d_q_lora() -> Option<usize> {
+    Some(1536)
+}
+fn d_n_group() -> usize {
+    8
+}
+fn d_topk_group() -> usize {
+    4
+}
+fn d_top_k() -> usize {
+    8
+}
+fn d_dense() -> usize {
+    3
 }
 fn d_sigmoid() -> String {
     "sigmoid".into()
@@ -49,7 +91,7 @@ fn d_noaux() -> String {
     "noaux_tc".into()
 }
 
-/// The fields of a DeepSeek-V3 `config.json` the model uses.
+/// The fields of a DeepSeek-V3 `config.json` the model uses, plus the keys it does not use.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct DeepseekV3Config {
     pub vocab_size: usize,
@@ -58,63 +100,87 @@ pub struct DeepseekV3Config {
     pub moe_intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    #[serde(default)]
+    #[serde(default = "d_one")]
     pub n_shared_experts: usize,
-    #[serde(default)]
+    #[serde(default = "d_routed")]
     pub n_routed_experts: usize,
     #[serde(default = "d_rsf")]
     pub routed_scaling_factor: f64,
     pub kv_lora_rank: usize,
+    /// `null` for a direct `q_proj`; an omitted key means 1536 (as in transformers).
+    #[serde(default = "d_q_lora")]
     pub q_lora_rank: Option<usize>,
     pub qk_rope_head_dim: usize,
     pub v_head_dim: usize,
     pub qk_nope_head_dim: usize,
-    #[serde(default = "d_one")]
+    #[serde(default = "d_n_group")]
     pub n_group: usize,
-    #[serde(default = "d_one")]
+    #[serde(default = "d_topk_group")]
     pub topk_group: usize,
-    #[serde(default = "d_one")]
+    #[serde(default = "d_top_k")]
     pub num_experts_per_tok: usize,
-    #[serde(default)]
+    #[serde(default = "d_dense")]
     pub first_k_dense_replace: usize,
     #[serde(default = "d_true")]
     pub norm_topk_prob: bool,
     #[serde(default = "d_eps")]
     pub rms_norm_eps: f64,
+    /// The RoPE base; [`DeepseekV3Config::from_json`] sets it from `rope_parameters` /
+    /// `rope_scaling` when the block names one.
     #[serde(default = "d_theta")]
     pub rope_theta: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeParams>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_parameters: Option<RopeParams>,
     #[serde(default = "d_true")]
     pub rope_interleave: bool,
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,
-    #[serde(default)]
+    /// MTP modules stored as layers `num_hidden_layers..` (transformers' `num_mtp_layers`, whose
+    /// default is 1; here an omitted key means none, so that a checkpoint without MTP tensors
+    /// loads).
+    #[serde(default, alias = "num_mtp_layers")]
     pub num_nextn_predict_layers: usize,
     #[serde(default = "d_sigmoid")]
     pub scoring_func: String,
     #[serde(default = "d_noaux")]
     pub topk_method: String,
+    /// Must be false (no attention biases); `true` is rejected when parsed.
     #[serde(default)]
     pub attention_bias: bool,
     /// α of the sequence-wise balance loss (V3 eq. 17–20; DeepSeek's `aux_loss_alpha`). Used in
     /// training only; 0 turns it off.
     #[serde(default)]
     pub aux_loss_alpha: f64,
-    /// FP8 checkpoints: `{quant_method: fp8, fmt: e4m3, weight_block_size: [128, 128], …}`.
+    /// FP8 checkpoints: `{quant_method: fp8, fmt: e4m3, weight_block_size: [128, 128], …}`. Not
+    /// written by a save (the saved weights are never FP8).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub quantization_config: Option<serde_json::Value>,
+    /// Every other key of the file (`moe_layer_freq`, `hidden_act`, `bos_token_id`, `auto_map`, …),
+    /// written back unchanged by a save. The keys a save always writes itself
+    /// ([`WRITTEN_ON_SAVE`]) are dropped by [`DeepseekV3Config::from_json`].
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
+
+/// The `config.json` keys a save derives from the model and the saved weights (`model_type`,
+/// `architectures`, `dtype`, `torch_dtype`, `num_key_value_heads`) rather than from
+/// [`DeepseekV3Config::extra`].
+pub const WRITTEN_ON_SAVE: [&str; 5] = ["model_type", "architectures", "dtype", "torch_dtype", "num_key_value_heads"];
 
 impl DeepseekV3Config {
     /// Parse and validate `config.json` text; `origin` names the file in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<DeepseekV3Config> {
-        let c: DeepseekV3Config = serde_json::from_str(text).map_err(|e| ModelError::Config {
+        let mut c: DeepseekV3Config = serde_json::from_str(text).map_err(|e| ModelError::Config {
             file: origin.into(),
             field: "(json)".into(),
             detail: e.to_string(),
         })?;
         c.validate(origin)?;
+        c.extra.retain(|k, _| !WRITTEN_ON_SAVE.contains(&k.as_str()));
+        c.rope_theta = c.theta();
         Ok(c)
     }
 
@@ -175,6 +241,31 @@ impl DeepseekV3Config {
         }
         if !(self.aux_loss_alpha >= 0.0 && self.aux_loss_alpha.is_finite()) {
             return bad("aux_loss_alpha", format!("{} must be finite and ≥ 0", self.aux_loss_alpha));
+        }
+        if self.attention_bias {
+            return bad("attention_bias", "true is not supported (MLA here has no projection biases)".into());
+        }
+        if let Some(v) = self.extra.get("moe_layer_freq")
+            && v.as_u64() != Some(1)
+        {
+            return bad(
+                "moe_layer_freq",
+                format!("{v} is not supported (only 1: every layer from first_k_dense_replace on is MoE)"),
+            );
+        }
+        if let Some(v) = self.extra.get("num_key_value_heads")
+            && !v.is_null()
+            && v.as_u64() != Some(self.num_attention_heads as u64)
+        {
+            return bad(
+                "num_key_value_heads",
+                format!("{v} is not supported (MLA: must equal num_attention_heads {})", self.num_attention_heads),
+            );
+        }
+        if let Some(v) = self.extra.get("hidden_act")
+            && v.as_str() != Some("silu")
+        {
+            return bad("hidden_act", format!("{v} is not supported (only \"silu\")"));
         }
         if !self.rope_interleave {
             return bad("rope_interleave", "false is not supported (DeepSeek checkpoints interleave)".into());
