@@ -4,7 +4,7 @@
 //! `cargo bench -p mla`; with `--features cuda` and `R1_BENCH_DEVICE=cuda` the same benches run on
 //! the GPU (each iteration ends with a device synchronisation).
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mla::cache::{DecodeMode, LatentCache};
 use mla::{Mla, MlaConfig};
 use tensor::ops::attention::AttnMask;
@@ -63,18 +63,26 @@ fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("mla_decode_step");
     g.sample_size(10);
     for ctx in [512usize, 2048, 8192] {
-        let cache = LatentCache {
-            ckv: Some(Tensor::randn(&[1, ctx, cf.kv_lora_rank], 1.0, 3, DType::F32, &dev).unwrap()),
-            k_pe: Some(Tensor::randn(&[1, ctx, cf.qk_rope_head_dim], 1.0, 4, DType::F32, &dev).unwrap()),
-        };
+        // A cache holding ctx random latents, with room for the decoded token.
+        let mut cache = LatentCache::with_capacity(ctx + 1);
+        cache
+            .append(
+                &Tensor::randn(&[1, ctx, cf.kv_lora_rank], 1.0, 3, DType::F32, &dev).unwrap(),
+                &Tensor::randn(&[1, ctx, cf.qk_rope_head_dim], 1.0, 4, DType::F32, &dev).unwrap(),
+            )
+            .unwrap();
+        let w = m.absorbed_weights().unwrap();
         for mode in [DecodeMode::Absorbed, DecodeMode::Naive] {
             g.bench_with_input(BenchmarkId::new(format!("{mode:?}"), ctx), &ctx, |bch, &ctx| {
-                bch.iter(|| {
-                    let mut cc = cache.clone();
-                    let y = m.decode(&x, &[ctx as u32], &mut cc, None, mode).unwrap();
-                    dev.synchronize().unwrap();
-                    y
-                })
+                bch.iter_batched(
+                    || cache.clone(),
+                    |mut cc| {
+                        let y = m.decode_with(&x, &[ctx as u32], &mut cc, None, mode, Some(&w)).unwrap();
+                        dev.synchronize().unwrap();
+                        y
+                    },
+                    BatchSize::LargeInput,
+                )
             });
         }
     }

@@ -26,6 +26,8 @@ use tensor::ops::rope::{RopeTable, Yarn, rope, rope_backward};
 use tensor::ops::shape::{broadcast_to, broadcast_to_backward, cat, split_last};
 use tensor::{DType, Device, Param, Tensor};
 
+use std::sync::Arc;
+
 /// Errors of the MLA layer.
 #[derive(Debug, thiserror::Error)]
 pub enum MlaError {
@@ -74,6 +76,18 @@ impl MlaConfig {
         (self.qk_head_dim() as f64).powf(-0.5) * self.yarn.as_ref().map_or(1.0, Yarn::softmax_scale_factor)
     }
 
+    /// The RoPE table of this configuration (`qk_rope_head_dim`, `rope_theta`, YaRN, one row per
+    /// position up to `max_position_embeddings`). Every layer of a model has the same one: build
+    /// it once and hand it to each layer ([`Mla::init_with_rope`], [`Mla::load_with_rope`]).
+    pub fn rope_table(&self) -> Result<Arc<RopeTable>> {
+        Ok(Arc::new(RopeTable::new(
+            self.qk_rope_head_dim,
+            self.rope_theta,
+            self.max_position_embeddings,
+            self.yarn.as_ref(),
+        )?))
+    }
+
     /// Check that the dimensions are usable.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, detail: String| Err(MlaError::Config { field, detail });
@@ -105,7 +119,8 @@ pub enum QProj {
     Direct { q_proj: Param },
 }
 
-/// One MLA layer's weights (HF layout `[out, in]`) and its RoPE table.
+/// One MLA layer's weights (HF layout `[out, in]`) and its RoPE table (shared by every layer of
+/// a model).
 #[derive(Clone, Debug)]
 pub struct Mla {
     pub cfg: MlaConfig,
@@ -114,10 +129,24 @@ pub struct Mla {
     pub kv_a_layernorm: Param,
     pub kv_b_proj: Param,
     pub o_proj: Param,
-    pub rope: RopeTable,
+    pub rope: Arc<RopeTable>,
     /// Arithmetic of the projections in [`Mla::forward`] / [`Mla::backward`] (DeepSeek-V3 §3.3);
     /// [`LinearPrecision::F32`] after `init` / `load`.
     pub precision: LinearPrecision,
+}
+
+/// A shared table must fit the layer: its rotary dimension and at least the configured positions.
+fn check_rope(cfg: &MlaConfig, rope: &RopeTable) -> Result<()> {
+    if rope.dim != cfg.qk_rope_head_dim || rope.max_positions < cfg.max_position_embeddings {
+        return Err(MlaError::Config {
+            field: "rope",
+            detail: format!(
+                "shared table has dim {} and {} positions, the layer needs dim {} and {}",
+                rope.dim, rope.max_positions, cfg.qk_rope_head_dim, cfg.max_position_embeddings
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The low-rank query path's saved activations: `(q_a_proj output, normed c_q, its rstd)`.
@@ -151,9 +180,25 @@ pub struct MlaSaved {
 }
 
 impl Mla {
-    /// Random weights (N(0, std²); norm weights 1) for tests and training from scratch.
+    /// Random weights (N(0, std²); norm weights 1) for tests and training from scratch, with a
+    /// RoPE table of its own.
     pub fn init(cfg: MlaConfig, std: f64, seed: u64, dtype: DType, dev: &Device) -> Result<Mla> {
         cfg.validate()?;
+        let rope = cfg.rope_table()?;
+        Mla::init_with_rope(cfg, rope, std, seed, dtype, dev)
+    }
+
+    /// [`Mla::init`] sharing `rope` (from [`MlaConfig::rope_table`] of an equal configuration).
+    pub fn init_with_rope(
+        cfg: MlaConfig,
+        rope: Arc<RopeTable>,
+        std: f64,
+        seed: u64,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Mla> {
+        cfg.validate()?;
+        check_rope(&cfg, &rope)?;
         let h = cfg.num_attention_heads;
         let r = |o: usize, i: usize, s: u64| -> Result<Param> {
             Ok(Tensor::randn(&[o, i], std, seed.wrapping_mul(31).wrapping_add(s), dtype, dev)?.into())
@@ -168,7 +213,7 @@ impl Mla {
             None => QProj::Direct { q_proj: r(h * cfg.qk_head_dim(), cfg.hidden_size, 3)? },
         };
         Ok(Mla {
-            rope: RopeTable::new(cfg.qk_rope_head_dim, cfg.rope_theta, cfg.max_position_embeddings, cfg.yarn.as_ref())?,
+            rope,
             q,
             kv_a_proj_with_mqa: r(cfg.kv_lora_rank + cfg.qk_rope_head_dim, cfg.hidden_size, 4)?,
             kv_a_layernorm: ones(cfg.kv_lora_rank)?,
@@ -179,9 +224,18 @@ impl Mla {
         })
     }
 
-    /// Load the weights named `{prefix}.q_a_proj.weight`, … from `params`.
+    /// Load the weights named `{prefix}.q_a_proj.weight`, … from `params`, with a RoPE table of
+    /// its own.
     pub fn load(cfg: MlaConfig, params: &Params, prefix: &str) -> Result<Mla> {
         cfg.validate()?;
+        let rope = cfg.rope_table()?;
+        Mla::load_with_rope(cfg, rope, params, prefix)
+    }
+
+    /// [`Mla::load`] sharing `rope` (from [`MlaConfig::rope_table`] of an equal configuration).
+    pub fn load_with_rope(cfg: MlaConfig, rope: Arc<RopeTable>, params: &Params, prefix: &str) -> Result<Mla> {
+        cfg.validate()?;
+        check_rope(&cfg, &rope)?;
         let get = |n: &str| {
             let name = format!("{prefix}.{n}.weight");
             params.get(&name).cloned().map(Param::new).ok_or(MlaError::MissingWeight(name))
@@ -195,7 +249,7 @@ impl Mla {
             None => QProj::Direct { q_proj: get("q_proj")? },
         };
         Ok(Mla {
-            rope: RopeTable::new(cfg.qk_rope_head_dim, cfg.rope_theta, cfg.max_position_embeddings, cfg.yarn.as_ref())?,
+            rope,
             q,
             kv_a_proj_with_mqa: get("kv_a_proj_with_mqa")?,
             kv_a_layernorm: get("kv_a_layernorm")?,

@@ -116,6 +116,77 @@ fn decode_equals_forward() {
     }
 }
 
+/// A fixed-capacity cache is allocated once and written in place: the same buffer across every
+/// append (no concatenation, no reallocation), the same outputs as a growing cache and with
+/// weights prepared once; one token past the capacity is a clear error.
+#[test]
+fn preallocated_cache_writes_in_place_and_refuses_overflow() {
+    let c = cfg(Some(5), 3, true);
+    let m = Mla::init(c.clone(), 0.3, 2, DType::F32, &Device::Cpu).unwrap();
+    let (b, s) = (2, 6);
+    let x = Tensor::randn(&[b, s, c.hidden_size], 1.0, 41, DType::F32, &Device::Cpu).unwrap();
+    let positions: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
+    let w = m.absorbed_weights().unwrap();
+    for mode in [DecodeMode::Naive, DecodeMode::Absorbed] {
+        let mut fixed = LatentCache::with_capacity(s);
+        let mut growing = LatentCache::default();
+        assert_eq!((fixed.capacity(), fixed.allocations()), (s, 0));
+        let step = |cache: &mut LatentCache, i: usize, n: usize, w| {
+            let xi = narrow(&x, 1, i, n).unwrap();
+            m.decode_with(&xi, &pos_slice(&positions, b, s, i, n), cache, None, mode, w).unwrap()
+        };
+        let ptr = |cache: &LatentCache| cache.buffer().unwrap().cpu_slice::<f32>().unwrap().as_ptr();
+        let (mut a, mut g) = (vec![step(&mut fixed, 0, 2, Some(&w))], vec![step(&mut growing, 0, 2, None)]);
+        let first = ptr(&fixed);
+        for i in 2..s {
+            a.push(step(&mut fixed, i, 1, Some(&w)));
+            g.push(step(&mut growing, i, 1, None));
+            assert_eq!(ptr(&fixed), first, "{mode:?}: the buffer moved at token {i}");
+        }
+        assert_eq!((fixed.len(), fixed.capacity(), fixed.allocations()), (s, s, 1));
+        // The growing cache doubled: 2 → 4 → 8 rows (absorbed: the prefill appends one token
+        // at a time, 1 → 2 → 4 → 8).
+        let grown = if mode == DecodeMode::Naive { 3 } else { 4 };
+        assert_eq!((growing.len(), growing.capacity(), growing.allocations()), (s, 8, grown));
+        assert_eq!(cat(&a, 1).unwrap().to_vec_f64().unwrap(), cat(&g, 1).unwrap().to_vec_f64().unwrap());
+        assert_eq!(fixed.ckv().unwrap().unwrap().shape(), &vec![b, s, c.kv_lora_rank]);
+        assert_eq!(fixed.k_pe().unwrap().unwrap().shape(), &vec![b, s, c.qk_rope_head_dim]);
+        // Full: the next token is refused and the cache is unchanged.
+        let xi = narrow(&x, 1, 0, 1).unwrap();
+        let e = m.decode_with(&xi, &[6, 6], &mut fixed, None, mode, Some(&w)).unwrap_err().to_string();
+        assert!(e.contains("exceed the 6 reserved"), "{e}");
+        assert_eq!((fixed.len(), fixed.allocations()), (s, 1));
+        // A clone owns a copy of the buffer (so both can be written in place).
+        let mut copy = fixed.clone();
+        assert_ne!(ptr(&copy), ptr(&fixed));
+        assert_eq!(
+            copy.ckv().unwrap().unwrap().to_vec_f64().unwrap(),
+            fixed.ckv().unwrap().unwrap().to_vec_f64().unwrap()
+        );
+        assert!(m.decode_with(&xi, &[6, 6], &mut copy, None, mode, Some(&w)).is_err());
+    }
+}
+
+/// Layers built with one shared RoPE table equal layers with tables of their own; a table of
+/// the wrong size is refused.
+#[test]
+fn shared_rope_table() {
+    let c = cfg(Some(5), 2, true);
+    let rope = c.rope_table().unwrap();
+    let own = Mla::init(c.clone(), 0.3, 4, DType::F64, &Device::Cpu).unwrap();
+    let a = Mla::init_with_rope(c.clone(), rope.clone(), 0.3, 4, DType::F64, &Device::Cpu).unwrap();
+    let b = Mla::init_with_rope(c.clone(), rope.clone(), 0.3, 5, DType::F64, &Device::Cpu).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a.rope, &b.rope));
+    let x = Tensor::randn(&[1, 5, c.hidden_size], 1.0, 3, DType::F64, &Device::Cpu).unwrap();
+    let pos: Vec<u32> = (0..5).collect();
+    let (y0, _) = own.forward(&x, &pos, &AttnMask::causal()).unwrap();
+    let (y1, _) = a.forward(&x, &pos, &AttnMask::causal()).unwrap();
+    assert_eq!(y0.to_vec_f64().unwrap(), y1.to_vec_f64().unwrap());
+    let mut other = c.clone();
+    other.qk_rope_head_dim += 2;
+    assert!(Mla::init_with_rope(other, rope, 0.3, 4, DType::F64, &Device::Cpu).is_err());
+}
+
 fn pos_slice(p: &[u32], b: usize, s: usize, start: usize, len: usize) -> Vec<u32> {
     (0..b).flat_map(|bi| p[bi * s + start..bi * s + start + len].to_vec()).collect()
 }

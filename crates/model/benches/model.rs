@@ -3,7 +3,7 @@
 //! 256-token latent cache (absorbed MLA, batch 8).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mla::cache::{DecodeMode, LatentCache};
+use mla::cache::DecodeMode;
 use model::{DeepseekV3, DeepseekV3Config, lm_loss};
 use tensor::ops::attention::AttnMask;
 use tensor::{DType, Device};
@@ -39,8 +39,9 @@ fn decode_step(c: &mut Criterion) {
     let (b, ctx) = (8, 256);
     let (ids, _) = stream(b, ctx);
     let pos: Vec<u32> = (0..b * ctx).map(|i| (i % ctx) as u32).collect();
-    let mut prefilled = vec![LatentCache::default(); m.layers.len()];
-    m.decode_step(&ids, (b, ctx), &pos, &mut prefilled, None, DecodeMode::Naive).unwrap();
+    // Caches preallocated for the context and the decoded token, absorbed weights split once.
+    let mut prefilled = m.decode_state(ctx + 1).unwrap();
+    m.decode_step_with(&ids, (b, ctx), &pos, &mut prefilled, None, DecodeMode::Naive).unwrap();
     let next: Vec<u32> = (0..b as u32).collect();
     let npos = vec![ctx as u32; b];
     let mut g = c.benchmark_group("model_cpu_small");
@@ -49,7 +50,7 @@ fn decode_step(c: &mut Criterion) {
     g.bench_function("decode_step_b8_ctx256", |bch| {
         bch.iter_batched(
             || prefilled.clone(),
-            |mut caches| m.decode_step(&next, (b, 1), &npos, &mut caches, None, DecodeMode::Absorbed).unwrap(),
+            |mut st| m.decode_step_with(&next, (b, 1), &npos, &mut st, None, DecodeMode::Absorbed).unwrap(),
             criterion::BatchSize::LargeInput,
         )
     });

@@ -1,10 +1,12 @@
 //! Batched generation over the MLA latent cache: prefill the prompts (naive MLA), then one token
-//! per step (absorbed MLA), sampling with temperature, top-k, top-p and a seed; stop tokens and
+//! per step (absorbed MLA). A generation allocates every layer's cache once for prompt plus new
+//! tokens and splits the absorbed weights once ([`DecodeState`]); each step writes its latents in
+//! place and attends over the filled prefix. Sampling sampling with temperature, top-k, top-p and a seed; stop tokens and
 //! `max_new_tokens` finish each sequence on its own. Returns the new token ids and their
 //! log-probabilities under the temperature-scaled distribution (what GRPO's old-policy logprobs
 //! are compared with; greedy decoding reports logprobs at temperature 1).
 
-use mla::cache::{DecodeMode, LatentCache};
+use mla::cache::{AbsorbedWeights, DecodeMode, LatentCache};
 use rand::{Rng, RngExt, SeedableRng};
 use tensor::Tensor;
 use tensor::ops::elementwise::add;
@@ -17,6 +19,15 @@ use crate::{DeepseekV3, Ffn, ModelError, Result};
 
 /// `(layer, [tokens·k] chosen experts)` of every MoE layer in one decode step.
 pub type LayerRouting = Vec<(usize, Vec<u32>)>;
+
+/// What a decode loop keeps between steps: every layer's latent cache, and every layer's
+/// absorbed weights prepared once from the current weights (build a new state after the
+/// weights change).
+#[derive(Clone, Debug)]
+pub struct DecodeState {
+    pub caches: Vec<LatentCache>,
+    pub absorbed: Vec<AbsorbedWeights>,
+}
 
 /// Sampling settings (`temperature` 0 = greedy).
 #[derive(Clone, Debug, PartialEq)]
@@ -88,6 +99,35 @@ pub fn sample_token(logits: &[f64], sp: &SamplingParams, rng: &mut impl Rng) -> 
 }
 
 impl DeepseekV3 {
+    /// Every layer's `W_UK` / `W_UV` split out of `kv_b_proj` now, for absorbed decoding.
+    pub fn absorbed_weights(&self) -> Result<Vec<AbsorbedWeights>> {
+        self.layers.iter().map(|blk| Ok(blk.self_attn.absorbed_weights()?)).collect()
+    }
+
+    /// A decode state for up to `capacity` tokens per sequence: empty caches of that fixed
+    /// capacity (allocated at the first step) and the absorbed weights prepared once.
+    pub fn decode_state(&self, capacity: usize) -> Result<DecodeState> {
+        Ok(DecodeState {
+            caches: vec![LatentCache::with_capacity(capacity); self.layers.len()],
+            absorbed: self.absorbed_weights()?,
+        })
+    }
+
+    /// [`DeepseekV3::decode_step_routed`] through a [`DecodeState`]: the absorbed mode uses its
+    /// prepared weights instead of splitting them per step.
+    pub fn decode_step_with(
+        &self,
+        ids: &[u32],
+        (b, s): (usize, usize),
+        positions: &[u32],
+        state: &mut DecodeState,
+        key_padding: Option<&[bool]>,
+        mode: DecodeMode,
+    ) -> Result<(Tensor, LayerRouting)> {
+        let DecodeState { caches, absorbed } = state;
+        self.decode_layers(ids, (b, s), positions, caches, Some(absorbed), key_padding, mode)
+    }
+
     /// Run `ids [B·s]` (shape `(B, s)`, positions per token) through the model, appending every layer's latents
     /// to `caches`; returns the logits of the last position of each row `[B, vocab]`.
     pub fn decode_step(
@@ -113,13 +153,36 @@ impl DeepseekV3 {
         key_padding: Option<&[bool]>,
         mode: DecodeMode,
     ) -> Result<(Tensor, LayerRouting)> {
+        self.decode_layers(ids, (b, s), positions, caches, None, key_padding, mode)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decode_layers(
+        &self,
+        ids: &[u32],
+        (b, s): (usize, usize),
+        positions: &[u32],
+        caches: &mut [LatentCache],
+        absorbed: Option<&[AbsorbedWeights]>,
+        key_padding: Option<&[bool]>,
+        mode: DecodeMode,
+    ) -> Result<(Tensor, LayerRouting)> {
+        let n = self.layers.len();
+        if caches.len() != n || absorbed.is_some_and(|a| a.len() != n) {
+            return Err(ModelError::Input(format!(
+                "{} caches and {:?} absorbed weights for {n} layers",
+                caches.len(),
+                absorbed.map(<[_]>::len)
+            )));
+        }
         let d = self.cfg.hidden_size;
         let mut routed = Vec::new();
         let eps = self.cfg.rms_norm_eps;
         let mut x = embedding(ids, &self.embed_tokens)?.reshape(&[b, s, d])?;
         for (layer, (blk, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
             let (h, _) = rms_norm(&x, &blk.input_layernorm, eps)?;
-            let a = blk.self_attn.decode(&h, positions, cache, key_padding, mode)?;
+            let w = absorbed.map(|a| &a[layer]);
+            let a = blk.self_attn.decode_with(&h, positions, cache, key_padding, mode, w)?;
             let x2 = add(&x, &a)?;
             let (h2, _) = rms_norm(&x2, &blk.post_attention_layernorm, eps)?;
             let flat = h2.reshape(&[b * s, d])?;
@@ -164,11 +227,11 @@ impl DeepseekV3 {
             positions.extend((0..p).map(|j| j.saturating_sub(pd) as u32));
             keep.extend((0..p).map(|j| j >= pd));
         }
-        let mut caches = vec![LatentCache::default(); self.layers.len()];
+        let mut state = self.decode_state(p + sp.max_new_tokens)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(sp.seed);
         let mut out = Generation { tokens: vec![vec![]; b], logprobs: vec![vec![]; b], stopped: vec![false; b] };
         let mut done = vec![false; b];
-        let mut logits = self.decode_step(&ids, (b, p), &positions, &mut caches, Some(&keep), DecodeMode::Naive)?;
+        let mut logits = self.decode_step_with(&ids, (b, p), &positions, &mut state, Some(&keep), DecodeMode::Naive)?.0;
         for step in 0..sp.max_new_tokens {
             let lv = logits.to_vec_f64()?;
             let mut next = vec![0u32; b];
@@ -191,7 +254,7 @@ impl DeepseekV3 {
             let pos: Vec<u32> = (0..b).map(|r| (p - pad[r] + step) as u32).collect();
             keep =
                 (0..b).flat_map(|r| keep[r * (p + step)..(r + 1) * (p + step)].iter().copied().chain([true])).collect();
-            logits = self.decode_step(&next, (b, 1), &pos, &mut caches, Some(&keep), DecodeMode::Absorbed)?;
+            logits = self.decode_step_with(&next, (b, 1), &pos, &mut state, Some(&keep), DecodeMode::Absorbed)?.0;
         }
         Ok(out)
     }

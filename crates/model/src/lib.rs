@@ -234,6 +234,7 @@ impl DeepseekV3 {
     pub fn init(cfg: DeepseekV3Config, std: f64, seed: u64, dt: DType, dev: &Device) -> Result<DeepseekV3> {
         let d = cfg.hidden_size;
         let ones = |n: usize| -> Result<Param> { Ok(Tensor::full(&[n], 1.0, dt, dev)?.into()) };
+        let rope = cfg.mla().rope_table()?; // one table for every layer
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let s = seed.wrapping_mul(7919).wrapping_add(100 * i as u64 + 1);
@@ -244,14 +245,14 @@ impl DeepseekV3 {
                 };
                 Ok(Block {
                     input_layernorm: ones(d)?,
-                    self_attn: Mla::init(cfg.mla(), std, s, dt, dev)?,
+                    self_attn: Mla::init_with_rope(cfg.mla(), rope.clone(), std, s, dt, dev)?,
                     post_attention_layernorm: ones(d)?,
                     mlp,
                 })
             })
             .collect::<Result<_>>()?;
         let mtp = (0..cfg.num_nextn_predict_layers)
-            .map(|k| Mtp::init(&cfg, std, seed.wrapping_add(1000 + k as u64), dt, dev))
+            .map(|k| Mtp::init(&cfg, &rope, std, seed.wrapping_add(1000 + k as u64), dt, dev))
             .collect::<Result<_>>()?;
         Ok(DeepseekV3 {
             embed_tokens: Tensor::randn(&[cfg.vocab_size, d], std, seed.wrapping_add(1), dt, dev)?.into(),
@@ -268,6 +269,7 @@ impl DeepseekV3 {
     /// copies of the embedding and head are not read: the modules use the model's).
     pub fn load(cfg: DeepseekV3Config, p: &Params) -> Result<DeepseekV3> {
         let get = |n: &str| p.get(n).cloned().map(Param::new).ok_or_else(|| ModelError::MissingWeight(n.to_string()));
+        let rope = cfg.mla().rope_table()?; // one table for every layer
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let pre = format!("model.layers.{i}");
@@ -278,14 +280,14 @@ impl DeepseekV3 {
                 };
                 Ok(Block {
                     input_layernorm: get(&format!("{pre}.input_layernorm.weight"))?,
-                    self_attn: Mla::load(cfg.mla(), p, &format!("{pre}.self_attn"))?,
+                    self_attn: Mla::load_with_rope(cfg.mla(), rope.clone(), p, &format!("{pre}.self_attn"))?,
                     post_attention_layernorm: get(&format!("{pre}.post_attention_layernorm.weight"))?,
                     mlp,
                 })
             })
             .collect::<Result<_>>()?;
         let mtp = (0..cfg.num_nextn_predict_layers)
-            .map(|k| Mtp::load(&cfg, p, cfg.num_hidden_layers + k))
+            .map(|k| Mtp::load(&cfg, &rope, p, cfg.num_hidden_layers + k))
             .collect::<Result<_>>()?;
         Ok(DeepseekV3 {
             embed_tokens: get("model.embed_tokens.weight")?,

@@ -7,12 +7,15 @@
 //! `shared_head.norm`, and copies of the shared `embed_tokens` and `shared_head.head` (the
 //! released V3 layout; [`crate::DeepseekV3::state_dict`] writes them, loading ignores them).
 
+use std::sync::Arc;
+
 use optim::Params;
 use tensor::ops::attention::AttnMask;
 use tensor::ops::index::{embedding, embedding_backward};
 use tensor::ops::loss::IGNORE_INDEX;
 use tensor::ops::matmul::{linear, linear_backward};
 use tensor::ops::norm::{rms_norm, rms_norm_backward};
+use tensor::ops::rope::RopeTable;
 use tensor::ops::shape::{cat, narrow, narrow_backward, split_last};
 use tensor::{DType, Device, Param, Tensor};
 
@@ -71,8 +74,15 @@ impl Mtp {
         self.block.set_linear_precision(p);
     }
 
-    /// Random weights (norms 1).
-    pub fn init(cfg: &DeepseekV3Config, std: f64, seed: u64, dt: DType, dev: &Device) -> Result<Mtp> {
+    /// Random weights (norms 1); the attention shares the model's RoPE table `rope`.
+    pub fn init(
+        cfg: &DeepseekV3Config,
+        rope: &Arc<RopeTable>,
+        std: f64,
+        seed: u64,
+        dt: DType,
+        dev: &Device,
+    ) -> Result<Mtp> {
         let d = cfg.hidden_size;
         let ones = || -> Result<Param> { Ok(Tensor::full(&[d], 1.0, dt, dev)?.into()) };
         Ok(Mtp {
@@ -81,7 +91,7 @@ impl Mtp {
             eh_proj: Tensor::randn(&[d, 2 * d], std, seed, dt, dev)?.into(),
             block: Block {
                 input_layernorm: ones()?,
-                self_attn: mla::Mla::init(cfg.mla(), std, seed + 1, dt, dev)?,
+                self_attn: mla::Mla::init_with_rope(cfg.mla(), rope.clone(), std, seed + 1, dt, dev)?,
                 post_attention_layernorm: ones()?,
                 mlp: Ffn::Moe(moe_router::Moe::init(cfg.moe(), std, seed + 2, dt, dev)?),
             },
@@ -89,8 +99,8 @@ impl Mtp {
         })
     }
 
-    /// Load `model.layers.{layer}.…`.
-    pub fn load(cfg: &DeepseekV3Config, p: &Params, layer: usize) -> Result<Mtp> {
+    /// Load `model.layers.{layer}.…`; the attention shares the model's RoPE table `rope`.
+    pub fn load(cfg: &DeepseekV3Config, rope: &Arc<RopeTable>, p: &Params, layer: usize) -> Result<Mtp> {
         let pre = format!("model.layers.{layer}");
         let get = |n: &str| {
             let name = format!("{pre}.{n}");
@@ -102,7 +112,7 @@ impl Mtp {
             eh_proj: get("eh_proj.weight")?,
             block: Block {
                 input_layernorm: get("input_layernorm.weight")?,
-                self_attn: mla::Mla::load(cfg.mla(), p, &format!("{pre}.self_attn"))?,
+                self_attn: mla::Mla::load_with_rope(cfg.mla(), rope.clone(), p, &format!("{pre}.self_attn"))?,
                 post_attention_layernorm: get("post_attention_layernorm.weight")?,
                 mlp: Ffn::Moe(moe_router::Moe::load(cfg.moe(), p, &format!("{pre}.mlp"))?),
             },

@@ -82,3 +82,37 @@ fn sampling_is_seeded_top_k_one_is_greedy_and_stops_finish() {
     }
     assert!(m.generate(&[vec![99]], &sp).unwrap_err().to_string().contains("99"));
 }
+
+/// A decode state holds one fixed-capacity buffer per layer, allocated once: decoding through it
+/// matches the per-step path (growing caches, weights split every step) exactly, and one token
+/// past the capacity is an error naming it.
+#[test]
+fn decode_state_is_preallocated_and_bounded() {
+    use mla::cache::{DecodeMode, LatentCache};
+    let m = model();
+    let (prompt, n) = (vec![3u32, 1, 4, 1, 5], 4);
+    let p = prompt.len();
+    let mut st = m.decode_state(p + n).unwrap();
+    let mut caches = vec![LatentCache::default(); m.layers.len()];
+    let pos: Vec<u32> = (0..p as u32).collect();
+    let (a, _) = m.decode_step_with(&prompt, (1, p), &pos, &mut st, None, DecodeMode::Naive).unwrap();
+    let b = m.decode_step(&prompt, (1, p), &pos, &mut caches, None, DecodeMode::Naive).unwrap();
+    assert_eq!(a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+    for i in 0..n {
+        let (tok, at) = ([(7 + i) as u32], [(p + i) as u32]);
+        let (a, _) = m.decode_step_with(&tok, (1, 1), &at, &mut st, None, DecodeMode::Absorbed).unwrap();
+        let b = m.decode_step(&tok, (1, 1), &at, &mut caches, None, DecodeMode::Absorbed).unwrap();
+        assert_eq!(a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap(), "step {i}");
+    }
+    for c in &st.caches {
+        assert_eq!((c.len(), c.capacity(), c.allocations()), (p + n, p + n, 1));
+    }
+    let e = m
+        .decode_step_with(&[1], (1, 1), &[(p + n) as u32], &mut st, None, DecodeMode::Absorbed)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exceed the 9 reserved"), "{e}");
+    // The wrong number of caches is refused rather than silently skipping layers.
+    let mut short = vec![LatentCache::default()];
+    assert!(m.decode_step(&prompt, (1, p), &pos, &mut short, None, DecodeMode::Naive).is_err());
+}

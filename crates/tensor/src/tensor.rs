@@ -250,6 +250,12 @@ impl Tensor {
         &self.storage
     }
 
+    /// The buffer, mutably, when no other handle shares it (for in-place writes into a cache
+    /// that owns its buffer, [`crate::ops::cache::write_at`]).
+    pub(crate) fn storage_mut(&mut self) -> Option<&mut Storage> {
+        Arc::get_mut(&mut self.storage)
+    }
+
     /// The same buffer viewed with another shape of equal element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         if numel(shape) != self.numel() {

@@ -676,3 +676,73 @@ fn bshd_views(
         move |i| MatView { off: i * h * s * t, ld: t, stride: s * t, trans: false },
     )
 }
+
+/// Device paths of [`crate::ops::cache`]: in-place row writes and attention over a cache prefix.
+impl CudaBackend {
+    /// `dst[.., offset .. offset + src.dim(dim), ..] = src` in one strided copy (checked by the
+    /// caller: shapes fit, same dtype, `dst` not shared).
+    pub(crate) fn write_at(
+        &self,
+        dst: &mut super::CudaStorage,
+        dst_shape: &[usize],
+        dim: usize,
+        offset: usize,
+        src: &Tensor,
+    ) -> Result<()> {
+        let cs = contiguous_strides(dst_shape);
+        let dp = dst.ptr(&self.stream);
+        if dst_shape[..dim].iter().all(|&d| d == 1) {
+            return self.copy_contiguous(src.dtype(), dp, offset * cs[dim], self.p(src), 0, src.numel());
+        }
+        self.copy_strided(
+            src.dtype(),
+            dp,
+            offset * cs[dim],
+            self.p(src),
+            0,
+            src.shape(),
+            &cs,
+            &contiguous_strides(src.shape()),
+        )
+    }
+
+    /// [`crate::ops::cache::attention_cached`]: two strided-batched GEMMs that address the first
+    /// `len` rows of `kv [B, cap, D]` in place (keys transposed, values the first `dv` columns),
+    /// with the scale, padding mask and softmax between them.
+    pub(crate) fn attention_cached(
+        self: &Arc<Self>,
+        q: &Tensor,
+        kv: &Tensor,
+        len: usize,
+        dv: usize,
+        scale: f64,
+        key_padding: Option<&[bool]>,
+    ) -> Result<Tensor> {
+        use crate::ops::elementwise::{add, affine};
+        use crate::ops::softmax::softmax;
+        let (b, s, d, cap) = (q.dim(0), q.dim(1), q.dim(2), kv.dim(1));
+        let dt = q.dtype();
+        let mut sc = self.alloc(dt, b * s * len)?;
+        self.gemm_views(
+            (s, len, d, b),
+            (q, MatView { off: 0, ld: d, stride: s * d, trans: false }),
+            (kv, MatView { off: 0, ld: d, stride: cap * d, trans: true }),
+            (&mut sc, MatView { off: 0, ld: len, stride: s * len, trans: false }),
+        )?;
+        let mut scores = affine(&self.wrap(sc, &[b, s, len]), scale, 0.0)?;
+        if let Some(m) = key_padding {
+            let bias: Vec<f32> = m.iter().map(|&v| if v { 0.0 } else { f32::NEG_INFINITY }).collect();
+            let bias = Tensor::from_vec(bias, &[b, 1, len])?.to_dtype(dt)?.to_device(q.device())?;
+            scores = add(&scores, &bias)?;
+        }
+        let p = softmax(&scores)?;
+        let mut o = self.alloc(dt, b * s * dv)?;
+        self.gemm_views(
+            (s, dv, len, b),
+            (&p, MatView { off: 0, ld: len, stride: s * len, trans: false }),
+            (kv, MatView { off: 0, ld: d, stride: cap * d, trans: false }),
+            (&mut o, MatView { off: 0, ld: dv, stride: s * dv, trans: false }),
+        )?;
+        Ok(self.wrap(o, &[b, s, dv]))
+    }
+}

@@ -53,7 +53,12 @@ const ROW_BLOCK: usize = 32;
 /// `row[..lim] ← softmax(scale · row[..lim])` over the keys `visible(j)` admits, every other
 /// entry 0. Returns false (row all zeros) when no key is visible.
 #[inline(always)]
-fn softmax_row<T: Float>(row: &mut [T], lim: usize, scale: T, visible: Option<&dyn Fn(usize) -> bool>) -> bool {
+pub(super) fn softmax_row<T: Float>(
+    row: &mut [T],
+    lim: usize,
+    scale: T,
+    visible: Option<&dyn Fn(usize) -> bool>,
+) -> bool {
     let (head, tail) = row.split_at_mut(lim);
     tail.iter_mut().for_each(|x| *x = T::zero());
     head.iter_mut().for_each(|x| *x *= scale);

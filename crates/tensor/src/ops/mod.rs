@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod cache;
 pub mod elementwise;
 pub mod index;
 pub mod loss;
