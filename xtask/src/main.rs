@@ -60,6 +60,15 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
+/// Where cargo puts build outputs: `CARGO_TARGET_DIR` when set (relative to the workspace),
+/// else `target/` in the workspace.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => root().join(d),
+        _ => root().join("target"),
+    }
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {cmd:?}");
     let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
@@ -165,7 +174,7 @@ fn bench(what: &str) -> Result<()> {
         "gemm" => {
             run(cargo().args(["build", "--release", "-p", "tensor", "--example", "gemm"]))?;
             let venv = bench_venv(&["numpy"])?;
-            let ours = Command::new(root().join("target/release/examples/gemm")).output()?;
+            let ours = Command::new(target_dir().join("release/examples/gemm")).output()?;
             let peer = Command::new(venv.join("bin/python")).arg(root().join("benches/gemm_numpy.py")).output()?;
             if !ours.status.success() || !peer.status.success() {
                 bail!(
@@ -235,8 +244,7 @@ fn cpu_small() -> Result<()> {
         let line = text.lines().rev().find(|l| l.starts_with('{')).context("no JSON line")?;
         Ok(serde_json::from_str(line)?)
     };
-    let ours =
-        json(&Command::new(root().join("target/release/examples/smoke")).args(["--bench", "5"]).output()?, "r1")?;
+    let ours = json(&Command::new(target_dir().join("release/examples/smoke")).args(["--bench", "5"]).output()?, "r1")?;
     let peer = json(
         &Command::new(venv.join("bin/python")).arg(root().join("benches/cpu_small_peer.py")).args(["5"]).output()?,
         "peer",
@@ -271,7 +279,7 @@ fn gpu_bundle() -> Result<()> {
     }
     for (pkg, example) in [("tensor", "gemm"), ("fp8", "fp8_gemm_gpu")] {
         run(cargo().args(["build", "--release", "-p", pkg, "--features", "cuda", "--example", example]))?;
-        std::fs::copy(root().join("target/release/examples").join(example), out.join(example))?;
+        std::fs::copy(target_dir().join("release/examples").join(example), out.join(example))?;
         let _ = Command::new("strip").arg(out.join(example)).status();
     }
     eprintln!("bundled {n} test binaries and the gemm / fp8_gemm_gpu examples into {}", out.display());
@@ -304,7 +312,7 @@ fn fp8_gap(steps: usize, seed: u64) -> Result<()> {
     let mut res = Vec::new();
     for (name, extra) in [("f32", None), ("fp8", Some("--fp8"))] {
         let out = root().join(format!("runs/fp8-gap-{name}-seed{seed}"));
-        let mut c = Command::new(root().join("target/release/r1"));
+        let mut c = Command::new(target_dir().join("release/r1"));
         c.arg("train").arg("--config").arg(&cfg).arg("--out").arg(&out).args(["--fresh", "--steps"]);
         c.arg(steps.to_string()).arg("--seed").arg(seed.to_string()).args(extra);
         let t0 = std::time::Instant::now();
@@ -356,5 +364,5 @@ fn train(args: &[String]) -> Result<()> {
         build.args(["--features", "cuda"]);
     }
     run(&mut build)?;
-    run(Command::new(root().join("target/release/r1")).arg("train").args(args).current_dir(root()))
+    run(Command::new(target_dir().join("release/r1")).arg("train").args(args).current_dir(root()))
 }

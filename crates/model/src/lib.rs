@@ -399,6 +399,16 @@ impl DeepseekV3 {
                 positions.len()
             )));
         }
+        for (what, len) in [
+            ("segment_ids", mask.segment_ids.as_ref().map(Vec::len)),
+            ("key_padding", mask.key_padding.as_ref().map(Vec::len)),
+        ] {
+            if let Some(len) = len
+                && len != b * s
+            {
+                return Err(ModelError::Input(format!("{what}: {len} entries for batch {b} × {s}")));
+            }
+        }
         let eps = self.cfg.rms_norm_eps;
         let mut x = embedding(ids, &self.embed_tokens)?.reshape(&[b, s, d])?;
         let mut blocks = Vec::with_capacity(self.layers.len());

@@ -173,6 +173,8 @@ pub struct LogprobSaved<S> {
     /// `log_softmax(logits / T)` `[B·S, vocab]` (f32).
     logp: Tensor,
     targets: Vec<u32>,
+    /// Positions with a target (the others get no gradient).
+    scored: Vec<bool>,
     temperature: f64,
     /// Shape and dtype of the logits.
     shape: Vec<usize>,
@@ -205,18 +207,20 @@ pub fn token_logprobs<M: CausalLm>(
     let idx: Vec<u32> = targets.iter().map(|&x| x.max(0) as u32).collect();
     let picked = gather_last(&logp, &idx, 1)?.to_vec_f64()?;
     let out = picked.iter().zip(targets).map(|(&lp, &x)| if x < 0 { 0.0 } else { lp }).collect();
-    Ok((out, LogprobSaved { saved, logp, targets: idx, temperature: t, shape, dtype }))
+    let scored = targets.iter().map(|&x| x >= 0).collect();
+    Ok((out, LogprobSaved { saved, logp, targets: idx, scored, temperature: t, shape, dtype }))
 }
 
-/// Backward of [`token_logprobs`] from `d_logp` (`[B·S]`, d loss / d logprob; give 0 where
-/// there was no target).
+/// Backward of [`token_logprobs`] from `d_logp` (`[B·S]`, d loss / d logprob; positions without
+/// a target get no gradient whatever `d_logp` holds there).
 pub fn backward_logprobs<M: CausalLm>(model: &mut M, st: LogprobSaved<M::Saved>, d_logp: &[f64]) -> Result<()> {
     let n = st.targets.len();
     if d_logp.len() != n {
         return Err(ModelError::Input(format!("{} logprob gradients for {n} tokens", d_logp.len())));
     }
     let v = st.logp.dim(1);
-    let d = Tensor::from_vec(d_logp.to_vec(), &[n, 1])?.to_dtype(st.logp.dtype())?.to_device(st.logp.device())?;
+    let d: Vec<f64> = d_logp.iter().zip(&st.scored).map(|(&d, &s)| if s { d } else { 0.0 }).collect();
+    let d = Tensor::from_vec(d, &[n, 1])?.to_dtype(st.logp.dtype())?.to_device(st.logp.device())?;
     let d_all = scatter_last(&d, &st.targets, v)?;
     let d_scaled = log_softmax_backward(&st.logp, &d_all)?;
     let d_logits = scale(&d_scaled, 1.0 / st.temperature)?.to_dtype(st.dtype)?.reshape(&st.shape)?;
@@ -225,8 +229,16 @@ pub fn backward_logprobs<M: CausalLm>(model: &mut M, st: LogprobSaved<M::Saved>,
 
 /// [`DeepseekV3`]'s forward state, plus the gradient its MTP modules send to the trunk.
 pub struct V3Saved {
-    pub main: ModelSaved,
+    main: ModelSaved,
     d_trunk: Option<Tensor>,
+}
+
+impl V3Saved {
+    /// The model's forward state (routing, loads, balance loss). Back-propagate through
+    /// [`CausalLm::backward`], which also adds the MTP modules' gradient on the trunk.
+    pub fn main(&self) -> &ModelSaved {
+        &self.main
+    }
 }
 
 impl CausalLm for DeepseekV3 {

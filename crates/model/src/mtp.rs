@@ -172,7 +172,7 @@ impl Mtp {
         fn first<T: Copy>(v: &[T], b: usize, s: usize) -> Vec<T> {
             (0..b).flat_map(|r| v[r * s..r * s + s - 1].to_vec()).collect()
         }
-        let main_segments = mask.segment_ids.clone();
+        let (main_segments, main_padding) = (mask.segment_ids.clone(), mask.key_padding.clone());
         let mask = AttnMask {
             causal: mask.causal,
             key_padding: mask.key_padding.as_ref().map(|v| first(v, b, s)),
@@ -185,12 +185,14 @@ impl Mtp {
             moe_router::balance::TokenDocs::packed(b, s - 1, mask.segment_ids.as_deref(), mask.key_padding.as_deref())
                 .ids()
                 .to_vec();
-        if let Some(seg) = &main_segments {
-            for r in 0..b {
-                for i in 0..s - 1 {
-                    if seg[r * s + i] != seg[r * s + i + 1] {
-                        docs[r * (s - 1) + i] = moe_router::balance::TokenDocs::PAD;
-                    }
+        // Likewise the last real token before padding (it would embed a padding token).
+        for r in 0..b {
+            for i in 0..s - 1 {
+                let (j, k) = (r * s + i, r * s + i + 1);
+                let ends = main_segments.as_ref().is_some_and(|seg| seg[j] != seg[k])
+                    || main_padding.as_ref().is_some_and(|p| !p[k]);
+                if ends {
+                    docs[r * (s - 1) + i] = moe_router::balance::TokenDocs::PAD;
                 }
             }
         }

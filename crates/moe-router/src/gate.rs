@@ -62,7 +62,9 @@ pub struct GateSaved {
 /// Indices of the `k` largest values (ties to the lower index; −inf never beats a number).
 fn top_indices(v: &[f64], k: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..v.len()).collect();
-    order.sort_by(|&a, &b| v[b].partial_cmp(&v[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    // A total order (NaN ranks as −inf), so a non-finite score cannot break the sort.
+    let key = |i: usize| if v[i].is_nan() { f64::NEG_INFINITY } else { v[i] };
+    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
     order.truncate(k);
     order
 }

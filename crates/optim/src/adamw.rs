@@ -82,6 +82,25 @@ impl AdamW {
                 detail: format!("the optimizer was built for {}", self.names.len()),
             });
         }
+        // Every check before anything changes: a refused step leaves parameters and state as
+        // they were.
+        for (i, p) in params.iter().enumerate() {
+            let shape = p.value.shape();
+            let bad = |what: &str, got: &[usize]| OptimError::Param {
+                name: self.names[i].clone(),
+                detail: format!("{what} shape {got:?} for parameter {shape:?}"),
+            };
+            if let Some(g) = &p.grad
+                && g.shape() != shape
+            {
+                return Err(bad("gradient", g.shape()));
+            }
+            if let Some((m, _)) = &self.state[i]
+                && m.shape() != shape
+            {
+                return Err(bad("optimizer state (parameters passed in another order?)", m.shape()));
+            }
+        }
         self.step += 1;
         let t = self.step as i32;
         let c = self.config.clone();
@@ -95,12 +114,6 @@ impl AdamW {
         )> = Vec::new();
         for (i, p) in params.iter_mut().enumerate() {
             let Some(g) = p.grad.clone() else { continue };
-            if g.shape() != p.value.shape() {
-                return Err(OptimError::Param {
-                    name: self.names[i].clone(),
-                    detail: format!("gradient shape {:?} for parameter {:?}", g.shape(), p.value.shape()),
-                });
-            }
             let wd = self.decay[i];
             let dev = p.value.device().clone();
             let (m, v) = match self.state[i].take() {

@@ -137,6 +137,15 @@ fn train_writes_artifacts_and_resumes_after_kill_9() {
     let o = train(&other, &dir("bad")).output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("field rows"), "{}", String::from_utf8_lossy(&o.stderr));
+    // The model block gets a config.json's checks: a value transformers would run differently
+    // (a biased attention) is refused, naming the file and the field.
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["model"]["attention_bias"] = serde_json::Value::Bool(true);
+    std::fs::write(&other, v.to_string()).unwrap();
+    let o = train(&other, &dir("bad-model")).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("attention_bias") && err.contains("(model)"), "{err}");
     for d in [base, a, b] {
         let _ = std::fs::remove_dir_all(d);
     }

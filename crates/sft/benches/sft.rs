@@ -24,6 +24,7 @@ fn step(c: &mut Criterion) {
         targets,
         positions: (0..rows * seq).map(|i| (i % 32) as u32).collect(),
         segment_ids: Some((0..rows * seq).map(|i| (i / 32) as u32).collect()),
+        key_padding: None,
         b: rows,
         s: seq,
     };

@@ -128,6 +128,9 @@ pub struct LmBatch {
     pub positions: Vec<u32>,
     /// Packed-document ids (attention stays inside a document); `None` = one document per row.
     pub segment_ids: Option<Vec<u32>>,
+    /// `false` marks padding: attended by nothing, counted in neither the balance loss nor the
+    /// expert loads; `None` = no padding.
+    pub key_padding: Option<Vec<bool>>,
     pub b: usize,
     pub s: usize,
 }
@@ -151,6 +154,11 @@ impl LmBatch {
         {
             return bad("segment_ids", format!("{} entries for batch {} × {}", seg.len(), self.b, self.s));
         }
+        if let Some(p) = &self.key_padding
+            && p.len() != n
+        {
+            return bad("key_padding", format!("{} entries for batch {} × {}", p.len(), self.b, self.s));
+        }
         if let Some(t) = self.ids.iter().find(|&&t| t as usize >= vocab) {
             return bad("ids", format!("token {t} outside the vocabulary (0..{vocab})"));
         }
@@ -160,9 +168,9 @@ impl LmBatch {
         Ok(())
     }
 
-    /// The attention mask: causal, within each packed document.
+    /// The attention mask: causal, within each packed document, padding hidden.
     pub fn mask(&self) -> AttnMask {
-        AttnMask { causal: true, key_padding: None, segment_ids: self.segment_ids.clone() }
+        self.tokens().mask()
     }
 
     /// Number of targets that count.
@@ -176,7 +184,7 @@ impl LmBatch {
             ids: self.ids.clone(),
             positions: self.positions.clone(),
             segment_ids: self.segment_ids.clone(),
-            key_padding: None,
+            key_padding: self.key_padding.clone(),
             b: self.b,
             s: self.s,
         }
@@ -222,6 +230,16 @@ impl<M: CausalLm> LmTrainer<M> {
     pub fn new(mut model: M, cfg: TrainConfig) -> Result<LmTrainer<M>> {
         cfg.validate()?;
         model.set_precision(if cfg.fp8 { LinearPrecision::Fp8 } else { LinearPrecision::F32 });
+        // The optimizer keeps its state by position and saves it under these names: the two
+        // lists must be the same parameters in the same order.
+        let named: Vec<*const tensor::Param> = model.params().into_iter().map(|(_, p)| p as *const _).collect();
+        let stepped: Vec<*const tensor::Param> = model.params_mut().into_iter().map(|p| p as *const _).collect();
+        if named != stepped {
+            return Err(SftError::Config {
+                field: "model",
+                detail: "params() and params_mut() list different parameters or orders".into(),
+            });
+        }
         let names: Vec<String> = model.params().into_iter().map(|(n, _)| n).collect();
         let opt = AdamW::new(cfg.adamw(), &names);
         Ok(LmTrainer { model, opt, cfg, step: 0, skipped: 0 })

@@ -39,8 +39,15 @@ fn state(t: &LmTrainer, name: &str) -> Vec<f32> {
 /// Rows of documents → a batch (next-token targets inside each document).
 fn batch(rows: &[Vec<Vec<u32>>]) -> LmBatch {
     let s = rows[0].iter().map(Vec::len).sum::<usize>();
-    let mut b =
-        LmBatch { ids: vec![], targets: vec![], positions: vec![], segment_ids: Some(vec![]), b: rows.len(), s };
+    let mut b = LmBatch {
+        ids: vec![],
+        targets: vec![],
+        positions: vec![],
+        segment_ids: Some(vec![]),
+        key_padding: None,
+        b: rows.len(),
+        s,
+    };
     for row in rows {
         for (k, doc) in row.iter().enumerate() {
             for (i, &t) in doc.iter().enumerate() {
@@ -94,6 +101,48 @@ fn packed_documents_train_exactly_like_separate_rows() {
         n += 1;
     }
     assert!(n > 30, "{n} gradients compared");
+}
+
+/// Padding (hidden from attention, its own segment, ignored targets) changes nothing: the loss,
+/// the balance loss (per document, padding excluded), the expert loads behind the bias update and
+/// every gradient equal those of the same documents without padding.
+#[test]
+fn padding_counts_in_neither_the_balance_loss_nor_the_loads() {
+    let mut t = trainer(1e-2, TrainConfig::default());
+    let plain = batch(&[vec![doc(1, 9), doc(2, 7)]]);
+    let mut padded = plain.clone();
+    let pad = 6;
+    padded.s += pad;
+    padded.ids.extend(std::iter::repeat_n(0, pad));
+    padded.targets.extend(std::iter::repeat_n(IGNORE, pad));
+    padded.positions.extend(0..pad as u32);
+    padded.segment_ids.as_mut().unwrap().extend(std::iter::repeat_n(99, pad));
+    padded.key_padding = Some((0..padded.s).map(|i| i < plain.s).collect());
+    let (a, la) = t.loss_and_grads(&plain).unwrap();
+    let ga: Vec<_> = t.model.params().into_iter().map(|(n, p)| (n, p.grad.clone())).collect();
+    let (b, lb) = t.loss_and_grads(&padded).unwrap();
+    assert_eq!(la, lb, "expert loads");
+    // f32 rounding of activations of different shapes (≈ 1e-7); counting the padding as a
+    // document would move the balance loss by a third.
+    assert!((a.loss - b.loss).abs() < 1e-6 * a.loss && (a.mtp_loss - b.mtp_loss).abs() < 1e-6 * a.mtp_loss);
+    assert!(
+        a.balance_loss > 0.0 && (a.balance_loss - b.balance_loss).abs() < 1e-6 * a.balance_loss,
+        "{} vs {}",
+        a.balance_loss,
+        b.balance_loss
+    );
+    for ((name, g), (_, p)) in ga.iter().zip(t.model.params()) {
+        match (g, &p.grad) {
+            (Some(g), Some(h)) => {
+                let (x, y) = (g.to_vec::<f32>().unwrap(), h.to_vec::<f32>().unwrap());
+                let num: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+                let den: f32 = x.iter().map(|a| a * a).sum::<f32>().sqrt();
+                assert!(num <= 1e-4 * den + 1e-7, "{name}: |Δ| {num} vs |g| {den}");
+            }
+            (None, None) => {}
+            _ => panic!("{name}: a gradient with padding only or without it only"),
+        }
+    }
 }
 
 #[test]

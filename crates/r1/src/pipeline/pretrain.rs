@@ -96,7 +96,12 @@ impl PretrainConfig {
     /// Read a JSON file of overrides.
     pub fn from_file(path: &Path) -> Result<PretrainConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: not a pretraining config", path.display()))
+        let mut c: PretrainConfig =
+            serde_json::from_str(&text).with_context(|| format!("{}: not a pretraining config", path.display()))?;
+        // The model block gets the checks of a config.json (rejected values name file and field).
+        c.model =
+            DeepseekV3Config::from_json(&serde_json::to_string(&c.model)?, &format!("{} (model)", path.display()))?;
+        Ok(c)
     }
 
     fn validate(&self) -> Result<()> {
@@ -267,11 +272,14 @@ const _: () = assert!(data::IGNORE_INDEX == sft::trainer::IGNORE);
 /// Packed sequences stacked into the trainer's batch.
 fn lm_batch(seqs: &[data::Packed]) -> Result<LmBatch> {
     let b = data::Batch::stack(seqs)?;
+    // Segment 0 is the packer's padding.
+    let key_padding = Some(b.segment_ids.iter().map(|&s| s != 0).collect());
     Ok(LmBatch {
         ids: b.ids,
         targets: b.targets,
         positions: b.positions,
         segment_ids: Some(b.segment_ids),
+        key_padding,
         b: b.batch,
         s: b.seq_len,
     })
