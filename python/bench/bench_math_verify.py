@@ -16,10 +16,11 @@ from math_verify import parse, verify
 
 def mv_accuracy_reward(completions, solution, **kwargs):
     """The same TRL-style reward over Math-Verify with its default extraction (LaTeX and plain
-    expressions) for both sides: parse, verify; None when the gold does not parse."""
+    expressions) for both sides: parse, verify; None when the gold does not parse. A bare gold answer is put
+    in `$…$` first, as Math-Verify's LaTeX extraction needs delimiters."""
     out = []
     for content, sol in zip(completions, solution):
-        gold = parse(sol)
+        gold = parse(sol if ("$" in sol or "\\boxed" in sol) else f"${sol}$")
         if len(gold) == 0:
             out.append(None)
             continue

@@ -5,7 +5,8 @@
 //! process of the PID namespace is a trusted init (a fixed shell script, never the program): it builds a new
 //! root on tmpfs holding only read-only binds of `/usr` and the merged-`/usr` links (plus the interpreter's
 //! prefix when it lives elsewhere), a read-only `/dev` with `null`, `zero`, `full`, `random`, `urandom`, a
-//! fresh `/proc` and the program's own directory `/tmp/w` (its only writable place); it pivots into that
+//! fresh `/proc` and the program's own directory `/tmp/w` (a small tmpfs, its only writable place; the rest
+//! of the new root, `/tmp` included, is read-only); it pivots into that
 //! root, detaches the old one, reports readiness on a status pipe, starts the program with every capability
 //! dropped and `no_new_privs`, reaps, and kills everything left in the namespace when the program's main
 //! process ends. Any set-up step that fails is an error ([`RewardError::SandboxSetup`]), never a silent
@@ -160,15 +161,15 @@ for d in $R1_RO; do
     mkdir -p "$R$d" && mount --bind "$d" "$R$d" && mount -o remount,bind,ro,nosuid,nodev "$R$d" || fail "read-only bind of $d"
   fi
 done
-mkdir "$R/proc" "$R/dev" "$R/tmp" "$R/.old" || fail "directories in the new root"
+mkdir "$R/proc" "$R/dev" "$R/tmp" "$R/tmp/w" "$R/.old" || fail "directories in the new root"
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc" || fail "mount /proc"
 mount -t tmpfs -o size=64k,mode=755,nosuid,noexec r1dev "$R/dev" || fail "tmpfs on /dev"
 for n in null zero full random urandom; do
   : > "$R/dev/$n" && mount --bind "/dev/$n" "$R/dev/$n" || fail "/dev/$n"
 done
 mount -o remount,bind,ro,nosuid,noexec "$R/dev" || fail "read-only /dev"
-mount -t tmpfs -o size=64m,mode=755,nosuid,nodev r1tmp "$R/tmp" || fail "tmpfs on /tmp"
-mkdir -m 700 "$R/tmp/w" && cat <&4 > "$R/tmp/w/main.prog" && exec 4<&- && chown -R "$uid:$uid" "$R/tmp/w" || fail "program directory"
+mount -t tmpfs -o size=64m,mode=700,nosuid,nodev r1work "$R/tmp/w" || fail "tmpfs on /tmp/w"
+cat <&4 > "$R/tmp/w/main.prog" && exec 4<&- && chown -R "$uid:$uid" "$R/tmp/w" || fail "program directory"
 cd "$R" && pivot_root . .old && umount -l /.old && rmdir /.old || fail "pivot_root"
 mount -o remount,bind,ro,nosuid,nodev / || fail "read-only new root"
 cd /tmp/w || fail "cd /tmp/w"

@@ -37,8 +37,10 @@ const MAX_FACT: u32 = 5000;
 pub const MAX_BITS: u64 = 1 << 16;
 /// Node visits allowed per verification (all evaluations of one gold/completion pair together).
 pub const MAX_STEPS: u32 = 50_000;
-/// Big-integer work allowed per verification, in limb-operation units (see [`Budget::charge`]). The unit
-/// count is a deterministic function of the operands' sizes, so a verdict never depends on machine speed.
+/// Big-integer work allowed per verification, in limb-operation units: an exact operation on operands of n
+/// 64-bit limbs in all is charged n for an integer sum, n² for an integer product or a power, and 128·n² when
+/// a rational result is reduced by a gcd. The count is a deterministic function of the operands' sizes, so
+/// a verdict never depends on machine speed.
 pub const MAX_WORK: u64 = 60_000_000;
 
 /// A bound of the verifier.
