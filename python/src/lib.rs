@@ -26,7 +26,9 @@ fn completion_text(item: &Bound<'_, PyAny>) -> PyResult<String> {
                 PyTypeError::new_err("a conversational completion must be a list of {'role', 'content'} dicts")
             })?;
             let content = match d.get_item("content")? {
-                Some(c) => c.extract::<String>().map_err(|_| PyTypeError::new_err("message `content` must be a str"))?,
+                Some(c) => {
+                    c.extract::<String>().map_err(|_| PyTypeError::new_err("message `content` must be a str"))?
+                }
                 None => return Err(PyValueError::new_err("a message has no `content`")),
             };
             let role: Option<String> = d.get_item("role")?.map(|r| r.extract()).transpose()?;
@@ -108,7 +110,11 @@ fn accuracy_reward(
 /// Strict R1 format: `<think>\n…\n</think>\n<answer>\n…\n</answer>` and nothing after it; 1.0 or 0.0.
 #[pyfunction]
 #[pyo3(signature = (completions, **kwargs))]
-fn format_reward(py: Python<'_>, completions: &Bound<'_, PyAny>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<f64>> {
+fn format_reward(
+    py: Python<'_>,
+    completions: &Bound<'_, PyAny>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Vec<f64>> {
     let _ = kwargs;
     let texts = completions_text(completions)?;
     let n = texts.len();
