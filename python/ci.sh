@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the r1_rewards wheel from this checkout with the pinned tools (requirements-dev.txt, Cargo.lock)
-# and run its Python tests (after rustfmt and clippy on the binding crate). Usage: bash python/ci.sh   (R1_PY_VENV=DIR to reuse a virtual environment)
+# and run its Python tests (after rustfmt and clippy on the binding crate).
+# Usage: bash python/ci.sh        (R1_PY_VENV=DIR reuses a virtual environment)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${R1_PY_VENV:-$here/.venv}"
