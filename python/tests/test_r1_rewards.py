@@ -42,6 +42,17 @@ def test_accuracy_accepts_trl_extra_columns():
     assert out == [1.0]
 
 
+def test_trl_keyword_call_for_every_reward():
+    # GRPOTrainer calls reward_func(prompts=..., completions=..., completion_ids=..., **columns, trainer_state=...).
+    prompts = [[{"role": "user", "content": "2+2?"}]] * 2
+    completions = [conv(GOOD), conv(WRONG)]
+    common = dict(prompts=prompts, completions=completions, completion_ids=[[1], [2]], trainer_state=None)
+    assert rr.accuracy_reward(solution=["4", "4"], **common) == [1.0, 0.0]
+    assert rr.format_reward(solution=["4", "4"], **common) == [1.0, 1.0]
+    assert rr.tag_count_reward(solution=["4", "4"], **common) == [1.0, 1.0]
+    assert rr.language_consistency_reward(language=["en", "en"], **common) == [1.0, 1.0]
+
+
 def test_accuracy_rejects_mismatched_lengths_and_bad_types():
     with pytest.raises(ValueError):
         rr.accuracy_reward([GOOD, GOOD], ["4"])
