@@ -136,7 +136,10 @@ const UID_COUNT: u32 = 50_000;
 
 fn sandbox_uid() -> u32 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    UID_BASE + (NEXT.fetch_add(1, Ordering::Relaxed) % u64::from(UID_COUNT)) as u32
+    // Start each scoring process at a different place (by its pid) so that two of them on one machine do
+    // not hand out the same ids at the same time.
+    let start = u64::from(std::process::id()).wrapping_mul(7919);
+    UID_BASE + (start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % u64::from(UID_COUNT)) as u32
 }
 const PROGRAM: &str = "main.prog";
 
