@@ -1,4 +1,8 @@
-//! Criterion benches: math verification per answer kind, and a whole completion through the default rewards.
+//! Criterion benches: math verification per answer kind, the worst adversarial inputs (each built to reach
+//! one verifier bound; goal: every one under 50 ms), and a whole completion through the default rewards.
+
+#[path = "../tests/adversarial/math_cases.rs"]
+mod math_cases;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use rewards::math::verify;
@@ -28,6 +32,16 @@ fn bench(c: &mut Criterion) {
         let (gold, completion) = pair.split_once('\u{0}').expect("pair");
         assert!(verify(gold, completion).correct, "{kind}");
         g.bench_function(kind, |b| b.iter(|| verify(black_box(gold), black_box(completion))));
+    }
+    g.finish();
+    let mut g = c.benchmark_group("adversarial");
+    g.sample_size(20);
+    for case in math_cases::cases() {
+        let v = verify(&case.gold, &case.completion);
+        assert!(v.bounds.contains(&case.bound), "{}: {:?}", case.name, v.bounds);
+        assert_eq!(v.correct, case.correct, "{}", case.name);
+        println!("{}: {} answer chars, bounds {:?}", case.name, math_cases::answer_chars(&case), v.bounds);
+        g.bench_function(case.name, |b| b.iter(|| verify(black_box(&case.gold), black_box(&case.completion))));
     }
     g.finish();
     let set = WeightedRewards::from_specs(&["accuracy", "format", "tag_count", "language"]).expect("rewards");

@@ -20,6 +20,15 @@ pub enum RewardError {
     /// `NAME=WEIGHT` with a weight that is not a finite number.
     #[error("reward spec `{spec}`: weight `{weight}` is not a finite number")]
     BadWeight { spec: String, weight: String },
+    /// No isolation is possible on this machine and the caller did not opt in to unisolated runs.
+    #[error(
+        "sandbox: no isolation possible here ({reason}); refusing to run untrusted code (opt in with \
+         `SandboxConfig::allow_unisolated`, reward `code_unisolated`)"
+    )]
+    NoIsolation { reason: String },
+    /// The sandbox's isolation could not be set up (a mount, the new root, the status pipe).
+    #[error("sandbox: isolation set-up failed: {detail}")]
+    SandboxSetup { detail: String },
     /// The sandbox could not be prepared (temp dir, interpreter start).
     #[error("sandbox: {op} failed on `{path}`: {source}")]
     Sandbox {

@@ -171,8 +171,18 @@ pub fn stats(results: &[Result<Scored, RewardError>]) -> Vec<RewardStats> {
 }
 
 /// Names [`reward_by_name`] accepts.
-pub const REWARD_NAMES: &[&str] =
-    &["accuracy", "format", "tag_count", "reasoning_steps", "language", "cosine", "repetition", "overlong", "code"];
+pub const REWARD_NAMES: &[&str] = &[
+    "accuracy",
+    "format",
+    "tag_count",
+    "reasoning_steps",
+    "language",
+    "cosine",
+    "repetition",
+    "overlong",
+    "code",
+    "code_unisolated",
+];
 
 /// The default set for `r1 rewards score`: R1's accuracy + format, equal weight.
 pub const DEFAULT_REWARDS: &[&str] = &["accuracy", "format"];
@@ -189,6 +199,11 @@ pub fn reward_by_name(name: &str) -> Result<Box<dyn Reward>, RewardError> {
         "repetition" => Box::new(shaping::RepetitionPenalty::default()),
         "overlong" => Box::new(shaping::OverlongPunishment::default()),
         "code" => Box::new(code::CodeReward::default()),
+        // Opting in to running untrusted code without isolation where the machine allows none; the name
+        // shows in the pipeline's config and every score's reason says UNISOLATED.
+        "code_unisolated" => Box::new(code::CodeReward {
+            config: code::SandboxConfig { allow_unisolated: true, ..code::SandboxConfig::default() },
+        }),
         _ => {
             return Err(RewardError::UnknownReward { name: name.into(), known: REWARD_NAMES.join(", ") });
         }

@@ -6,7 +6,7 @@ use num_rational::BigRational;
 use num_traits::{One, Zero};
 
 /// Named constants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Const {
     Pi,
     E,
@@ -14,7 +14,7 @@ pub enum Const {
 }
 
 /// A parsed answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     Num(BigRational),
     Const(Const),
@@ -54,18 +54,67 @@ pub enum Node {
     Matrix(Vec<Vec<Node>>),
 }
 
+impl std::hash::Hash for Node {
+    /// Structural hash (numbers by numerator and denominator: `Ratio`'s own hash runs a continued-fraction
+    /// expansion, too slow for the evaluation cache). Parsed and evaluated numbers are always reduced, so
+    /// equal nodes hash equally.
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        std::mem::discriminant(self).hash(h);
+        match self {
+            Node::Num(r) => {
+                r.numer().hash(h);
+                r.denom().hash(h);
+            }
+            Node::Const(c) => c.hash(h),
+            Node::Var(v) => v.hash(h),
+            Node::Add(xs) | Node::Mul(xs) | Node::Set(xs) | Node::List(xs) | Node::Union(xs) => xs.hash(h),
+            Node::Neg(a) | Node::Fact(a) | Node::Abs(a) | Node::Percent(a) => a.hash(h),
+            Node::Div(a, b)
+            | Node::Pow(a, b)
+            | Node::LogB(a, b)
+            | Node::Binom(a, b)
+            | Node::Root(a, b)
+            | Node::PlusMinus(a, b)
+            | Node::In(a, b) => {
+                a.hash(h);
+                b.hash(h);
+            }
+            Node::Func(f, a) => {
+                f.hash(h);
+                a.hash(h);
+            }
+            Node::Seq { open, close, items } => {
+                open.hash(h);
+                close.hash(h);
+                items.hash(h);
+            }
+            Node::Rel(xs, ops) => {
+                xs.hash(h);
+                ops.hash(h);
+            }
+            Node::Matrix(rows) => rows.hash(h),
+        }
+    }
+}
+
 /// Maximum nesting depth the parser accepts.
 pub const MAX_DEPTH: usize = 200;
 
 /// Parse tokens into a node; `None` when they are not a well-formed answer.
 pub fn parse(toks: Vec<Tok>) -> Option<Node> {
+    parse_depth(toks).0
+}
+
+/// [`parse`], also saying whether the nesting went deeper than [`MAX_DEPTH`] (which fails the parse).
+pub fn parse_depth(toks: Vec<Tok>) -> (Option<Node>, bool) {
     let toks = drop_words(toks);
     if toks.is_empty() || toks.contains(&Tok::Unknown) {
-        return None;
+        return (None, false);
     }
-    let mut p = Parser { t: toks, i: 0, depth: 0, abs: 0 };
-    let n = p.top()?;
-    (p.i == p.t.len()).then_some(n)
+    let mut p = Parser { t: toks, i: 0, depth: 0, abs: 0, too_deep: false };
+    let n = p.top();
+    let n = n.filter(|_| p.i == p.t.len());
+    (n, p.too_deep)
 }
 
 /// Remove words (units, prose) together with an exponent written on them (`\text{cm}^2`), so that a unit's
@@ -111,6 +160,7 @@ struct Parser {
     i: usize,
     depth: usize,
     abs: usize,
+    too_deep: bool,
 }
 
 fn int(n: i64) -> Node {
@@ -143,7 +193,11 @@ impl Parser {
     }
     fn enter(&mut self) -> Option<()> {
         self.depth += 1;
-        (self.depth <= MAX_DEPTH).then_some(())
+        if self.depth > MAX_DEPTH {
+            self.too_deep = true;
+            return None;
+        }
+        Some(())
     }
 
     /// Top level: comma list of relation chains.

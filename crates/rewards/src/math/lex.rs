@@ -2,7 +2,7 @@
 //! (`\dfrac`→`\frac`, spacing commands, `\left`/`\right`, degrees, currency, thousands separators, units).
 
 /// A math function applied to one argument.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Func {
     Sin,
     Cos,
@@ -22,7 +22,7 @@ pub enum Func {
 }
 
 /// Relation operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RelOp {
     Eq,
     Ne,

@@ -1,6 +1,15 @@
 //! Math answer verification: extraction, normalisation, and equivalence by exact rationals, numeric
 //! evaluation and random points. Model text is parsed into our own AST; nothing is executed, every stage is
-//! bounded (input length, tokens, depth, evaluation steps), and no input makes it panic.
+//! bounded, and no input makes it panic.
+//!
+//! Bounds ([`Bound`]): answers longer than [`MAX_ANSWER_CHARS`] and parses nested deeper than [`MAX_DEPTH`]
+//! are compared as text; no exact value grows beyond [`MAX_BITS`] bits (that operation is done in floating
+//! point instead); one verification visits at most [`MAX_STEPS`] nodes and spends at most [`MAX_WORK`]
+//! units of big-integer work, counted from operand sizes rather than measured in time, so a verdict is the
+//! same on every machine. Past the work budget, exact arithmetic gives way to double-double/f64 evaluation;
+//! past the step budget the evaluation gives up and the answers count as equal only when their trees are
+//! identical. Every evaluation is cached for the rest of the verification, so matching lists, sets and `±`
+//! variants evaluates each item once. [`Verdict::bounds`] says which bounds a verification reached.
 
 mod ast;
 mod compare;
@@ -9,10 +18,13 @@ mod eval;
 mod extract;
 mod lex;
 
+pub use ast::MAX_DEPTH;
+pub use eval::{Bound, MAX_BITS, MAX_STEPS, MAX_WORK};
 pub use extract::{Source, boxes, extract};
 
 use crate::{Reward, RewardError, Sample, Score, str_field};
 use ast::Node;
+use compare::Ctx;
 
 /// Longest answer string parsed as math; longer ones are compared as text.
 pub const MAX_ANSWER_CHARS: usize = 1000;
@@ -60,38 +72,60 @@ fn text_form(s: &str) -> String {
     t.chars().filter(|c| !c.is_whitespace() && !matches!(c, '{' | '}' | '$')).collect::<String>()
 }
 
-fn parse_math(s: &str) -> Parsed {
+fn parse_math(s: &str, cx: &mut Ctx) -> Parsed {
     if s.chars().count() > MAX_ANSWER_CHARS {
+        cx.budget.hit(Bound::Length);
         return Parsed::Text(text_form(s));
     }
-    match lex::lex(s).and_then(ast::parse) {
-        Some(n) => Parsed::Math(n),
-        None => Parsed::Text(text_form(s)),
+    let Some(toks) = lex::lex(s) else {
+        cx.budget.hit(Bound::Length);
+        return Parsed::Text(text_form(s));
+    };
+    match ast::parse_depth(toks) {
+        (Some(n), _) => Parsed::Math(n),
+        (None, deep) => {
+            if deep {
+                cx.budget.hit(Bound::Depth);
+            }
+            Parsed::Text(text_form(s))
+        }
     }
 }
 
-fn parse_gold(gold: &str) -> Parsed {
+/// The gold answer: a choice letter, the last `\boxed{}` of a worked solution, or (several boxes given
+/// separately, e.g. one per root) the set of every boxed answer.
+fn parse_gold(gold: &str, cx: &mut Ctx) -> Parsed {
     let bx = boxes(gold);
-    let g = match bx.last() {
-        Some(b) => extract::clean(b),
-        None => extract::clean(gold),
+    let g = match bx.as_slice() {
+        [] => extract::clean(gold),
+        [one] => extract::clean(one),
+        many => {
+            let mut parts: Vec<String> = Vec::new();
+            for b in many {
+                let c = extract::clean(b);
+                if !parts.contains(&c) {
+                    parts.push(c);
+                }
+            }
+            if parts.len() == 1 { parts.swap_remove(0) } else { format!("\\{{{}\\}}", parts.join(",")) }
+        }
     };
     match choice_letter(&g) {
         Some(c) => Parsed::Choice(c),
-        None => parse_math(&g),
+        None => parse_math(&g, cx),
     }
 }
 
-fn matches(gold: &Parsed, pred: &str) -> bool {
+fn matches(gold: &Parsed, pred: &str, cx: &mut Ctx) -> bool {
     match gold {
         Parsed::Choice(c) => pred_choice(pred) == Some(*c),
-        Parsed::Math(g) => match parse_math(pred) {
+        Parsed::Math(g) => match parse_math(pred, cx) {
             Parsed::Math(p) => {
-                if compare::equivalent(g, &p) {
+                if compare::equivalent(cx, g, &p) {
                     return true;
                 }
-                decimal_comma(pred).is_some_and(|alt| match parse_math(&alt) {
-                    Parsed::Math(p) => compare::equivalent(g, &p),
+                decimal_comma(pred).is_some_and(|alt| match parse_math(&alt, cx) {
+                    Parsed::Math(p) => compare::equivalent(cx, g, &p),
                     _ => false,
                 })
             }
@@ -111,7 +145,9 @@ fn decimal_comma(s: &str) -> Option<String> {
 
 /// Is `pred` (an answer string, already extracted) equivalent to `gold`?
 pub fn answers_equivalent(gold: &str, pred: &str) -> bool {
-    matches(&parse_gold(gold), &extract::clean(pred))
+    let mut cx = Ctx::default();
+    let g = parse_gold(gold, &mut cx);
+    matches(&g, &extract::clean(pred), &mut cx)
 }
 
 /// The outcome of verifying one completion.
@@ -123,16 +159,31 @@ pub struct Verdict {
     pub extracted: Option<String>,
     /// Where it was found.
     pub source: Option<Source>,
+    /// The verifier bounds this verification reached (empty for ordinary answers).
+    pub bounds: Vec<Bound>,
+    /// Node visits spent (at most [`MAX_STEPS`]).
+    pub steps: u32,
+    /// Big-integer work units spent (at most [`MAX_WORK`]).
+    pub work: u64,
 }
 
 /// Extract the answer from `completion` and compare it with `gold`.
 pub fn verify(gold: &str, completion: &str) -> Verdict {
-    let g = parse_gold(gold);
-    let Some((cands, source)) = extract(completion) else {
-        return Verdict { correct: false, extracted: None, source: None };
+    let mut cx = Ctx::default();
+    let g = parse_gold(gold, &mut cx);
+    let (correct, extracted, source) = match extract(completion) {
+        None => (false, None, None),
+        Some((cands, source)) => {
+            let correct = cands.iter().any(|c| matches(&g, c, &mut cx));
+            (correct, cands.into_iter().next(), Some(source))
+        }
     };
-    let correct = cands.iter().any(|c| matches(&g, c));
-    Verdict { correct, extracted: cands.into_iter().next(), source: Some(source) }
+    let b = &cx.budget;
+    let bounds = [Bound::Length, Bound::Depth, Bound::Steps, Bound::Bits, Bound::Work]
+        .into_iter()
+        .filter(|x| b.reached(*x))
+        .collect();
+    Verdict { correct, extracted, source, bounds, steps: b.steps(), work: b.work() }
 }
 
 /// R1's accuracy reward: 1 when the completion's final answer equals the sample's `answer`, else 0.
