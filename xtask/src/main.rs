@@ -5,7 +5,8 @@
 //!   GPU or CUDA toolkit needed). The tensor crate embeds the PTX. The fp8 crate's Hopper
 //!   kernels (`crates/fp8/kernels/*.cu`, NVRTC at run time) are compiled for sm_90a as a check.
 //! - `test`: everything CI checks — rustfmt, clippy (with and without `cuda`), the kernels,
-//!   the workspace tests (with `cuda` compiled in; GPU tests skip without a GPU), rustdoc.
+//!   the workspace tests (with `cuda` compiled in; GPU tests skip without a GPU), the rewards
+//!   wheel built and its Python tests run (`python/ci.sh`), rustdoc.
 //! - `bench gemm`: our CPU GEMM next to OpenBLAS (numpy) on the same sizes, with the ratio.
 //! - `bench cpu-small`: our `cpu-small` training step next to PyTorch + transformers, with the ratio.
 //! - `gpu-bundle`: build the CUDA test binaries and the GEMM examples (tensor bf16/f32, fp8
@@ -164,6 +165,8 @@ fn test() -> Result<()> {
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
     kernels()?;
     run(cargo().args(["test", "--workspace", "--all-features"]))?;
+    // The rewards wheel (`python/`, its own pinned workspace): build, install, Python tests.
+    run(Command::new("bash").arg(root().join("python/ci.sh")))?;
     run(cargo().args(["doc", "--workspace", "--no-deps", "--all-features"]).env("RUSTDOCFLAGS", "-D warnings"))?;
     eprintln!("xtask test: all checks passed");
     Ok(())
