@@ -12,6 +12,9 @@ pub enum GrpoError {
     /// The policy implementation reported a failure.
     #[error("policy: {0}")]
     Policy(String),
+    /// A non-finite loss, `d loss / d logp` or gradient norm with `on_nonfinite = "stop"`.
+    #[error("step {step}: {what} is {value} (non-finite); the run stops (on_nonfinite = \"stop\")")]
+    NonFinite { step: usize, what: &'static str, value: f64 },
     /// Writing the metrics JSONL failed.
     #[error("metrics: {0}")]
     Io(#[from] std::io::Error),

@@ -42,4 +42,4 @@ pub mod trainer;
 pub use advantage::{AdvantageKind, StdKind, advantages};
 pub use error::{GrpoError, Result};
 pub use loss::{Aggregation, KlEstimator, KlPenalty, LossConfig, Normalizer, PolicyLoss, RatioLevel, policy_loss};
-pub use trainer::{GrpoConfig, Policy, Trainer};
+pub use trainer::{GrpoConfig, OnNonFinite, Policy, Trainer};

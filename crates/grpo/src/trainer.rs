@@ -57,6 +57,22 @@ pub struct StepInfo {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     pub lr: f64,
+    /// The policy did not apply the gradient (its norm was non-finite) and dropped it.
+    #[serde(default)]
+    pub skipped: bool,
+}
+
+/// What a non-finite loss, `d loss / d logp` or gradient norm does (checked before every
+/// optimizer step).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    /// Drop the mini-batch's gradient, leave the policy as it was, count it in
+    /// [`StepMetrics::skipped_updates`].
+    #[default]
+    Skip,
+    /// Stop with [`crate::GrpoError::NonFinite`] naming the step.
+    Stop,
 }
 
 /// The policy interface the trainer drives. The model implements it in the `r1` crate; the tests
@@ -68,8 +84,12 @@ pub trait Policy<P>: Scorer<P> {
     fn sample(&mut self, prompts: &[&P], n: usize) -> Result<Vec<Vec<Completion>>>;
     /// Accumulate the gradient of the loss given `d loss / d logp` for each completion token.
     fn backward(&mut self, batch: &[Sample<'_, P>], dlogp: &[Vec<f64>]) -> Result<()>;
-    /// Apply and clear the accumulated gradient (clipping, schedule and optimizer are the policy's).
+    /// Apply and clear the accumulated gradient (clipping, schedule and optimizer are the
+    /// policy's). A non-finite gradient norm must not be applied: drop the gradient and report
+    /// [`StepInfo::skipped`].
     fn step(&mut self) -> Result<StepInfo>;
+    /// Drop the accumulated gradient without an update (the trainer's non-finite guard).
+    fn discard(&mut self) -> Result<()>;
     /// Snapshot the current parameters as the reference.
     fn reference(&self) -> Result<Self::Reference>;
 }
@@ -127,6 +147,9 @@ pub struct GrpoConfig {
     pub tis_cap: Option<f64>,
     /// Seed of the mini-batch shuffle.
     pub seed: u64,
+    /// The non-finite guard's action.
+    #[serde(default)]
+    pub on_nonfinite: OnNonFinite,
 }
 
 impl Default for GrpoConfig {
@@ -145,6 +168,7 @@ impl Default for GrpoConfig {
             overlong: None,
             tis_cap: None,
             seed: 0,
+            on_nonfinite: OnNonFinite::Skip,
         }
     }
 }
@@ -235,6 +259,8 @@ pub struct StepMetrics {
     pub grad_norm: Option<f64>,
     pub lr: Option<f64>,
     pub optimizer_steps: usize,
+    /// Mini-batches the non-finite guard dropped (no update).
+    pub skipped_updates: usize,
     /// `exp(logp_train − logp_sample)` over the batch: the trainer's old-policy log-probabilities
     /// against the sampler's.
     pub rollout_is: Option<IsStats>,
@@ -445,7 +471,14 @@ impl<P, Pol: Policy<P>> Trainer<P, Pol> {
                     let tokens = if rows[r].counted { len as u64 } else { 0 };
                     norm = norm.merge(Normalizer { tokens, sequences: 1 });
                 }
+                // The non-finite guard: the first non-finite loss or d loss / d logp of the
+                // mini-batch, which then gets no backward and no update.
+                let mut bad: Option<(&'static str, f64)> = None;
+                let (mut mini_stats, mut mini_loss) = (LossStats::default(), 0.0);
                 for micro in mini.chunks(cfg.micro_batch) {
+                    if bad.is_some() {
+                        break;
+                    }
                     let samples: Vec<Sample<P>> = micro.iter().map(|&r| sample_of(&kept, &rows[r])).collect();
                     let scored = score(policy, &samples)?;
                     if !recompute_old {
@@ -464,8 +497,16 @@ impl<P, Pol: Policy<P>> Trainer<P, Pol> {
                         }
                     }
                     let out = micro_loss(&rows, micro, &scored, &cfg.loss, &norm)?;
-                    stats.merge(&out.stats);
-                    loss_sum += out.loss;
+                    if !out.loss.is_finite() {
+                        bad = Some(("loss", out.loss));
+                        continue;
+                    }
+                    if let Some(&g) = out.grad.iter().find(|g| !g.is_finite()) {
+                        bad = Some(("d loss / d logp", g));
+                        continue;
+                    }
+                    mini_stats.merge(&out.stats);
+                    mini_loss += out.loss;
                     let t = scored.iter().map(|s| s.logprobs.len()).max().unwrap_or(0).max(1);
                     let dlogp: Vec<Vec<f64>> = scored
                         .iter()
@@ -474,10 +515,26 @@ impl<P, Pol: Policy<P>> Trainer<P, Pol> {
                         .collect();
                     policy.backward(&samples, &dlogp)?;
                 }
-                let info = policy.step()?;
-                gn_sum += info.grad_norm;
-                m.lr = Some(info.lr);
-                m.optimizer_steps += 1;
+                if bad.is_none() {
+                    let info = policy.step()?;
+                    if info.skipped || !info.grad_norm.is_finite() {
+                        bad = Some(("grad_norm", info.grad_norm));
+                    } else {
+                        gn_sum += info.grad_norm;
+                        stats.merge(&mini_stats);
+                        loss_sum += mini_loss;
+                        m.lr = Some(info.lr);
+                        m.optimizer_steps += 1;
+                    }
+                } else {
+                    policy.discard()?;
+                }
+                if let Some((what, value)) = bad {
+                    if cfg.on_nonfinite == OnNonFinite::Stop {
+                        return Err(GrpoError::NonFinite { step: self.step + 1, what, value });
+                    }
+                    m.skipped_updates += 1;
+                }
             }
         }
         m.rollout_is = merge_is(&is_stats);

@@ -270,3 +270,24 @@ fn config_is_data_with_r1_defaults() {
     let back: GrpoConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
     assert_eq!(back, c);
 }
+
+/// The non-finite guard (inputs are already validated finite, so a NaN gradient is what can still
+/// occur): the policy reports a non-finite gradient norm and drops the gradient; with `skip` no
+/// update is applied (the table stays as it was) and every mini-batch is counted, with `stop`
+/// the step ends with an error naming it.
+#[test]
+fn nonfinite_loss_is_skipped_or_stops() {
+    let mut policy = Tabular::new(PROMPTS, MAX_LEN, VOCAB, 0.1, 3);
+    policy.nan_grad = true;
+    let before = policy.table();
+    let rewards = || vec![match_reward(VOCAB), exact_reward(VOCAB)];
+    let mut tr = Trainer::new(base(), rewards(), &policy).unwrap();
+    let mut prompts = (0..PROMPTS).cycle();
+    let m = tr.step(&mut policy, &mut prompts).unwrap();
+    assert_eq!((m.optimizer_steps, m.skipped_updates), (0, 4), "{m:?}");
+    assert_eq!(policy.table(), before, "no update from a non-finite loss");
+    let cfg = GrpoConfig { on_nonfinite: grpo::OnNonFinite::Stop, ..base() };
+    let mut tr = Trainer::new(cfg, rewards(), &policy).unwrap();
+    let e = tr.step(&mut policy, &mut prompts).unwrap_err().to_string();
+    assert!(e.contains("step 1") && e.contains("grad_norm") && e.contains("NaN"), "{e}");
+}

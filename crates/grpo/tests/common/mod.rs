@@ -85,6 +85,8 @@ pub struct Tabular {
     pub lr: f64,
     /// Perturbation of the sampler's logits (a rollout/trainer precision mismatch).
     pub sampler_noise: f64,
+    /// The backward adds a NaN to the gradient (a non-finite injection).
+    pub nan_grad: bool,
     params: tensor::Param,
     grad: Vec<f64>,
     opt: AdamW,
@@ -101,7 +103,18 @@ impl Tabular {
         let n = prompts * max_len * vocab;
         let params = tensor::Param::new(Tensor::from_vec(vec![0f32; n], &[n]).unwrap());
         let opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() }, &["logits"]);
-        Tabular { prompts, max_len, vocab, lr, sampler_noise: 0.0, params, grad: vec![0.0; n], opt, rng: seed }
+        Tabular {
+            prompts,
+            max_len,
+            vocab,
+            lr,
+            sampler_noise: 0.0,
+            nan_grad: false,
+            params,
+            grad: vec![0.0; n],
+            opt,
+            rng: seed,
+        }
     }
 
     pub fn table(&self) -> Vec<f64> {
@@ -168,6 +181,9 @@ impl Policy<usize> for Tabular {
                 }
             }
         }
+        if self.nan_grad {
+            self.grad[0] = f64::NAN;
+        }
         Ok(())
     }
 
@@ -177,9 +193,19 @@ impl Policy<usize> for Tabular {
         self.params.zero_grad();
         self.params.accumulate_grad(&Tensor::from_vec(g, &[n]).map_err(perr)?).map_err(perr)?;
         let grad_norm = clip_grad_norm(&mut [&mut self.params], 1.0).map_err(perr)?;
+        self.grad.iter_mut().for_each(|x| *x = 0.0);
+        if !grad_norm.is_finite() {
+            self.params.zero_grad();
+            return Ok(StepInfo { grad_norm, lr: self.lr, skipped: true });
+        }
         self.opt.step(&mut [&mut self.params], self.lr).map_err(perr)?;
         self.grad.iter_mut().for_each(|x| *x = 0.0);
-        Ok(StepInfo { grad_norm, lr: self.lr })
+        Ok(StepInfo { grad_norm, lr: self.lr, skipped: false })
+    }
+
+    fn discard(&mut self) -> Result<()> {
+        self.grad.iter_mut().for_each(|x| *x = 0.0);
+        Ok(())
     }
 
     fn reference(&self) -> Result<TableRef> {

@@ -38,6 +38,7 @@ pub fn write_at(dst: &mut Tensor, dim: usize, offset: usize, src: &Tensor) -> Re
     }
     let outer: usize = dst.shape()[..dim].iter().product();
     let inner: usize = dst.shape()[dim + 1..].iter().product();
+    #[cfg(feature = "cuda")]
     let dst_shape = dst.shape().clone();
     let Some(st) = dst.storage_mut() else {
         return Err(TensorError::Arg {
