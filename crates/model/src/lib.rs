@@ -455,13 +455,8 @@ impl DeepseekV3 {
             }
             None => None,
         };
-        if let Some(dh) = d_hidden {
-            dhf = Some(match dhf {
-                Some(a) => add(&a, dh)?,
-                None => dh.clone(),
-            });
-        }
-        let mut dx = match dhf {
+        dhf = sum_some(dhf, d_hidden)?;
+        let dx = match dhf {
             Some(dhf) => {
                 let (dx, d_norm) = rms_norm_backward(&sv.x, &self.norm, &sv.rstd, &dhf)?;
                 self.norm.accumulate_grad(&d_norm)?;
@@ -469,13 +464,8 @@ impl DeepseekV3 {
             }
             None => None,
         };
-        if let Some(extra) = d_trunk {
-            dx = Some(match dx {
-                Some(a) => add(&a, extra)?,
-                None => extra.clone(),
-            });
-        }
-        let mut dx = dx.ok_or_else(|| ModelError::Input("backward needs d_logits, d_hidden or d_trunk".into()))?;
+        let mut dx = sum_some(dx, d_trunk)?
+            .ok_or_else(|| ModelError::Input("backward needs d_logits, d_hidden or d_trunk".into()))?;
         for (blk, bs) in self.layers.iter_mut().zip(&sv.blocks).rev() {
             dx = blk.backward(bs, &dx)?;
         }
@@ -483,6 +473,14 @@ impl DeepseekV3 {
         self.embed_tokens.accumulate_grad(&de)?;
         Ok(())
     }
+}
+
+/// `a + b` where both are present, else whichever is.
+fn sum_some(a: Option<Tensor>, b: Option<&Tensor>) -> Result<Option<Tensor>> {
+    Ok(match (a, b) {
+        (Some(a), Some(b)) => Some(add(&a, b)?),
+        (a, b) => a.or_else(|| b.cloned()),
+    })
 }
 
 /// Mean next-token cross-entropy over `targets` (B·S, `ignore_index` skipped) and its gradient
