@@ -71,6 +71,13 @@ fn to_json(v: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
 }
 
 /// Score `texts` with one reward per sample, in parallel with the GIL released.
+/// A reward that reads the completion only, over a batch.
+fn completion_only(py: Python<'_>, reward: &(dyn Reward + Sync), completions: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+    let texts = completions_text(completions)?;
+    let n = texts.len();
+    batch(py, reward, texts, vec![Sample::new(); n])
+}
+
 fn batch(py: Python<'_>, reward: &(dyn Reward + Sync), texts: Vec<String>, samples: Vec<Sample>) -> PyResult<Vec<f64>> {
     let out: Vec<Result<f64, RewardError>> = py.allow_threads(|| {
         texts.par_iter().zip(samples.par_iter()).map(|(t, s)| reward.score(t, s).map(|x| x.value)).collect()
@@ -116,9 +123,7 @@ fn format_reward(
     kwargs: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Vec<f64>> {
     let _ = kwargs;
-    let texts = completions_text(completions)?;
-    let n = texts.len();
-    batch(py, &rewards::shaping::Format, texts, vec![Sample::new(); n])
+    completion_only(py, &rewards::shaping::Format, completions)
 }
 
 /// 0.25 for each of the four R1 tags present exactly once.
@@ -130,9 +135,7 @@ fn tag_count_reward(
     kwargs: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Vec<f64>> {
     let _ = kwargs;
-    let texts = completions_text(completions)?;
-    let n = texts.len();
-    batch(py, &rewards::shaping::TagCount, texts, vec![Sample::new(); n])
+    completion_only(py, &rewards::shaping::TagCount, completions)
 }
 
 /// R1's language-consistency reward: the share of chain-of-thought words in the target `language`
